@@ -1,0 +1,25 @@
+# `make demo` and `make test` work on a fresh clone with only Python >= 3.11 and pip.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install demo test clean
+
+$(INSTALLED): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(INSTALLED)
+
+install: $(INSTALLED)
+
+demo: install
+	$(PY) launch.py --config=configs/quickstart.py --workdir=runs/quickstart
+
+# Eight fake CPU devices, so the sharded code paths run as they do on a multi-GPU machine.
+test: install
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q
+
+clean:
+	rm -rf runs/quickstart data

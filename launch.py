@@ -1,0 +1,51 @@
+r"""Trains, evaluates or summarises a model of the paper.
+
+  python launch.py --config=configs/quickstart.py --workdir=runs/quickstart
+  python launch.py --config=configs/i3d.py:variant=mini,conv2=3x3x3 --workdir=runs/mini \
+      --config.data.root=/data/EchoNet-Dynamic --config.train.batch_size=8
+  python launch.py --config=configs/i3d.py --workdir=runs/mini --mode=eval
+  python launch.py --config=configs/i3d.py:variant=original --mode=summary
+
+Rerunning ``--mode=train`` in the same workdir resumes from the latest checkpoint.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, plots).")
+MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "summary"],
+                         "train (then evaluate), eval (best checkpoint of workdir), summary.")
+CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/i3d.py:variant=mini.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = CONFIG.value
+  if config is None:
+    raise app.UsageError("--config is required, e.g. --config=configs/quickstart.py")
+  if MODE.value == "summary":
+    from lvef_jax.reporting import summary  # JAX and Flax only: no data, no TensorFlow.
+    print(summary.parameter_table(config))
+    return 0
+  if not WORKDIR.value:
+    raise app.UsageError(f"--workdir is required for --mode={MODE.value}")
+  # Imported here so that --mode=summary never loads TensorFlow.
+  from lvef_jax.data.echonet import EchoNetFormatError
+  from lvef_jax.training import trainer
+  try:
+    if MODE.value == "train":
+      trainer.train_and_evaluate(config, WORKDIR.value)
+    else:
+      trainer.evaluate_checkpoint(config, WORKDIR.value)
+  except (EchoNetFormatError, FileNotFoundError, FloatingPointError, ValueError) as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(lambda argv: sys.exit(main(argv)))

@@ -1,0 +1,59 @@
+"""Every config key with its default; the files in ``configs/`` start from here and override.
+
+A key is read in exactly one place in the code; this is the one place its default lives.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# EchoNet-Dynamic's EF distribution (SPEC.md): the model's output is offset/scaled by these.
+ECHONET_EF_MEAN, ECHONET_EF_STD = 55.7, 12.4
+
+
+def parse_arg(arg: str | None, defaults: dict) -> dict:
+  """Parses ``"k=v,k=v"`` against ``defaults``; unknown keys are an error."""
+  values = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if not sep or key not in defaults:
+      raise ValueError(f"config argument {item!r}: expected one of {sorted(defaults)} as key=value")
+    values[key] = value
+  return values
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The full-size defaults: the paper's I3D-mini on EchoNet-Dynamic-shaped clips."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.model = ml_collections.ConfigDict(dict(
+      name="i3d", variant="mini", conv2="1x1x1", norm="batch", head="a",
+      dropout=0.5, head_hidden=256, bn_momentum=0.9,
+      ef_offset=ECHONET_EF_MEAN, ef_scale=ECHONET_EF_STD, dtype="float32",
+      stem_impl="auto"))
+
+  config.data = ml_collections.ConfigDict(dict(
+      root="",               # EchoNet-Dynamic folder; "" uses the built-in synthetic dataset
+      cache_dir="data",      # synthetic dataset and prepared TFDS data live here
+      tfds_dir="",           # "" derives a folder under cache_dir from the root
+      synthetic_num_videos=1000, synthetic_seed=0,
+      synthetic_min_frames=20, synthetic_max_frames=160,
+      clip_frames=28, period=1, image_size=112,
+      augment_pad=12,        # EchoNet-Dynamic's pad-and-random-crop; 0 disables augmentation
+      shuffle_buffer=1000, cache_in_memory=False, num_parallel_calls=-1, prefetch=2))
+
+  config.train = ml_collections.ConfigDict(dict(
+      batch_size=4,          # global batch, split over the `data` mesh axis
+      num_epochs=50,
+      steps_per_epoch=-1,    # -1: one pass over the train split (drop_remainder)
+      learning_rate=1e-3,
+      lr_decay_epochs=10, lr_decay_factor=0.5,  # paper: halved every 10 epochs
+      grad_clip_norm=0.0,    # 0 disables clipping
+      weight_decay=0.0,      # decoupled (AdamW) when > 0
+      early_stopping_patience=20,
+      log_every_steps=50))
+
+  config.eval = ml_collections.ConfigDict(dict(
+      batch_size=16, splits=("train", "val", "test")))
+  return config

@@ -1,0 +1,425 @@
+"""tf.data input pipeline: EchoNet folder (or synthetic stand-in) -> TFDS -> numpy clip batches.
+
+Everything TensorFlow lives here so that model and training code only ever see numpy dicts.
+This module must not import JAX: it runs in the input-feeding part of each process, and TF
+must not grab the accelerators JAX uses (`hide_gpus_from_tensorflow` runs at import).
+
+All settings come from an `ml_collections.ConfigDict` `data_cfg` (defaults in the config
+files); `_Settings.from_cfg` is the one place each key is read.
+
+Multi-process use: every process calls the same function with its own `shard_index` and the
+same `num_shards`; train and eval yield the same number of batches in every shard, so
+processes stay in step. Run `prepare` once (e.g. on process 0, then a barrier) before other
+processes call it on a shared file system: preparation is not guarded against concurrency.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import pathlib
+import shutil
+import time
+from typing import Any, Callable, Iterator
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from lvef_jax.data import synthetic
+from lvef_jax.data import tfds_builder
+
+SPLITS = ("train", "val", "test")
+_SOURCE_FILE = "source.json"  # Fingerprint of the folder a TFDS dir was prepared from.
+
+
+def hide_gpus_from_tensorflow() -> None:
+  """Makes TensorFlow CPU-only, leaving every GPU to JAX.
+
+  TF would otherwise reserve most of each GPU's memory on first use.
+  """
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError as e:  # TF already initialised its devices: too late to change.
+    logging.warning("Could not hide GPUs from TensorFlow: %s", e)
+
+
+hide_gpus_from_tensorflow()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+  """The data config, read and type-checked in one place."""
+  root: str
+  cache_dir: str
+  synthetic_num_videos: int
+  synthetic_seed: int
+  synthetic_min_frames: int
+  synthetic_max_frames: int
+  tfds_dir: str
+  clip_frames: int
+  period: int
+  image_size: int
+  augment_pad: int
+  shuffle_buffer: int
+  cache_in_memory: bool
+  num_parallel_calls: int
+  prefetch: int
+
+  @classmethod
+  def from_cfg(cls, data_cfg) -> "_Settings":
+    casts = {"str": str, "int": int, "bool": bool}  # Field types are strings (annotations).
+    s = cls(**{f.name: casts[f.type](data_cfg[f.name]) for f in dataclasses.fields(cls)})
+    if s.clip_frames < 1 or s.period < 1 or s.image_size < 1 or s.augment_pad < 0:
+      raise ValueError(f"Bad clip settings: clip_frames={s.clip_frames}, period={s.period}, "
+                       f"image_size={s.image_size}, augment_pad={s.augment_pad}")
+    return s
+
+  @property
+  def parallel(self) -> int:
+    return tf.data.AUTOTUNE if self.num_parallel_calls < 0 else max(1, self.num_parallel_calls)
+
+
+# ----------------------------------------------------------------------------- preparation
+def _synthetic_params(s: _Settings) -> dict[str, int]:
+  return {"num_videos": s.synthetic_num_videos, "seed": s.synthetic_seed,
+          "min_frames": s.synthetic_min_frames, "max_frames": s.synthetic_max_frames}
+
+
+def _marker_matches(folder: pathlib.Path, params: dict[str, int]) -> bool:
+  """True if `folder` holds a complete synthetic dataset generated with `params`."""
+  try:
+    marker = json.loads((folder / ".synthetic.json").read_text())
+  except (OSError, ValueError):
+    return False
+  # Tolerate the generator nesting its params or recording extra fields.
+  found = marker.get("params", marker) if isinstance(marker, dict) else {}
+  return all(found.get(k) == v for k, v in params.items())
+
+
+def resolve_root(data_cfg) -> pathlib.Path:
+  """Returns the EchoNet folder to use, generating the synthetic stand-in if `root` is "".
+
+  The synthetic dataset lives at `{cache_dir}/synthetic-n{N}-s{seed}-f{min}-{max}` and is
+  reused only if its `.synthetic.json` records the same parameters; otherwise it is
+  (re)generated.
+  """
+  s = _Settings.from_cfg(data_cfg)
+  if s.root:
+    root = pathlib.Path(s.root).expanduser().absolute()
+    logging.info("Using EchoNet folder %s.", root)
+    return root
+  params = _synthetic_params(s)
+  folder = pathlib.Path(s.cache_dir).expanduser().absolute() / (
+      f"synthetic-n{s.synthetic_num_videos}-s{s.synthetic_seed}"
+      f"-f{s.synthetic_min_frames}-{s.synthetic_max_frames}")
+  if _marker_matches(folder, params):
+    logging.info("Reusing synthetic dataset %s.", folder)
+    return folder
+  if folder.exists():
+    logging.warning("%s does not match %s (or is incomplete): regenerating it.", folder, params)
+  logging.info("Generating synthetic dataset %s (%s).", folder, params)
+  start = time.perf_counter()
+  synthetic.generate(folder, s.synthetic_num_videos, s.synthetic_seed,
+                     min_frames=s.synthetic_min_frames, max_frames=s.synthetic_max_frames,
+                     overwrite=True)
+  logging.info("Generated %d videos in %.1f s.", s.synthetic_num_videos,
+               time.perf_counter() - start)
+  return folder
+
+
+def _tfds_dir(s: _Settings, root: pathlib.Path) -> pathlib.Path:
+  if s.tfds_dir:
+    return pathlib.Path(s.tfds_dir).expanduser().absolute()
+  # Basename for humans, hash of the absolute path so two folders named alike never collide.
+  digest = hashlib.sha256(str(root.absolute()).encode()).hexdigest()[:8]
+  return pathlib.Path(s.cache_dir).expanduser().absolute() / "tfds" / f"{root.name}-{digest}"
+
+
+def _fingerprint(root: pathlib.Path) -> dict[str, str]:
+  """Cheap content fingerprint: the two CSVs' bytes plus every video's name and size.
+
+  Lets `prepare` notice a folder edited after it was prepared (stale data would otherwise be
+  reused silently). Sizes, not mtimes, so that copying the folder does not force a rebuild.
+  """
+  def file_hash(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+  videos = root / "Videos"
+  listing = sorted(f"{e.name}:{e.stat().st_size}" for e in os.scandir(videos)) \
+      if videos.is_dir() else []
+  return {"file_list": file_hash(root / "FileList.csv"),
+          "tracings": file_hash(root / "VolumeTracings.csv"),
+          "videos": hashlib.sha256("\n".join(listing).encode()).hexdigest()}
+
+
+def _remove_empty_dirs(top: pathlib.Path) -> None:
+  """Removes empty folders under (and including) `top`; anything holding files stays."""
+  if not top.is_dir():
+    return
+  for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
+    try:
+      os.rmdir(dirpath)
+    except OSError:  # Not empty.
+      pass
+
+
+def prepare(data_cfg) -> tfds.core.DatasetBuilder:
+  """Returns the builder for the configured data, preparing the TFDS files if needed.
+
+  The folder is fully validated before anything is written; on any error nothing prepared is
+  left behind and the error (`echonet.EchoNetFormatError` for format problems) propagates.
+  """
+  s = _Settings.from_cfg(data_cfg)
+  root = resolve_root(data_cfg)
+  data_dir = _tfds_dir(s, root)
+  source_file = data_dir / _SOURCE_FILE
+  fingerprint = _fingerprint(root) if root.is_dir() else {}
+  builder = tfds_builder.EchonetDynamic(data_dir=data_dir)
+  if builder.is_prepared():
+    recorded = json.loads(source_file.read_text()) if source_file.is_file() else None
+    # Training needs only the prepared data, so a folder moved away afterwards is no error.
+    # No record: prepared by someone else into an explicit tfds_dir; trust it.
+    if not root.is_dir() or recorded is None or recorded.get("fingerprint") == fingerprint:
+      if not root.is_dir():
+        logging.warning("%s is gone; using the data prepared from it earlier.", root)
+      logging.info("Reusing prepared data %s (%s).", builder.data_dir, _counts(builder))
+      return builder
+    logging.warning("%s changed since %s was prepared: preparing it again.", root,
+                    builder.data_dir)
+    shutil.rmtree(builder.data_dir)
+    builder = tfds_builder.EchonetDynamic(data_dir=data_dir)
+  logging.info("Preparing %s from %s (validates the folder first, then decodes every video "
+               "once).", builder.data_dir, root)
+  start = time.perf_counter()
+  try:
+    builder.download_and_prepare(
+        download_dir=data_dir / "downloads",
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=os.fspath(root), try_download_gcs=False))
+  finally:
+    # TFDS already deletes its incomplete dir on failure; this removes the empty download
+    # and dataset folders it creates around it.
+    _remove_empty_dirs(data_dir)
+  source_file.write_text(json.dumps({"root": str(root), "fingerprint": fingerprint}, indent=1))
+  _DATASET_MEMO.clear()  # Cached datasets may hold the previous preparation's data.
+  logging.info("Prepared %s in %.1f s (%s).", builder.data_dir, time.perf_counter() - start,
+               _counts(builder))
+  return builder
+
+
+def num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
+  """Number of examples in `split` ("train", "val" or "test")."""
+  return int(builder.info.splits[split].num_examples)
+
+
+def _counts(builder) -> str:  # For log lines.
+  return ", ".join(f"{num_examples(builder, k)} {k}" for k in SPLITS)
+
+
+# ----------------------------------------------------------------------------- clips
+def clip_indices(num_frames: int, start: int, clip_frames: int, period: int) -> np.ndarray:
+  """Frame indices of a clip; -1 marks positions past the video's end (zero frames).
+
+  The numpy reference of what `_take_clip` does in-graph.
+  """
+  idx = start + period * np.arange(clip_frames)
+  return np.where(idx < num_frames, idx, -1)
+
+
+def max_clip_start(num_frames: int, clip_frames: int, period: int) -> int:
+  """Largest random start: the last one whose clip still fits (0 if none fits)."""
+  return max(num_frames - (clip_frames - 1) * period - 1, 0)
+
+
+def _take_clip(frames: tf.Tensor, start: tf.Tensor, s: _Settings) -> tf.Tensor:
+  """uint8 [n, H, W] -> [clip_frames, H, W, 1]; frames past the end are zeros (never dropped)."""
+  n = tf.shape(frames)[0]
+  idx = start + s.period * tf.range(s.clip_frames)
+  valid = idx < n
+  # Gather clamped indices, then zero the invalid ones: avoids copying the whole video.
+  clip = tf.gather(frames, tf.minimum(idx, n - 1))
+  clip = clip * tf.cast(valid, tf.uint8)[:, None, None]
+  return clip[..., None]
+
+
+def _resize(clip: tf.Tensor, size: int) -> tf.Tensor:
+  """Resizes [T, H, W, 1] uint8 to [T, size, size, 1], skipping the work if already that size."""
+  def resized():
+    # antialias only matters when shrinking, where plain bilinear would alias speckle.
+    out = tf.image.resize(tf.cast(clip, tf.float32), (size, size), method="bilinear",
+                          antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+  shape = tf.shape(clip)
+  same = tf.logical_and(tf.equal(shape[1], size), tf.equal(shape[2], size))
+  out = tf.cond(same, lambda: clip, resized)
+  return tf.ensure_shape(out, (clip.shape[0], size, size, 1))
+
+
+def _pad_and_crop(clip: tf.Tensor, pad: int, seed: tf.Tensor) -> tf.Tensor:
+  """EchoNet-Dynamic's augmentation: zero-pad `pad` px per side, crop back at a random offset.
+
+  One offset for the whole clip, so motion between frames is not distorted. Offsets span
+  [0, 2*pad] inclusive, i.e. shifts of up to `pad` px in either direction.
+  """
+  t, h, w, c = clip.shape
+  padded = tf.pad(clip, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+  offset = tf.random.stateless_uniform((2,), seed, minval=0, maxval=2 * pad + 1, dtype=tf.int32)
+  return tf.slice(padded, tf.stack([0, offset[0], offset[1], 0]), (t, h, w, c))
+
+
+def _read(builder, split_spec, *, shuffle_seed=None) -> tf.data.Dataset:
+  """The split's examples with "video" still serialized: decode with `_decode_video`.
+
+  Shuffle buffers and memory caches then hold one compact string per video (compressed, with
+  ZLIB); videos are decoded only inside the parallel map.
+  """
+  read_config = tfds.ReadConfig(
+      try_autocache=False,  # Caching is our decision (cache_in_memory), made after SkipDecoding.
+      shuffle_seed=shuffle_seed)
+  return builder.as_dataset(split=split_spec, shuffle_files=shuffle_seed is not None,
+                            read_config=read_config,
+                            decoders={"video": tfds.decode.SkipDecoding()})
+
+
+def _decode_video(builder) -> Callable[[Any], tf.Tensor]:
+  return builder.info.features["video"].decode_example
+
+
+# Memory caches must be reused across calls (one call = one epoch) to be of any use, so the
+# cached datasets are kept here, keyed by everything that determines their content.
+_DATASET_MEMO: dict[tuple, tf.data.Dataset] = {}
+
+
+def _memo(key: tuple, make: Callable[[], tf.data.Dataset]) -> tf.data.Dataset:
+  if key not in _DATASET_MEMO:
+    _DATASET_MEMO[key] = make().cache()
+  return _DATASET_MEMO[key]
+
+
+def _check_shard(shard_index: int, num_shards: int, batch_size: int) -> None:
+  if not 0 <= shard_index < num_shards:
+    raise ValueError(f"shard_index {shard_index} not in [0, {num_shards})")
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _with_prefetch(ds: tf.data.Dataset, s: _Settings) -> tf.data.Dataset:
+  if s.prefetch == 0:
+    return ds
+  return ds.prefetch(tf.data.AUTOTUNE if s.prefetch < 0 else s.prefetch)
+
+
+def _numpy_batches(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
+  for batch in ds.as_numpy_iterator():
+    if "file_name" in batch:
+      batch["file_name"] = np.array([b.decode("utf-8") for b in batch["file_name"]], dtype=str)
+    yield batch
+
+
+def train_batches(builder, data_cfg, *, batch_size: int, seed: int, shard_index: int = 0,
+                  num_shards: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """One shuffled, augmented epoch of this process's shard of the train split.
+
+  Args:
+    builder: From `prepare`.
+    data_cfg: The data config.
+    batch_size: Clips per batch in this process.
+    seed: Shuffle / clip start / crop seed; pass base_seed + epoch so epochs differ and runs
+      repeat exactly.
+    shard_index: This process's shard.
+    num_shards: Number of processes reading the split.
+
+  Yields:
+    {"video": uint8 [B, clip_frames, S, S, 1], "ef": float32 [B]}; only full batches.
+
+  Raises:
+    ValueError: the shard holds fewer than `batch_size` examples (an epoch would be empty).
+  """
+  s = _Settings.from_cfg(data_cfg)
+  _check_shard(shard_index, num_shards, batch_size)
+  # Equal-size shards (dropping < num_shards examples) so every process yields the same number
+  # of batches; the sized read also lets a memory cache see the end of its input and finish.
+  spec = tfds.even_splits("train", n=num_shards, drop_remainder=True)[shard_index]
+  per_shard = num_examples(builder, "train") // num_shards
+  if per_shard < batch_size:
+    raise ValueError(f"Train shard has {per_shard} examples, fewer than batch {batch_size}.")
+  if s.cache_in_memory:
+    ds = _memo((os.fspath(builder.data_dir), "train", shard_index, num_shards),
+               lambda: _read(builder, spec))
+  else:
+    ds = _read(builder, spec, shuffle_seed=seed)
+  if s.shuffle_buffer > 1:
+    ds = ds.shuffle(s.shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+  decode = _decode_video(builder)
+
+  def make_clip(ex):
+    # Randomness keyed on (seed, file name): independent of read order, shard and buffer size.
+    key = tf.stack([tf.constant(seed, tf.int64),
+                    tf.strings.to_hash_bucket_fast(ex["file_name"], 2**62)])
+    start_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+    frames = decode(ex["video"])
+    # Highest start, as in max_clip_start.
+    hi = tf.maximum(tf.shape(frames)[0] - (s.clip_frames - 1) * s.period - 1, 0)
+    start = tf.random.stateless_uniform((), start_seed, minval=0, maxval=hi + 1, dtype=tf.int32)
+    clip = _resize(_take_clip(frames, start, s), s.image_size)
+    if s.augment_pad > 0:
+      clip = _pad_and_crop(clip, s.augment_pad, crop_seed)
+    return {"video": clip, "ef": ex["ef"]}
+
+  ds = ds.map(make_clip, num_parallel_calls=s.parallel, deterministic=True)
+  ds = _with_prefetch(ds.batch(batch_size, drop_remainder=True), s)
+  yield from _numpy_batches(ds)
+
+
+def eval_batches(builder, split: str, data_cfg, *, batch_size: int, shard_index: int = 0,
+                 num_shards: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """Deterministic clips from frame 0 of every example in this shard of `split`, once each.
+
+  The last batch(es) are filled with dummy examples (mask 0, file_name ""), and every shard
+  yields ceil(largest shard / batch_size) batches, so all batches share one shape and all
+  processes the same batch count.
+
+  Args:
+    builder: From `prepare`.
+    split: "train", "val" or "test".
+    data_cfg: The data config (augmentation settings are ignored).
+    batch_size: Clips per batch in this process.
+    shard_index: This process's shard.
+    num_shards: Number of processes reading the split.
+
+  Yields:
+    {"video": uint8 [B, clip_frames, S, S, 1], "ef": float32 [B], "mask": float32 [B]
+    (1 real, 0 padding), "file_name": str [B] ("" for padding)}.
+  """
+  s = _Settings.from_cfg(data_cfg)
+  _check_shard(shard_index, num_shards, batch_size)
+  total = num_examples(builder, split)
+  # Same arithmetic as tfds.even_splits(drop_remainder=False): the first shards get one more.
+  sizes = [total // num_shards + (i < total % num_shards) for i in range(num_shards)]
+  num_batches = math.ceil(max(sizes) / batch_size)
+  spec = tfds.even_splits(split, n=num_shards)[shard_index]
+  decode = _decode_video(builder)
+
+  def make_clip(ex):
+    frames = decode(ex["video"])
+    clip = _resize(_take_clip(frames, tf.constant(0), s), s.image_size)
+    return {"video": clip, "ef": ex["ef"], "mask": tf.constant(1.0), "file_name": ex["file_name"]}
+
+  def clips():
+    return _read(builder, spec).map(make_clip, num_parallel_calls=s.parallel,
+                                    deterministic=True)
+  if s.cache_in_memory:  # Eval clips are fixed, so cache them post-decode (small: T frames).
+    ds = _memo((os.fspath(builder.data_dir), split, shard_index, num_shards, s.clip_frames,
+                s.period, s.image_size), clips)
+  else:
+    ds = clips()
+  dummy = {"video": tf.zeros((s.clip_frames, s.image_size, s.image_size, 1), tf.uint8),
+           "ef": tf.constant(0.0), "mask": tf.constant(0.0), "file_name": tf.constant("")}
+  pad = num_batches * batch_size - sizes[shard_index]
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(dummy).repeat(pad))
+  ds = _with_prefetch(ds.batch(batch_size, drop_remainder=True), s)
+  yield from _numpy_batches(ds)

@@ -1,0 +1,74 @@
+"""The paper's figures for one run: prediction vs truth, Bland-Altman, training history."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+# Heart-failure classes by EF (ESC): reduced < 40, mildly reduced 40-49, preserved >= 50.
+HF_THRESHOLDS = (40.0, 50.0)
+
+
+def _save(fig, path: pathlib.Path) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.stem + ".tmp.png")
+  fig.savefig(tmp, dpi=120, bbox_inches="tight")
+  plt.close(fig)
+  tmp.replace(path)  # a reader never sees a half-written figure
+
+
+def scatter(ef: np.ndarray, ef_pred: np.ndarray, title: str, path: pathlib.Path) -> None:
+  """Predicted vs true EF with the identity line and the heart-failure class bands."""
+  fig, ax = plt.subplots(figsize=(5, 5))
+  low = min(float(np.min(ef)), float(np.min(ef_pred)), 0.0)
+  high = max(float(np.max(ef)), float(np.max(ef_pred)), 100.0)
+  for threshold in HF_THRESHOLDS:
+    ax.axvline(threshold, color="0.85", lw=0.8, zorder=0)
+    ax.axhline(threshold, color="0.85", lw=0.8, zorder=0)
+  ax.plot([low, high], [low, high], "k--", lw=1, label="identity")
+  ax.scatter(ef, ef_pred, s=8, alpha=0.6)
+  ax.set(xlim=(low, high), ylim=(low, high), xlabel="true EF (%)", ylabel="predicted EF (%)",
+         title=title)
+  ax.set_aspect("equal")
+  ax.legend(loc="upper left")
+  _save(fig, path)
+
+
+def bland_altman(ef: np.ndarray, ef_pred: np.ndarray, title: str, path: pathlib.Path) -> None:
+  """Difference (predicted - true) against the mean, with the bias and ±1.96 SD limits."""
+  mean = (ef + ef_pred) / 2
+  diff = ef_pred - ef
+  bias, sd = float(np.mean(diff)), float(np.std(diff, ddof=1)) if diff.size > 1 else 0.0
+  fig, ax = plt.subplots(figsize=(6, 4))
+  ax.scatter(mean, diff, s=8, alpha=0.6)
+  ax.axhline(bias, color="k", lw=1, label=f"mean difference {bias:+.2f}")
+  for sign in (-1, 1):
+    limit = bias + sign * 1.96 * sd
+    ax.axhline(limit, color="r", ls="--", lw=1,
+               label=f"{'+' if sign > 0 else '-'}1.96 SD {limit:+.2f}")
+  ax.set(xlabel="mean of true and predicted EF (%)", ylabel="predicted - true EF (%)", title=title)
+  ax.legend(loc="best", fontsize=8)
+  _save(fig, path)
+
+
+def history(records: Sequence[dict], path: pathlib.Path) -> None:
+  """Loss (MSE) and RMSE per epoch for train and val."""
+  epochs = [r["epoch"] for r in records]
+  fig, (ax_loss, ax_rmse) = plt.subplots(1, 2, figsize=(10, 4))
+  ax_loss.plot(epochs, [r["train_loss"] for r in records], "o-", label="train")
+  ax_loss.plot(epochs, [r["val_loss"] for r in records], "o-", label="val")
+  ax_loss.set(xlabel="epoch", ylabel="MSE loss", title="loss", yscale="log")
+  ax_rmse.plot(epochs, [r["train_loss"] ** 0.5 for r in records], "o-",
+               label="train (sqrt of mean batch loss)")
+  ax_rmse.plot(epochs, [r["val_rmse"] for r in records], "o-", label="val")
+  ax_rmse.set(xlabel="epoch", ylabel="RMSE (EF %)", title="RMSE")
+  for ax in (ax_loss, ax_rmse):
+    ax.legend()
+    ax.grid(alpha=0.3)
+  _save(fig, path)

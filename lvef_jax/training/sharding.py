@@ -1,0 +1,65 @@
+"""The device mesh and how batches and state are laid out on it (jit + NamedSharding, no pmap)."""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Mapping
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D mesh over ``devices`` (default: every device of every process) named ``data``."""
+  devices = np.asarray(jax.devices() if devices is None else devices)
+  return Mesh(devices.reshape(-1), (DATA_AXIS,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over ``data``; everything else whole."""
+  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, what: str) -> int:
+  """Returns this process's share of a global batch, or explains why it cannot be split."""
+  devices = mesh.devices.size
+  if batch_size % devices:
+    raise ValueError(f"{what} {batch_size} is not divisible by the {devices} devices of the mesh")
+  return batch_size // jax.process_count()
+
+
+def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Puts this process's numpy batch on the devices as one global array per key."""
+  sharding = batch_sharding(mesh)
+  return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+          for key, value in batch.items()}
+
+
+def device_prefetch(batches: Iterable[Mapping[str, np.ndarray]], mesh: Mesh, *,
+                    keys: tuple[str, ...], size: int = 2) -> Iterator[tuple[dict, dict]]:
+  """Yields ``(host_batch, device_batch)`` with ``size`` batches already in flight to devices.
+
+  The transfers are asynchronous, so the next batches travel while the current step runs.
+  Only ``keys`` go to the devices; the host batch keeps everything (file names, masks).
+  """
+  queue = []
+  for batch in batches:
+    queue.append((batch, shard_batch({k: batch[k] for k in keys}, mesh)))
+    if len(queue) > size:
+      yield queue.pop(0)
+  yield from queue
+
+
+def to_host_local(array: jax.Array, mesh: Mesh) -> np.ndarray:
+  """This process's rows of a batch-sharded global array, as numpy."""
+  if jax.process_count() == 1:
+    return np.asarray(jax.device_get(array))
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.global_array_to_host_local_array(
+      array, mesh, PartitionSpec(DATA_AXIS)))

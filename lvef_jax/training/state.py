@@ -1,0 +1,54 @@
+"""Train state as a plain pytree of arrays, and the optimizer (paper: Adam, lr halved every 10 epochs)."""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import optax
+from flax import nnx
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a train step changes; only arrays, so it jits, donates and checkpoints as is.
+
+  The model's structure (``graphdef``) and the optimizer stay outside, in the step's closure.
+  """
+  step: jax.Array
+  params: nnx.State
+  batch_stats: nnx.State   # BatchNorm running averages (empty for LayerNorm models)
+  opt_state: optax.OptState
+  rng: jax.Array           # dropout key; each step folds in its step number
+
+
+def learning_rate_schedule(train_cfg, steps_per_epoch: int) -> optax.Schedule:
+  """Step-wise schedule equal to the paper's per-epoch staircase decay."""
+  return optax.exponential_decay(
+      init_value=train_cfg.learning_rate,
+      transition_steps=max(1, train_cfg.lr_decay_epochs * steps_per_epoch),
+      decay_rate=train_cfg.lr_decay_factor, staircase=True)
+
+
+def make_optimizer(train_cfg, steps_per_epoch: int) -> optax.GradientTransformation:
+  """Adam (AdamW when weight_decay > 0), optionally after global-norm gradient clipping."""
+  schedule = learning_rate_schedule(train_cfg, steps_per_epoch)
+  if train_cfg.weight_decay > 0:
+    adam = optax.adamw(schedule, weight_decay=train_cfg.weight_decay)
+  else:
+    adam = optax.adam(schedule)
+  if train_cfg.grad_clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip_norm), adam)
+  return adam
+
+
+def create_train_state(model: nnx.Module, tx: optax.GradientTransformation,
+                       seed: int) -> tuple[nnx.GraphDef, TrainState]:
+  """Splits ``model`` into its graph definition and a fresh :class:`TrainState`."""
+  # Pure states (plain arrays, no Variable objects): every trace level gets fresh Variables
+  # when ``nnx.merge`` rebuilds the model inside the step.
+  graphdef, params, batch_stats = nnx.split(model, nnx.Param, ...)
+  params, batch_stats = nnx.as_pure(params), nnx.as_pure(batch_stats)
+  state = TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
+                     batch_stats=batch_stats, opt_state=tx.init(params),
+                     rng=jax.random.key_data(jax.random.key(seed + 1)))
+  return graphdef, state

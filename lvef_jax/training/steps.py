@@ -1,0 +1,63 @@
+"""Pure, jit-compiled train and predict steps over a device mesh.
+
+The functional NNX pattern: ``nnx.merge`` the graph definition with the state arrays, run, and
+``nnx.split`` the updated BatchNorm statistics back out, all inside one ``jax.jit``. Batches
+arrive sharded over the ``data`` axis and the state is replicated, so XLA inserts the gradient
+all-reduce; BatchNorm statistics are computed over the global batch, which is why the result
+does not depend on the number of devices.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from lvef_jax.training import sharding
+from lvef_jax.training.state import TrainState
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                    mesh: Mesh) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """Returns ``step(state, batch) -> (state, metrics)``, jitted with ``state`` donated.
+
+  ``batch`` holds ``video`` (uint8 ``[B, T, H, W, 1]``) and ``ef`` (``[B]``); metrics are the
+  batch MSE ``loss`` and the gradient global norm ``grad_norm``.
+  """
+
+  def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+    def loss_fn(params, batch_stats):
+      model = nnx.merge(graphdef, params, batch_stats)
+      predictions = model(batch["video"], train=True, dropout_key=dropout_key)
+      loss = jnp.mean(jnp.square(predictions - batch["ef"]))
+      return loss, nnx.as_pure(nnx.state(model, nnx.BatchStat))
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.batch_stats)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state)
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+  replicated = sharding.replicated(mesh)
+  return jax.jit(step, in_shardings=(replicated, sharding.batch_sharding(mesh)),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def make_predict_step(graphdef: nnx.GraphDef, mesh: Mesh) -> Callable[[TrainState, dict], jax.Array]:
+  """Returns ``predict(state, batch) -> EF [B]`` in inference mode (frozen BatchNorm, no dropout)."""
+
+  def predict(state: TrainState, batch: dict) -> jax.Array:
+    model = nnx.merge(graphdef, state.params, state.batch_stats)
+    return model(batch["video"], train=False)
+
+  batch_sharding = sharding.batch_sharding(mesh)
+  return jax.jit(predict, in_shardings=(sharding.replicated(mesh), batch_sharding),
+                 out_shardings=batch_sharding)

@@ -1,0 +1,225 @@
+"""The training driver: epochs of jitted sharded steps, validation, early stopping, checkpoints.
+
+``train_and_evaluate`` is what ``launch.py --mode=train`` runs. Rerunning it in the same workdir
+resumes from the latest checkpoint (epoch granularity: a partly done epoch is redone).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import pathlib
+import time
+from typing import Iterator
+
+import jax
+import numpy as np
+from absl import logging
+
+from lvef_jax import models
+from lvef_jax.data import pipeline
+from lvef_jax.evaluation import evaluator, metrics
+from lvef_jax.reporting import tensorboard
+from lvef_jax.training import checkpoint, sharding, state as state_lib, steps
+
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclasses.dataclass
+class EarlyStopping:
+  """Validation-RMSE bookkeeping; saved in each checkpoint's meta so a resumed run continues it."""
+  best_val_rmse: float = math.inf
+  best_epoch: int = 0
+  epochs_without_improvement: int = 0
+
+  def update(self, epoch: int, val_rmse: float) -> bool:
+    """Records one epoch; returns True if it is the best so far."""
+    if val_rmse < self.best_val_rmse:
+      self.best_val_rmse, self.best_epoch, self.epochs_without_improvement = val_rmse, epoch, 0
+      return True
+    self.epochs_without_improvement += 1
+    return False
+
+  def should_stop(self, patience: int) -> bool:
+    return patience > 0 and self.epochs_without_improvement >= patience
+
+
+@dataclasses.dataclass
+class Experiment:
+  """What both training and checkpoint evaluation need: data, mesh, model structure, steps."""
+  config: object
+  workdir: pathlib.Path
+  builder: object
+  mesh: jax.sharding.Mesh
+  graphdef: object
+  state: state_lib.TrainState
+  steps_per_epoch: int
+  train_step: object
+  predict_step: object
+  checkpoints: checkpoint.Checkpoints
+
+
+def build_experiment(config, workdir: str | pathlib.Path) -> Experiment:
+  """Prepares the data and builds a fresh, replicated train state for ``config``."""
+  workdir = pathlib.Path(workdir)
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
+  sharding.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
+  builder = pipeline.prepare(config.data)
+  num_train = pipeline.num_examples(builder, "train")
+  steps_per_epoch = config.train.steps_per_epoch
+  if steps_per_epoch <= 0:
+    steps_per_epoch = num_train // config.train.batch_size
+    if steps_per_epoch == 0:
+      raise ValueError(f"the train split has {num_train} videos, fewer than one batch of "
+                       f"train.batch_size={config.train.batch_size}")
+  model = models.create_model(config, seed=config.seed)
+  tx = state_lib.make_optimizer(config.train, steps_per_epoch)
+  graphdef, state = state_lib.create_train_state(model, tx, config.seed)
+  state = jax.device_put(state, sharding.replicated(mesh))
+  return Experiment(
+      config=config, workdir=workdir, builder=builder, mesh=mesh, graphdef=graphdef, state=state,
+      steps_per_epoch=steps_per_epoch, train_step=steps.make_train_step(graphdef, tx, mesh),
+      predict_step=steps.make_predict_step(graphdef, mesh),
+      checkpoints=checkpoint.Checkpoints(workdir / "checkpoints"))
+
+
+def _train_stream(exp: Experiment, epoch: int) -> Iterator[dict]:
+  """Train batches for one epoch: ``steps_per_epoch`` of them, passing over the split as needed."""
+  config = exp.config
+  local_batch = config.train.batch_size // jax.process_count()
+
+  def passes():
+    for repeat in itertools.count():
+      # A distinct, reproducible shuffle and clip sampling for every epoch (and repeat).
+      seed = (config.seed * 100_003 + epoch) * 1_009 + repeat
+      yield from pipeline.train_batches(
+          exp.builder, config.data, batch_size=local_batch, seed=seed,
+          shard_index=jax.process_index(), num_shards=jax.process_count())
+
+  return itertools.islice(passes(), exp.steps_per_epoch)
+
+
+def _read_history(path: pathlib.Path, up_to_epoch: int) -> list[dict]:
+  """Epoch records of ``metrics.jsonl`` up to ``up_to_epoch`` (later ones belong to lost work)."""
+  if not path.exists():
+    return []
+  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return [r for r in records if r["epoch"] <= up_to_epoch]
+
+
+def _write_history(path: pathlib.Path, records: list[dict]) -> None:
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+  tmp.replace(path)
+
+
+def _format_seconds(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _train_epoch(exp: Experiment, epoch: int, total_epochs: int, first_epoch: int,
+                 run_start: float) -> tuple[float, float]:
+  """Runs one epoch of train steps; returns (mean train loss, clips per second)."""
+  config = exp.config
+  log_every = max(1, config.train.log_every_steps)
+  losses, logged, start = [], 0, time.perf_counter()
+  batches = sharding.device_prefetch(_train_stream(exp, epoch), exp.mesh, keys=("video", "ef"),
+                                     size=config.data.prefetch)
+  for index, (_, batch) in enumerate(batches, start=1):
+    exp.state, step_metrics = exp.train_step(exp.state, batch)
+    losses.append(step_metrics["loss"])
+    if index % log_every == 0 or index == exp.steps_per_epoch:
+      # Fetching the losses is the only host sync; it happens at log steps only.
+      recent = np.asarray(jax.device_get(losses[logged:]))
+      logged = len(losses)
+      if not np.all(np.isfinite(recent)):
+        raise FloatingPointError(f"non-finite training loss at epoch {epoch} step {index}: "
+                                 f"{recent.tolist()}; lower train.learning_rate or set "
+                                 "train.grad_clip_norm")
+      elapsed = time.perf_counter() - start
+      clips_per_s = index * config.train.batch_size / elapsed
+      done = (epoch - first_epoch) * exp.steps_per_epoch + index
+      remaining = (total_epochs - first_epoch) * exp.steps_per_epoch - done
+      run_elapsed = time.perf_counter() - run_start
+      logging.info("epoch %d/%d step %d/%d loss %.2f grad_norm %.2f | %.1f clips/s | "
+                   "epoch ETA %s | run ETA %s (before early stopping)", epoch, total_epochs,
+                   index, exp.steps_per_epoch, float(recent.mean()),
+                   float(step_metrics["grad_norm"]), clips_per_s,
+                   _format_seconds(elapsed / index * (exp.steps_per_epoch - index)),
+                   _format_seconds(run_elapsed / done * remaining))
+  seconds = time.perf_counter() - start
+  mean_loss = float(np.mean(jax.device_get(losses)))
+  return mean_loss, exp.steps_per_epoch * config.train.batch_size / seconds
+
+
+def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
+  """Trains ``config`` in ``workdir`` (resuming if possible), then evaluates the best checkpoint.
+
+  Returns:
+    The ``results.json`` contents.
+  """
+  exp = build_experiment(config, workdir)
+  is_main = jax.process_index() == 0
+  if is_main:
+    exp.workdir.mkdir(parents=True, exist_ok=True)
+    (exp.workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+  stopping, first_epoch = EarlyStopping(), 0
+  if exp.checkpoints.epoch("latest") is not None:
+    exp.state, meta = exp.checkpoints.restore("latest", exp.state)
+    first_epoch = meta["epoch"]
+    stopping = EarlyStopping(**meta["early_stopping"])
+    logging.info("resuming %s from epoch %d (best val RMSE %.3f at epoch %d)", exp.workdir,
+                 first_epoch, stopping.best_val_rmse, stopping.best_epoch)
+  history_path = exp.workdir / METRICS_FILE
+  history = _read_history(history_path, first_epoch)
+  writer = tensorboard.SummaryWriter(exp.workdir, enabled=is_main)
+  schedule = state_lib.learning_rate_schedule(config.train, exp.steps_per_epoch)
+  total_epochs, run_start = config.train.num_epochs, time.perf_counter()
+  logging.info("training %s: %d epochs x %d steps of %d clips on %d devices", config.model.name,
+               total_epochs, exp.steps_per_epoch, config.train.batch_size, exp.mesh.devices.size)
+
+  for epoch in range(first_epoch + 1, total_epochs + 1):
+    if stopping.should_stop(config.train.early_stopping_patience):
+      logging.info("early stopping: no better val RMSE for %d epochs (best %.3f at epoch %d)",
+                   stopping.epochs_without_improvement, stopping.best_val_rmse,
+                   stopping.best_epoch)
+      break
+    epoch_start = time.perf_counter()
+    train_loss, clips_per_s = _train_epoch(exp, epoch, total_epochs, first_epoch, run_start)
+    val_predictions = evaluator.predict_split(exp, "val")
+    val = metrics.regression_metrics(val_predictions["ef"], val_predictions["ef_pred"])
+    step = int(jax.device_get(exp.state.step))
+    record = {"epoch": epoch, "step": step, "train_loss": train_loss, "val_loss": val["mse"],
+              "val_rmse": val["rmse"], "val_mae": val["mae"], "val_r2": val["r2"],
+              "lr": float(schedule(step)), "clips_per_s": clips_per_s,
+              "seconds": time.perf_counter() - epoch_start}
+    improved = stopping.update(epoch, val["rmse"])
+    meta = {"epoch": epoch, "early_stopping": dataclasses.asdict(stopping)}
+    # History first, checkpoint second: a crash in between leaves a record that resuming drops.
+    history.append(record)
+    if is_main:
+      _write_history(history_path, history)
+    writer.scalars(step, {k: v for k, v in record.items() if k not in ("epoch", "step")})
+    exp.checkpoints.save("latest", epoch, exp.state, meta)
+    if improved:
+      exp.checkpoints.save("best", epoch, exp.state, meta)
+    logging.info("epoch %d: train_loss %.2f val_rmse %.3f val_mae %.3f val_r2 %.3f%s (%.0f s)",
+                 epoch, train_loss, val["rmse"], val["mae"], val["r2"],
+                 " *best*" if improved else "", record["seconds"])
+  exp.checkpoints.wait()
+  writer.close()
+  return evaluator.evaluate_best(exp, history)
+
+
+
+def evaluate_checkpoint(config, workdir: str | pathlib.Path) -> dict:
+  """``--mode=eval``: scores the best checkpoint of an existing run without training."""
+  exp = build_experiment(config, workdir)
+  if exp.checkpoints.epoch("latest") is None and exp.checkpoints.epoch("best") is None:
+    raise FileNotFoundError(f"no checkpoint under {exp.workdir / 'checkpoints'}: train first")
+  history = _read_history(exp.workdir / METRICS_FILE, up_to_epoch=config.train.num_epochs)
+  return evaluator.evaluate_best(exp, history)

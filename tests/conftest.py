@@ -1,0 +1,40 @@
+"""Shared fixtures: eight fake CPU devices and a small real (synthetic) dataset."""
+
+import os
+
+# Must happen before JAX initialises its backends: every test sees 8 CPU devices, so the
+# sharded code runs as on a multi-GPU machine. `make test` sets the same flag.
+_FLAG = "--xla_force_host_platform_device_count=8"
+if _FLAG not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+
+import importlib.util  # noqa: E402
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(name: str, arg: str | None = None):
+  """Loads ``configs/<name>.py`` the way ``launch.py --config=`` does."""
+  spec = importlib.util.spec_from_file_location(f"configs_{name}", ROOT / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def shrink(config, cache_dir: pathlib.Path):
+  """The same config on a 24-video synthetic dataset, 8-frame 16x16 clips, 2 short epochs."""
+  config.data.update(cache_dir=str(cache_dir), synthetic_num_videos=24, synthetic_seed=3,
+                     synthetic_min_frames=10, synthetic_max_frames=40, clip_frames=8, period=2,
+                     image_size=16, augment_pad=2, shuffle_buffer=64, prefetch=1)
+  config.train.update(batch_size=8, num_epochs=2, steps_per_epoch=2, log_every_steps=1)
+  config.eval.update(batch_size=8)
+  return config
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory) -> pathlib.Path:
+  """One cache folder for the session: the tiny synthetic dataset is generated once."""
+  return tmp_path_factory.mktemp("data_cache")

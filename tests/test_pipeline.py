@@ -1,0 +1,308 @@
+"""Tests of the TFDS builder and tf.data pipeline on a small real synthetic dataset.
+
+Everything runs the real code: `synthetic.generate` writes AVIs, the builder decodes them into
+TFDS files, and the pipeline's batches are checked against frames taken from the stored videos
+with plain numpy.
+"""
+
+import json
+import math
+import os
+import pathlib
+import shutil
+
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from lvef_jax.data import echonet
+from lvef_jax.data import pipeline
+from lvef_jax.data import synthetic
+
+NUM_VIDEOS = 24
+
+
+def make_cfg(**overrides):
+  cfg = ml_collections.ConfigDict(dict(
+      root="", cache_dir="", synthetic_num_videos=3, synthetic_seed=0, synthetic_min_frames=4,
+      synthetic_max_frames=6, tfds_dir="", clip_frames=8, period=2, image_size=112,
+      augment_pad=0, shuffle_buffer=64, cache_in_memory=False, num_parallel_calls=2,
+      prefetch=1))
+  cfg.update(overrides)
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  base = tmp_path_factory.mktemp("pipeline")
+  # workers=1: a process pool costs more than it saves for 24 short videos.
+  root = synthetic.generate(base / "echonet", NUM_VIDEOS, 3, min_frames=10, max_frames=40,
+                            workers=1)
+  cfg = make_cfg(root=str(root), cache_dir=str(base / "cache"))
+  builder = pipeline.prepare(cfg)
+  stored = {split: {ex["file_name"].decode(): ex
+                    for ex in tfds.as_numpy(builder.as_dataset(split=split))}
+            for split in pipeline.SPLITS}
+  records = echonet.load_dataset_index(root)
+  efs = [r.ef for r in records]
+  assert len(set(np.float32(efs))) == len(efs), "EF identifies videos in these tests"
+  return dict(root=root, base=base, cfg=cfg, builder=builder, stored=stored, records=records)
+
+
+def reference_clip(video, start, clip_frames, period):
+  """[T, H, W, 1] clip cut with numpy from a stored [n, H, W] video."""
+  idx = pipeline.clip_indices(len(video), start, clip_frames, period)
+  return np.where((idx >= 0)[:, None, None], video[np.maximum(idx, 0)], 0)[..., None]
+
+
+def all_batches(iterator):
+  return list(iterator)
+
+
+def by_ef(stored_split):
+  return {np.float32(ex["ef"]).item(): ex for ex in stored_split.values()}
+
+
+def test_clip_indices_and_max_start():
+  np.testing.assert_array_equal(pipeline.clip_indices(10, 2, 5, 2), [2, 4, 6, 8, -1])
+  np.testing.assert_array_equal(pipeline.clip_indices(3, 0, 4, 1), [0, 1, 2, -1])
+  assert pipeline.max_clip_start(10, 5, 2) == 1  # Start 1 uses frames 1..9.
+  assert pipeline.max_clip_start(9, 5, 2) == 0
+  assert pipeline.max_clip_start(3, 5, 2) == 0  # Too short: start 0, padded.
+
+
+def test_builder_round_trips_videos_and_labels(data):
+  records = {r.file_name: r for r in data["records"]}
+  seen = []
+  for split, examples in data["stored"].items():
+    assert sorted(examples) == sorted(r.file_name for r in records.values() if r.split == split)
+    assert pipeline.num_examples(data["builder"], split) == len(examples)
+    for name, ex in examples.items():
+      r = records[name]
+      video = echonet.load_video(r.video_path)
+      assert ex["video"].dtype == np.uint8
+      np.testing.assert_array_equal(ex["video"], video)
+      for key in ("ef", "esv", "edv", "fps"):
+        assert ex[key] == np.float32(getattr(r, key)), key
+      assert ex["num_frames"] == r.num_frames == len(video)
+      assert (ex["ed_frame"], ex["es_frame"]) == (r.ed_frame, r.es_frame)
+      seen.append(name)
+  assert len(seen) == NUM_VIDEOS
+
+
+@pytest.mark.parametrize("clip_frames,period", [(8, 2), (12, 4), (3, 1)])
+def test_train_clips_are_cut_from_stored_videos(data, clip_frames, period):
+  cfg = make_cfg(**{**data["cfg"], "clip_frames": clip_frames, "period": period})
+  n = pipeline.num_examples(data["builder"], "train")
+  batch = 5
+  batches = all_batches(pipeline.train_batches(data["builder"], cfg, batch_size=batch, seed=1))
+  assert len(batches) == n // batch  # drop_remainder: only full batches
+  videos = by_ef(data["stored"]["train"])
+  used, padded = [], 0
+  for b in batches:
+    assert b["video"].shape == (batch, clip_frames, 112, 112, 1) and b["video"].dtype == np.uint8
+    assert b["ef"].shape == (batch,) and b["ef"].dtype == np.float32
+    for clip, ef in zip(b["video"], b["ef"]):
+      video = videos[ef.item()]["video"]
+      starts = range(pipeline.max_clip_start(len(video), clip_frames, period) + 1)
+      # The clip must be frames start + period * k of its video, zeros past the end.
+      assert any(np.array_equal(clip, reference_clip(video, s, clip_frames, period))
+                 for s in starts)
+      if len(video) < (clip_frames - 1) * period + 1:
+        padded += 1
+        last = (len(video) - 1) // period  # Last clip position still inside the video.
+        assert not clip[last + 1:].any()
+      used.append(ef.item())
+  assert len(set(used)) == len(used)  # Each example at most once per epoch.
+  if clip_frames == 12:
+    assert padded > 0  # (12 - 1) * 4 + 1 = 45 > max_frames: every video is padded here.
+
+
+def test_augmentation_reproducible_and_one_offset_per_clip(data):
+  cfg = make_cfg(**{**data["cfg"], "augment_pad": 4, "clip_frames": 4, "period": 3})
+  run = lambda seed: all_batches(
+      pipeline.train_batches(data["builder"], cfg, batch_size=4, seed=seed))
+  first, again, other = run(7), run(7), run(8)
+  for a, b in zip(first, again, strict=True):
+    np.testing.assert_array_equal(a["video"], b["video"])
+    np.testing.assert_array_equal(a["ef"], b["ef"])
+  assert first[0]["video"].shape == (4, 4, 112, 112, 1)
+  # Another seed re-draws start and crop for the same video, not only the order.
+  clips = lambda batches: {ef.item(): c for b in batches for c, ef in zip(b["video"], b["ef"])}
+  clips_7, clips_8 = clips(first), clips(other)
+  assert any(not np.array_equal(clips_7[k], clips_8[k]) for k in clips_7.keys() & clips_8)
+  # Each augmented clip is its un-augmented clip shifted by ONE offset in [-4, 4]^2 for all
+  # frames, with zeros shifted in.
+  videos = by_ef(data["stored"]["train"])
+  for clip, ef in zip(first[0]["video"], first[0]["ef"]):
+    video = videos[ef.item()]["video"]
+    padded = [np.pad(reference_clip(video, s, 4, 3), ((0, 0), (4, 4), (4, 4), (0, 0)))
+              for s in range(pipeline.max_clip_start(len(video), 4, 3) + 1)]
+    assert any(np.array_equal(clip, p[:, i:i + 112, j:j + 112])
+               for p in padded for i in range(9) for j in range(9))
+
+
+def check_eval(data, split, batches, batch_size, num_batches, clip_frames, period):
+  """Shapes, padding and clip content of one shard's eval batches; returns masked-in names."""
+  assert len(batches) == num_batches
+  names = []
+  stored = data["stored"][split]
+  for b in batches:
+    assert b["video"].shape == (batch_size, clip_frames, 112, 112, 1)
+    assert b["video"].dtype == np.uint8 and b["mask"].dtype == np.float32
+    assert b["ef"].shape == b["mask"].shape == b["file_name"].shape == (batch_size,)
+    for clip, ef, mask, name in zip(b["video"], b["ef"], b["mask"], b["file_name"]):
+      if mask == 0:
+        assert name == "" and ef == 0 and not clip.any()
+        continue
+      assert mask == 1
+      ex = stored[name]
+      assert ef == ex["ef"]
+      np.testing.assert_array_equal(clip, reference_clip(ex["video"], 0, clip_frames, period))
+      names.append(name)
+  return names
+
+
+@pytest.mark.parametrize("divides", [True, False])
+def test_eval_deterministic_and_exactly_once(data, divides):
+  split = "train"
+  n = pipeline.num_examples(data["builder"], split)
+  batch = next(b for b in range(3, n + 1) if (n % b == 0) == divides)
+  cfg = data["cfg"]
+  first = all_batches(pipeline.eval_batches(data["builder"], split, cfg, batch_size=batch))
+  second = all_batches(pipeline.eval_batches(data["builder"], split, cfg, batch_size=batch))
+  for a, b in zip(first, second, strict=True):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  names = check_eval(data, split, first, batch, math.ceil(n / batch), 8, 2)
+  assert sum(b["mask"].sum() for b in first) == n
+  assert sorted(names) == sorted(data["stored"][split])  # Every example exactly once.
+
+
+@pytest.mark.parametrize("split,batch", [("val", 2), ("train", 4), ("test", 5)])
+def test_eval_two_shards_cover_split_once_in_step(data, split, batch):
+  n = pipeline.num_examples(data["builder"], split)
+  cfg = make_cfg(**{**data["cfg"], "clip_frames": 5, "period": 3})
+  num_batches = math.ceil(math.ceil(n / 2) / batch)
+  names = []
+  for shard in range(2):
+    batches = all_batches(pipeline.eval_batches(data["builder"], split, cfg, batch_size=batch,
+                                                shard_index=shard, num_shards=2))
+    names += check_eval(data, split, batches, batch, num_batches, 5, 3)
+  assert sorted(names) == sorted(data["stored"][split])
+
+
+def test_train_two_shards_same_batch_count_disjoint(data):
+  per_shard = []
+  for shard in range(2):
+    batches = all_batches(pipeline.train_batches(data["builder"], data["cfg"], batch_size=3,
+                                                 seed=5, shard_index=shard, num_shards=2))
+    per_shard.append([ef.item() for b in batches for ef in b["ef"]])
+  n = pipeline.num_examples(data["builder"], "train")
+  assert len(per_shard[0]) == len(per_shard[1]) == (n // 2) // 3 * 3
+  assert not set(per_shard[0]) & set(per_shard[1])
+
+
+def test_resize_to_32(data):
+  cfg = make_cfg(**{**data["cfg"], "image_size": 32, "augment_pad": 2})
+  train = next(pipeline.train_batches(data["builder"], cfg, batch_size=4, seed=0))
+  assert train["video"].shape == (4, 8, 32, 32, 1) and train["video"].dtype == np.uint8
+  batch = next(pipeline.eval_batches(data["builder"], "val", cfg, batch_size=2))
+  assert batch["video"].shape == (2, 8, 32, 32, 1)
+  for clip, name in zip(batch["video"], batch["file_name"]):
+    full = reference_clip(data["stored"]["val"][name]["video"], 0, 8, 2).astype(np.float32)
+    # Resizing keeps the picture: mean brightness and a coarse 4x4 layout agree.
+    assert abs(clip.mean() - full.mean()) < 2.0
+    coarse = lambda x, s: x[..., 0].reshape(8, 4, s // 4, 4, s // 4).mean(axis=(2, 4))
+    assert np.abs(coarse(clip.astype(np.float32), 32) - coarse(full, 112)).max() < 12.0
+
+
+def files_under(path):
+  return [p for p in path.rglob("*") if p.is_file()] if path.exists() else []
+
+
+def test_prepare_bad_root_leaves_nothing_and_then_works(data, tmp_path):
+  root = tmp_path / "copy"
+  shutil.copytree(data["root"], root)
+  file_list = root / "FileList.csv"
+  good = file_list.read_text()
+  lines = good.splitlines()
+  lines[1] = lines[1].rsplit(",", 1)[0] + ",HOLDOUT"
+  file_list.write_text("\n".join(lines) + "\n")
+  cfg = make_cfg(**{**data["cfg"], "root": str(root), "cache_dir": str(tmp_path / "cache")})
+  with pytest.raises(echonet.EchoNetFormatError, match="HOLDOUT"):
+    pipeline.prepare(cfg)
+  assert files_under(tmp_path / "cache") == []
+
+  file_list.write_text(good)
+  builder = pipeline.prepare(cfg)
+  assert sum(pipeline.num_examples(builder, s) for s in pipeline.SPLITS) == NUM_VIDEOS
+  info = pathlib.Path(builder.data_dir) / "dataset_info.json"
+  mtime = info.stat().st_mtime_ns
+  assert pipeline.prepare(cfg).data_dir == builder.data_dir  # Reused, not rewritten.
+  assert info.stat().st_mtime_ns == mtime
+
+  # Once prepared, the folder may go away: training reads only the prepared data.
+  moved = tmp_path / "moved"
+  root.rename(moved)
+  assert pipeline.prepare(cfg).data_dir == builder.data_dir
+  moved.rename(root)
+
+  # Editing the folder afterwards must not leave stale prepared data in use.
+  name, ef = lines[1].split(",")[:2]
+  file_list.write_text(good.replace(f"{name},{ef},", f"{name},12.5,", 1))
+  rebuilt = pipeline.prepare(cfg)
+  efs = {ex["file_name"].decode(): ex["ef"] for s in pipeline.SPLITS
+         for ex in tfds.as_numpy(rebuilt.as_dataset(split=s))}
+  assert efs[name] == np.float32(12.5)
+
+
+def test_prepare_missing_root_raises_format_error(tmp_path):
+  cfg = make_cfg(root=str(tmp_path / "nowhere"), cache_dir=str(tmp_path / "cache"))
+  with pytest.raises(echonet.EchoNetFormatError):
+    pipeline.prepare(cfg)
+  assert files_under(tmp_path / "cache") == []
+
+
+def test_resolve_root_reuses_and_regenerates(tmp_path):
+  cfg = make_cfg(cache_dir=str(tmp_path))
+  root = pipeline.resolve_root(cfg)
+  assert root == tmp_path / "synthetic-n3-s0-f4-6"
+  assert len(echonet.load_dataset_index(root)) == 3
+  marker = root / ".synthetic.json"
+  mtime = marker.stat().st_mtime_ns
+  assert pipeline.resolve_root(cfg) == root
+  assert marker.stat().st_mtime_ns == mtime  # Reused, not regenerated.
+
+  other = pipeline.resolve_root(make_cfg(cache_dir=str(tmp_path), synthetic_seed=1))
+  assert other == tmp_path / "synthetic-n3-s1-f4-6" and (other / ".synthetic.json").exists()
+
+  # A folder whose marker records other parameters is regenerated.
+  params = json.loads(marker.read_text())
+  marker.write_text(json.dumps({**params, "seed": 99}))
+  assert pipeline.resolve_root(cfg) == root
+  assert json.loads(marker.read_text())["seed"] == 0
+  assert sorted(os.listdir(tmp_path)) == ["synthetic-n3-s0-f4-6", "synthetic-n3-s1-f4-6"]
+
+
+def test_tfds_dir_depends_on_root_path(tmp_path):
+  a, b = tmp_path / "x" / "EchoNet", tmp_path / "y" / "EchoNet"
+  dirs = {pipeline._tfds_dir(pipeline._Settings.from_cfg(make_cfg(root=str(r), cache_dir="c")), r)
+          for r in (a, b)}
+  assert len(dirs) == 2 and all(d.name.startswith("EchoNet-") for d in dirs)
+
+
+def test_cache_in_memory_gives_same_batches(data):
+  cfg = make_cfg(**{**data["cfg"], "cache_in_memory": True, "augment_pad": 3})
+  plain = make_cfg(**{**data["cfg"], "augment_pad": 3})
+  for _ in range(2):  # The second pass reads from the memory cache.
+    cached = all_batches(pipeline.eval_batches(data["builder"], "val", cfg, batch_size=2))
+    reference = all_batches(pipeline.eval_batches(data["builder"], "val", plain, batch_size=2))
+    for a, b in zip(cached, reference, strict=True):
+      for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    runs = [all_batches(pipeline.train_batches(data["builder"], cfg, batch_size=4, seed=3))
+            for _ in range(2)]
+    for a, b in zip(*runs, strict=True):
+      np.testing.assert_array_equal(a["video"], b["video"])

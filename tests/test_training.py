@@ -1,0 +1,148 @@
+"""Train step, sharding, checkpoints and metrics on small real inputs."""
+
+import jax
+import numpy as np
+import pytest
+
+from lvef_jax import models
+from lvef_jax.config_base import base_config
+from lvef_jax.evaluation import metrics
+from lvef_jax.training import checkpoint, sharding, state as state_lib, steps
+
+
+def _config(variant="stem", norm="batch"):
+  config = base_config()
+  config.model.update(variant=variant, norm=norm)
+  config.data.update(clip_frames=8, image_size=16)
+  config.train.update(batch_size=8)
+  return config
+
+
+def _batch(seed=0, batch_size=8):
+  """A fixed batch whose EF is a function of the clip (mean brightness), so it can be learnt."""
+  rng = np.random.default_rng(seed)
+  video = rng.integers(0, 256, (batch_size, 8, 16, 16, 1), dtype=np.uint8)
+  ef = (20 + 60 * video.mean(axis=(1, 2, 3, 4)) / 255).astype(np.float32)
+  return {"video": video, "ef": ef}
+
+
+def _setup(config, mesh, steps_per_epoch=10):
+  model = models.create_model(config, seed=0)
+  tx = state_lib.make_optimizer(config.train, steps_per_epoch)
+  graphdef, state = state_lib.create_train_state(model, tx, seed=0)
+  state = jax.device_put(state, sharding.replicated(mesh))
+  return graphdef, tx, state
+
+
+def test_mesh_uses_all_eight_fake_devices():
+  assert jax.device_count() == 8
+  assert sharding.make_mesh().devices.size == 8
+
+
+def test_train_step_lowers_the_loss_on_a_fixed_batch():
+  config = _config()
+  mesh = sharding.make_mesh()
+  graphdef, tx, state = _setup(config, mesh)
+  train_step = steps.make_train_step(graphdef, tx, mesh)
+  batch = sharding.shard_batch(_batch(), mesh)
+  losses = []
+  for _ in range(30):
+    state, out = train_step(state, batch)
+    losses.append(float(out["loss"]))
+  assert int(state.step) == 30
+  assert np.isfinite(losses).all()
+  assert np.mean(losses[-5:]) < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer"])
+def test_one_and_eight_devices_give_the_same_step(norm):
+  config = _config(variant="mini", norm=norm)
+  config.train.update(grad_clip_norm=10.0, weight_decay=1e-4)  # the full optimizer chain
+  probe = _batch(seed=7)
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = sharding.make_mesh(devices)
+    graphdef, tx, state = _setup(config, mesh)
+    train_step = steps.make_train_step(graphdef, tx, mesh)
+    predict = steps.make_predict_step(graphdef, mesh)
+    outputs = []
+    for seed in (0, 1):
+      state, out = train_step(state, sharding.shard_batch(_batch(seed), mesh))
+      outputs.append([float(out["loss"]), float(out["grad_norm"])])
+    # The batch really is split: each device holds 1/len(devices) of it.
+    sharded = sharding.shard_batch(probe, mesh)["video"]
+    assert sharded.addressable_shards[0].data.shape[0] == 8 // len(devices)
+    results.append((outputs, np.asarray(predict(state, sharding.shard_batch(probe, mesh))),
+                    jax.device_get(state)))
+  (out_1, pred_1, state_1), (out_8, pred_8, state_8) = results
+  # Losses and gradient norms: step 1 starts from identical states; step 2 inherits the
+  # rounding noise that Adam amplifies in step 1 (see the parameters below).
+  np.testing.assert_allclose(out_1[0], out_8[0], rtol=1e-5)
+  np.testing.assert_allclose(out_1[1], out_8[1], rtol=1e-3)
+  np.testing.assert_allclose(pred_1, pred_8, rtol=1e-3)
+  for a, b in zip(jax.tree.leaves(state_1.batch_stats), jax.tree.leaves(state_8.batch_stats)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+  # Parameters: a few (conv2's bias, which a max-pool and BatchNorm make redundant) have
+  # gradients that are pure rounding noise, and Adam turns noise into full +-lr steps; all
+  # others must agree closely, and none can differ by more than two steps of the learning rate.
+  close, total = 0, 0
+  for a, b in zip(jax.tree.leaves(state_1.params), jax.tree.leaves(state_8.params)):
+    assert np.max(np.abs(a - b)) <= 2 * config.train.learning_rate + 1e-6
+    close += np.sum(np.isclose(a, b, rtol=1e-3, atol=1e-6))
+    total += a.size
+  assert close / total > 0.995, (close, total)
+
+
+def test_predictions_identical_after_checkpoint_restore(tmp_path):
+  config = _config(variant="mini")
+  mesh = sharding.make_mesh()
+  graphdef, tx, state = _setup(config, mesh)
+  train_step = steps.make_train_step(graphdef, tx, mesh)
+  predict = steps.make_predict_step(graphdef, mesh)
+  batch = sharding.shard_batch(_batch(), mesh)
+  for _ in range(3):
+    state, _ = train_step(state, batch)
+  expected = np.asarray(predict(state, batch))
+  saver = checkpoint.Checkpoints(tmp_path / "checkpoints")
+  saver.save("latest", 3, state, {"epoch": 3, "note": "x"})
+  saver.wait()
+  saver.close()
+
+  _, _, fresh = _setup(config, mesh)  # a different run's template: same shapes, other values
+  assert not np.allclose(np.asarray(predict(fresh, batch)), expected)
+  restorer = checkpoint.Checkpoints(tmp_path / "checkpoints")
+  assert restorer.epoch("latest") == 3 and restorer.epoch("best") is None
+  restored, meta = restorer.restore("latest", fresh)
+  assert meta == {"epoch": 3, "note": "x"}
+  np.testing.assert_array_equal(np.asarray(predict(restored, batch)), expected)
+  assert int(restored.step) == 3
+  with pytest.raises(FileNotFoundError, match="best"):
+    restorer.restore("best", fresh)
+
+
+def test_learning_rate_halves_every_ten_epochs():
+  config = base_config()
+  schedule = state_lib.learning_rate_schedule(config.train, steps_per_epoch=7)
+  assert float(schedule(0)) == pytest.approx(1e-3)
+  assert float(schedule(69)) == pytest.approx(1e-3)
+  assert float(schedule(70)) == pytest.approx(5e-4)
+  assert float(schedule(140)) == pytest.approx(2.5e-4)
+
+
+def test_batch_size_must_divide_over_the_devices():
+  with pytest.raises(ValueError, match="train.batch_size 6 is not divisible by the 8 devices"):
+    sharding.check_batch_size(6, sharding.make_mesh(), "train.batch_size")
+
+
+def test_regression_metrics_match_their_definitions():
+  ef = np.array([30.0, 45.0, 60.0, 70.0])
+  pred = np.array([35.0, 40.0, 62.0, 70.0])
+  m = metrics.regression_metrics(ef, pred)
+  assert m["rmse"] == pytest.approx(np.sqrt((25 + 25 + 4) / 4))
+  assert m["mae"] == pytest.approx(3.0)
+  # sklearn.metrics.r2_score(ef, pred): 1 - SS_res / SS_tot
+  assert m["r2"] == pytest.approx(1 - 54 / np.sum((ef - ef.mean()) ** 2))
+  assert m["n"] == 4
+  assert metrics.regression_metrics(ef, ef)["r2"] == 1.0
+  with pytest.raises(ValueError):
+    metrics.regression_metrics(ef, pred[:3])
