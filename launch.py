@@ -9,6 +9,7 @@ r"""Trains, evaluates or summarises a model of the paper.
 Rerunning ``--mode=train`` in the same workdir resumes from the latest checkpoint.
 """
 
+import logging as py_logging
 import sys
 
 from absl import app, flags, logging
@@ -20,7 +21,16 @@ MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "summary"],
 CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/i3d.py:variant=mini.")
 
 
+class _QuietLibraries(py_logging.Filter):
+  """Drops Orbax's and TFDS's INFO chatter (a dozen lines per checkpoint); keeps warnings."""
+
+  def filter(self, record):
+    return record.levelno >= py_logging.WARNING or not any(
+        part in record.pathname for part in ("/orbax/", "/tensorflow_datasets/"))
+
+
 def main(argv):
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = CONFIG.value

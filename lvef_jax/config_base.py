@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import ml_collections
 
-# EchoNet-Dynamic's EF distribution (SPEC.md): the model's output is offset/scaled by these.
-ECHONET_EF_MEAN, ECHONET_EF_STD = 55.7, 12.4
+# Mean EF of EchoNet-Dynamic (SPEC.md): the output layer starts there instead of at 0.
+ECHONET_EF_MEAN = 55.7
 
 
 def parse_arg(arg: str | None, defaults: dict) -> dict:
@@ -30,7 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(dict(
       name="i3d", variant="mini", conv2="1x1x1", norm="batch", head="a",
       dropout=0.5, head_hidden=256, bn_momentum=0.9,
-      ef_offset=ECHONET_EF_MEAN, ef_scale=ECHONET_EF_STD, dtype="float32",
+      ef_offset=ECHONET_EF_MEAN, ef_scale=1.0, dtype="float32",
       stem_impl="auto"))
 
   config.data = ml_collections.ConfigDict(dict(

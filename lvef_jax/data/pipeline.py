@@ -49,6 +49,7 @@ def hide_gpus_from_tensorflow() -> None:
 
 
 hide_gpus_from_tensorflow()
+tfds.disable_progress_bar()  # Carriage-return bars garble log files; progress is logged instead.
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,153 @@
+"""The real quickstart config, shrunk to a few steps: every file of the run directory, resume."""
+
+import csv
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from lvef_jax.data import echonet, pipeline
+from lvef_jax.training import trainer
+from tests.conftest import ROOT, load_config, shrink
+
+REQUIRED_METRICS = {"epoch", "step", "train_loss", "val_loss", "val_rmse", "val_mae", "val_r2",
+                    "lr", "clips_per_s", "seconds"}
+
+
+def _records(workdir):
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, data_cache):
+  config = shrink(load_config("quickstart"), data_cache)
+  workdir = tmp_path_factory.mktemp("run")
+  results = trainer.train_and_evaluate(config, workdir)
+  return config, workdir, results
+
+
+def test_run_directory_has_every_file(finished_run):
+  config, workdir, results = finished_run
+  assert json.loads((workdir / "config.json").read_text())["model"]["variant"] == "mini"
+
+  records = _records(workdir)
+  assert [r["epoch"] for r in records] == [1, 2]
+  assert [r["step"] for r in records] == [2, 4]
+  for record in records:
+    assert REQUIRED_METRICS <= set(record)
+    assert all(np.isfinite(record[k]) for k in REQUIRED_METRICS)
+  assert list(workdir.glob("events.out.tfevents.*")), "no TensorBoard event file"
+  assert (workdir / "checkpoints" / "latest" / "2").is_dir()
+  best = json.loads((workdir / "results.json").read_text())
+  assert best == json.loads(json.dumps(results))
+  assert best["best_epoch"] in (1, 2)
+  assert (workdir / "checkpoints" / "best" / str(best["best_epoch"])).is_dir()
+
+  # Every video of every split scored exactly once, at the best checkpoint.
+  root = pipeline.resolve_root(config.data)
+  index = echonet.load_dataset_index(root, check_videos=False)
+  for split in ("train", "val", "test"):
+    expected = {r.file_name: r.ef for r in index if r.split == split}
+    with open(workdir / f"predictions_{split}.csv", newline="") as f:
+      rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["FileName", "EF", "EF_pred"]
+    assert sorted(r["FileName"] for r in rows) == sorted(expected)
+    ef = np.array([float(r["EF"]) for r in rows])
+    pred = np.array([float(r["EF_pred"]) for r in rows])
+    np.testing.assert_allclose(ef, [expected[r["FileName"]] for r in rows], atol=1e-3)
+    scores = best["splits"][split]
+    assert set(scores) == {"rmse", "mae", "r2", "n"} and scores["n"] == len(expected)
+    assert scores["rmse"] == pytest.approx(np.sqrt(np.mean((pred - ef) ** 2)), abs=1e-3)
+    assert scores["r2"] == pytest.approx(
+        1 - np.sum((pred - ef) ** 2) / np.sum((ef - ef.mean()) ** 2), abs=1e-3)
+    for plot in (f"scatter_{split}.png", f"bland_altman_{split}.png"):
+      assert (workdir / "plots" / plot).read_bytes()[:4] == b"\x89PNG"
+  assert (workdir / "plots" / "history.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rerun_resumes_and_matches_an_uninterrupted_run(finished_run, tmp_path):
+  config, reference, _ = finished_run
+  config = shrink(load_config("quickstart"), pathlib.Path(config.data.cache_dir))
+  config.train.num_epochs = 1
+  trainer.train_and_evaluate(config, tmp_path)
+  assert [r["epoch"] for r in _records(tmp_path)] == [1]
+  config.train.num_epochs = 2  # the same command with more epochs continues from epoch 1
+  trainer.train_and_evaluate(config, tmp_path)
+  resumed, expected = _records(tmp_path), _records(reference)
+  assert [r["step"] for r in resumed] == [2, 4]
+  for a, b in zip(resumed, expected):
+    for key in ("train_loss", "val_loss", "val_rmse", "lr"):
+      assert a[key] == pytest.approx(b[key], rel=1e-4), key
+
+
+def _launch(workdir, config, *extra):
+  flags = {"data.cache_dir": config.data.cache_dir,
+           **{f"data.{k}": v for k, v in config.data.items() if k.startswith("synthetic_")},
+           "data.clip_frames": config.data.clip_frames, "data.period": config.data.period,
+           "data.image_size": config.data.image_size, "data.augment_pad": config.data.augment_pad,
+           "data.shuffle_buffer": config.data.shuffle_buffer, "data.prefetch": config.data.prefetch,
+           "train.batch_size": config.train.batch_size, "train.num_epochs": config.train.num_epochs,
+           "train.steps_per_epoch": config.train.steps_per_epoch,
+           "eval.batch_size": config.eval.batch_size}
+  return [sys.executable, str(ROOT / "launch.py"), "--config=configs/quickstart.py",
+          f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in flags.items()), *extra]
+
+
+def test_killed_run_resumes_where_it_stopped(finished_run, tmp_path):
+  config, reference, _ = finished_run
+  config = shrink(load_config("quickstart"), pathlib.Path(config.data.cache_dir))
+  config.train.num_epochs = 3
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  process = subprocess.Popen(_launch(tmp_path, config), cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  first = tmp_path / "checkpoints" / "latest" / "1"
+  deadline = time.time() + 300
+  while not first.is_dir() and process.poll() is None and time.time() < deadline:
+    time.sleep(0.2)
+  process.send_signal(signal.SIGKILL)  # as a pre-empted job would be: no clean-up at all
+  process.wait()
+  assert first.is_dir() or (tmp_path / "checkpoints" / "latest" / "2").is_dir()
+  assert not (tmp_path / "results.json").exists()
+
+  done = subprocess.run(_launch(tmp_path, config), cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "resuming" in done.stderr
+  records = _records(tmp_path)
+  assert [r["epoch"] for r in records] == [1, 2, 3]
+  assert [r["step"] for r in records] == [2, 4, 6]
+  for a, b in zip(records, _records(reference)):
+    assert a["val_rmse"] == pytest.approx(b["val_rmse"], rel=1e-4)
+  assert "test" in json.loads((tmp_path / "results.json").read_text())["splits"]
+  assert "RMSE" in done.stdout  # the final table
+
+
+def test_bad_dataset_exits_non_zero_naming_the_problem(tmp_path):
+  root = tmp_path / "EchoNet"
+  (root / "Videos").mkdir(parents=True)
+  (root / "FileList.csv").write_text(
+      "FileName,EF,ESV,EDV,FrameHeight,FrameWidth,FPS,NumberOfFrames,Split\n"
+      "0XAAAA,55.0,40,90,112,112,50,30,TRAIN\n"
+      "0XBBBB,nan,40,90,112,112,50,30,VAL\n")
+  done = subprocess.run(
+      [sys.executable, "launch.py", "--config=configs/i3d.py", f"--workdir={tmp_path / 'run'}",
+       f"--config.data.root={root}", f"--config.data.cache_dir={tmp_path / 'cache'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode != 0
+  assert "FileList.csv line 3" in done.stderr and "0XBBBB" in done.stderr
+  assert "0XAAAA.avi" in done.stderr  # the missing video is named
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_summary_mode_ends_with_the_parameter_count():
+  done = subprocess.run([sys.executable, "launch.py", "--config=configs/i3d.py:variant=mini",
+                         "--mode=summary"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.strip().splitlines()[-1] == "trainable_params: 1536001"
+  assert "stem_conv.kernel" in done.stdout
