@@ -137,7 +137,8 @@ def test_bad_dataset_exits_non_zero_naming_the_problem(tmp_path):
       "0XBBBB,nan,40,90,112,112,50,30,VAL\n")
   done = subprocess.run(
       [sys.executable, "launch.py", "--config=configs/i3d.py", f"--workdir={tmp_path / 'run'}",
-       f"--config.data.root={root}", f"--config.data.cache_dir={tmp_path / 'cache'}"],
+       f"--config.data.root={root}", f"--config.data.cache_dir={tmp_path / 'cache'}",
+       "--config.train.batch_size=8"],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert done.returncode != 0
   assert "FileList.csv line 3" in done.stderr and "0XBBBB" in done.stderr

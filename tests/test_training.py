@@ -69,25 +69,31 @@ def test_one_and_eight_devices_give_the_same_step(norm):
     for seed in (0, 1):
       state, out = train_step(state, sharding.shard_batch(_batch(seed), mesh))
       outputs.append([float(out["loss"]), float(out["grad_norm"])])
+      if seed == 0:
+        first_stats = jax.device_get(state.batch_stats)
     # The batch really is split: each device holds 1/len(devices) of it.
     sharded = sharding.shard_batch(probe, mesh)["video"]
     assert sharded.addressable_shards[0].data.shape[0] == 8 // len(devices)
-    results.append((outputs, np.asarray(predict(state, sharding.shard_batch(probe, mesh))),
+    results.append((outputs, first_stats,
+                    np.asarray(predict(state, sharding.shard_batch(probe, mesh))),
                     jax.device_get(state)))
-  (out_1, pred_1, state_1), (out_8, pred_8, state_8) = results
-  # Losses and gradient norms: step 1 starts from identical states; step 2 inherits the
-  # rounding noise that Adam amplifies in step 1 (see the parameters below).
+  (out_1, stats_1, pred_1, state_1), (out_8, stats_8, pred_8, state_8) = results
+  # Step 1 starts from identical states: loss, gradient norm and the updated BatchNorm
+  # statistics agree to rounding. Step 2 inherits the rounding noise that Adam amplifies in
+  # step 1 (see the parameters below), so it is compared more loosely.
   np.testing.assert_allclose(out_1[0], out_8[0], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(stats_1), jax.tree.leaves(stats_8)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(out_1[1], out_8[1], rtol=1e-3)
   np.testing.assert_allclose(pred_1, pred_8, rtol=1e-3)
-  for a, b in zip(jax.tree.leaves(state_1.batch_stats), jax.tree.leaves(state_8.batch_stats)):
-    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
   # Parameters: a few (conv2's bias, which a max-pool and BatchNorm make redundant) have
-  # gradients that are pure rounding noise, and Adam turns noise into full +-lr steps; all
-  # others must agree closely, and none can differ by more than two steps of the learning rate.
+  # gradients that are pure rounding noise, and Adam turns noise into full-size steps; all
+  # others must agree closely, and none can differ by more than the two runs' largest
+  # possible Adam steps (lr * (1 - b1) / sqrt(1 - b2) each; Kingma & Ba, section 2.1).
+  max_adam_step = config.train.learning_rate * (1 - 0.9) / np.sqrt(1 - 0.999)
   close, total = 0, 0
   for a, b in zip(jax.tree.leaves(state_1.params), jax.tree.leaves(state_8.params)):
-    assert np.max(np.abs(a - b)) <= 2 * config.train.learning_rate + 1e-6
+    assert np.max(np.abs(a - b)) <= 2 * 2 * max_adam_step
     close += np.sum(np.isclose(a, b, rtol=1e-3, atol=1e-6))
     total += a.size
   assert close / total > 0.995, (close, total)
