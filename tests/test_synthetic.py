@@ -44,7 +44,7 @@ def _tracings(root):
   """{FileName: [(frame, rows as (21, 4) float array)] in file order}."""
   out = {}
   for row in _read_csv(root / "VolumeTracings.csv"):
-    frames = out.setdefault(row["FileName"][:-len(".avi")], [])
+    frames = out.setdefault(row["FileName"][: -len(".avi")], [])
     if not frames or frames[-1][0] != int(row["Frame"]):
       frames.append((int(row["Frame"]), []))
     frames[-1][1].append([float(row[k]) for k in ("X1", "Y1", "X2", "Y2")])
@@ -55,7 +55,7 @@ def _disc_volume(rows):
   # Method of discs, as EchoNet computes it: long axis length / 20 per disc, chord = diameter.
   length = np.hypot(rows[0, 2] - rows[0, 0], rows[0, 3] - rows[0, 1])
   chords = np.hypot(rows[1:, 2] - rows[1:, 0], rows[1:, 3] - rows[1:, 1])
-  return np.pi / 4 * np.sum(chords ** 2) * length / len(chords)
+  return np.pi / 4 * np.sum(chords**2) * length / len(chords)
 
 
 def _polygon_mask(rows, grow=0):
@@ -178,8 +178,9 @@ def test_pixels_show_the_ejection_fraction(dataset, filelist):
     dark = grey < (blood + tissue) / 2
     # The traced outline is the dark cavity: dark inside, mostly bright wall just outside (the
     # ring also crosses the mitral plane into the dark left atrium).
-    inner_ed, inner_es = (cv2.erode(m.astype(np.uint8), np.ones((5, 5))) > 0
-                          for m in (ed_mask, es_mask))
+    inner_ed, inner_es = (
+      cv2.erode(m.astype(np.uint8), np.ones((5, 5))) > 0 for m in (ed_mask, es_mask)
+    )
     assert dark[ed_frame][inner_ed].mean() > 0.95 and dark[es_frame][inner_es].mean() > 0.95
     assert dark[ed_frame][ring].mean() < 0.5
     # Dark area inside the ED outline, above the ES mitral plane (the left atrium lies below the
@@ -201,8 +202,9 @@ def test_deterministic_across_runs_and_workers(tmp_path, dataset):
   for name in ("FileList.csv", "VolumeTracings.csv", ".synthetic.json"):
     assert (again / name).read_bytes() == (dataset / name).read_bytes()
   for video in sorted((dataset / "Videos").iterdir()):
-    np.testing.assert_array_equal(_read_video(again / "Videos" / video.name)[0],
-                                  _read_video(video)[0])
+    np.testing.assert_array_equal(
+      _read_video(again / "Videos" / video.name)[0], _read_video(video)[0]
+    )
   other = synthetic.generate(tmp_path / "c", workers=1, **{**PARAMS, "seed": 8})
   assert (other / "FileList.csv").read_bytes() != (dataset / "FileList.csv").read_bytes()
 
@@ -211,7 +213,8 @@ def test_video_depends_only_on_seed_and_index(tmp_path, filelist):
   small = synthetic.generate(tmp_path / "d", workers=1, **{**PARAMS, "num_videos": 3})
   rows = _read_csv(small / "FileList.csv")
   assert [{k: v for k, v in row.items() if k != "Split"} for row in rows] == [
-      {k: v for k, v in row.items() if k != "Split"} for row in filelist[:3]]
+    {k: v for k, v in row.items() if k != "Split"} for row in filelist[:3]
+  ]
 
 
 def test_short_videos(tmp_path):
@@ -225,13 +228,19 @@ def test_short_videos(tmp_path):
   assert tracings  # a fast enough heart fits ED and ES into ~20 frames
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"num_videos": 2}, "num_videos"), ({"min_frames": 0}, "min_frames"),
-    ({"min_frames": 30, "max_frames": 20}, "max_frames")])
+@pytest.mark.parametrize(
+  "change, message",
+  [
+    ({"num_videos": 2}, "num_videos"),
+    ({"min_frames": 0}, "min_frames"),
+    ({"min_frames": 30, "max_frames": 20}, "max_frames"),
+  ],
+)
 def test_bad_arguments(tmp_path, change, message):
   with pytest.raises(ValueError, match=message):
-    synthetic.generate(tmp_path / "x", **{"num_videos": 3, "seed": 0, "min_frames": 5,
-                                          "max_frames": 8, **change})
+    synthetic.generate(
+      tmp_path / "x", **{"num_videos": 3, "seed": 0, "min_frames": 5, "max_frames": 8, **change}
+    )
   assert not list(tmp_path.iterdir())
 
 
@@ -258,19 +267,34 @@ def test_failure_leaves_nothing_behind(tmp_path, monkeypatch):
   monkeypatch.setattr(synthetic, "render", broken)
   for target, overwrite in ((tmp_path / "y", False), (out, True)):
     with pytest.raises(RuntimeError, match="render failed"):
-      synthetic.generate(target, 3, seed=1, min_frames=5, max_frames=8, workers=1,
-                         overwrite=overwrite)
+      synthetic.generate(
+        target, 3, seed=1, min_frames=5, max_frames=8, workers=1, overwrite=overwrite
+      )
   assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
   assert (out / "FileList.csv").read_bytes() == before  # the old dataset survives a failed rewrite
 
 
 def test_command_line(tmp_path):
   env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])}
-  command = [sys.executable, "-m", "lvef_jax.data.synthetic", "--out", str(tmp_path / "x"),
-             "--seed", "0", "--min_frames", "5", "--max_frames", "8", "--workers", "2"]
+  command = [
+    sys.executable,
+    "-m",
+    "lvef_jax.data.synthetic",
+    "--out",
+    str(tmp_path / "x"),
+    "--seed",
+    "0",
+    "--min_frames",
+    "5",
+    "--max_frames",
+    "8",
+    "--workers",
+    "2",
+  ]
   done = subprocess.run(command + ["--num_videos", "4"], env=env, capture_output=True, text=True)
   assert done.returncode == 0, done.stderr
   assert "4 videos" in done.stdout and "TRAIN 2, VAL 1, TEST 1" in done.stdout
-  failed = subprocess.run(command + ["--num_videos", "2", "--overwrite"], env=env,
-                          capture_output=True, text=True)
+  failed = subprocess.run(
+    command + ["--num_videos", "2", "--overwrite"], env=env, capture_output=True, text=True
+  )
   assert failed.returncode != 0 and "num_videos must be >= 3" in failed.stderr

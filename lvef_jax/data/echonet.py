@@ -26,8 +26,17 @@ import cv2
 import numpy as np
 
 SPLITS = ("train", "val", "test")
-FILE_LIST_HEADER = ("FileName", "EF", "ESV", "EDV", "FrameHeight", "FrameWidth", "FPS",
-                    "NumberOfFrames", "Split")
+FILE_LIST_HEADER = (
+  "FileName",
+  "EF",
+  "ESV",
+  "EDV",
+  "FrameHeight",
+  "FrameWidth",
+  "FPS",
+  "NumberOfFrames",
+  "Split",
+)
 TRACINGS_HEADER = ("FileName", "X1", "Y1", "X2", "Y2", "Frame")
 FILE_LIST = "FileList.csv"
 TRACINGS = "VolumeTracings.csv"
@@ -37,398 +46,425 @@ _MAX_LISTED = 20
 
 
 class EchoNetFormatError(ValueError):
-    """Raised for any problem with a dataset folder; message names the file(s)/row(s)."""
+  """Raised for any problem with a dataset folder; message names the file(s)/row(s)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class VideoRecord:
-    """One validated FileList.csv row plus its traced frames.
+  """One validated FileList.csv row plus its traced frames.
 
-    Attributes:
-        file_name: FileName without ".avi".
-        ef: Ejection fraction in percent.
-        esv: End-systolic volume in mL.
-        edv: End-diastolic volume in mL.
-        frame_height: FrameHeight in pixels.
-        frame_width: FrameWidth in pixels.
-        fps: Frames per second.
-        num_frames: NumberOfFrames as listed (not checked against the video).
-        split: "train", "val" or "test".
-        ed_frame: End-diastolic traced frame index, -1 if the video has no tracings.
-        es_frame: End-systolic traced frame index, -1 if none.
-        video_path: Absolute path to the .avi.
-    """
-    file_name: str
-    ef: float
-    esv: float
-    edv: float
-    frame_height: int
-    frame_width: int
-    fps: float
-    num_frames: int
-    split: str
-    ed_frame: int
-    es_frame: int
-    video_path: str
+  Attributes:
+      file_name: FileName without ".avi".
+      ef: Ejection fraction in percent.
+      esv: End-systolic volume in mL.
+      edv: End-diastolic volume in mL.
+      frame_height: FrameHeight in pixels.
+      frame_width: FrameWidth in pixels.
+      fps: Frames per second.
+      num_frames: NumberOfFrames as listed (not checked against the video).
+      split: "train", "val" or "test".
+      ed_frame: End-diastolic traced frame index, -1 if the video has no tracings.
+      es_frame: End-systolic traced frame index, -1 if none.
+      video_path: Absolute path to the .avi.
+  """
+
+  file_name: str
+  ef: float
+  esv: float
+  edv: float
+  frame_height: int
+  frame_width: int
+  fps: float
+  num_frames: int
+  split: str
+  ed_frame: int
+  es_frame: int
+  video_path: str
 
 
 def _raise(root, problems):
-    """Raises one error listing every problem, one per line."""
-    head = f"EchoNet-Dynamic folder {root} has {len(problems)} problem(s):"
-    raise EchoNetFormatError("\n  - ".join([head] + problems))
+  """Raises one error listing every problem, one per line."""
+  head = f"EchoNet-Dynamic folder {root} has {len(problems)} problem(s):"
+  raise EchoNetFormatError("\n  - ".join([head] + problems))
 
 
 def _name_list(names):
-    names = sorted(names)
-    text = ", ".join(names[:_MAX_LISTED])
-    if len(names) > _MAX_LISTED:
-        text += f" … and {len(names) - _MAX_LISTED} more"
-    return text
+  names = sorted(names)
+  text = ", ".join(names[:_MAX_LISTED])
+  if len(names) > _MAX_LISTED:
+    text += f" … and {len(names) - _MAX_LISTED} more"
+  return text
 
 
 def _csv_rows(path, expected_header, problems):
-    """Checks a CSV header; returns an iterator of (line number, stripped fields) over the rows.
+  """Checks a CSV header; returns an iterator of (line number, stripped fields) over the rows.
 
-    Returns None (with a problem appended) if the header is wrong: the columns cannot be
-    trusted then, and per-row errors would only be noise. Rows with the wrong number of fields
-    are reported to `problems` as the iterator reaches them.
-    """
-    # utf-8-sig drops the byte-order mark spreadsheet programs like to add, which would
-    # otherwise spoil the header; undecodable bytes become U+FFFD and show up in the messages.
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-        header = next(csv.reader(f), [])
-    if tuple(header) != expected_header:
-        problems.append(f"{path}: header must be exactly {','.join(expected_header)!r}, "
-                        f"found {','.join(header)!r}")
-        return None
-    return _data_rows(path, len(expected_header), problems)
+  Returns None (with a problem appended) if the header is wrong: the columns cannot be
+  trusted then, and per-row errors would only be noise. Rows with the wrong number of fields
+  are reported to `problems` as the iterator reaches them.
+  """
+  # utf-8-sig drops the byte-order mark spreadsheet programs like to add, which would
+  # otherwise spoil the header; undecodable bytes become U+FFFD and show up in the messages.
+  with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+    header = next(csv.reader(f), [])
+  if tuple(header) != expected_header:
+    problems.append(
+      f"{path}: header must be exactly {','.join(expected_header)!r}, found {','.join(header)!r}"
+    )
+    return None
+  return _data_rows(path, len(expected_header), problems)
 
 
 def _data_rows(path, n_fields, problems):
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-        reader = csv.reader(f)
-        next(reader)
-        for fields in reader:
-            if len(fields) == n_fields:
-                yield reader.line_num, [x.strip() for x in fields]
-            elif any(x.strip() for x in fields):  # Blank lines (often the last) are harmless.
-                problems.append(f"{path} line {reader.line_num} (FileName "
-                                f"{fields[0].strip()!r}): has {len(fields)} fields, "
-                                f"expected {n_fields}")
+  with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+    reader = csv.reader(f)
+    next(reader)
+    for fields in reader:
+      if len(fields) == n_fields:
+        yield reader.line_num, [x.strip() for x in fields]
+      elif any(x.strip() for x in fields):  # Blank lines (often the last) are harmless.
+        problems.append(
+          f"{path} line {reader.line_num} (FileName "
+          f"{fields[0].strip()!r}): has {len(fields)} fields, "
+          f"expected {n_fields}"
+        )
 
 
-def _number(text, what, where, problems, *, lo=-math.inf, hi=math.inf, positive=False,
-            integer=False):
-    """Parses one numeric CSV field; appends a problem and returns None if invalid."""
-    try:
-        value = float(text)
-    except ValueError:
-        problems.append(f"{where}: {what} {text!r} is not a number")
-        return None
-    if not math.isfinite(value):
-        problems.append(f"{where}: {what} is {text!r}, expected a finite number")
-    elif positive and value <= 0:
-        problems.append(f"{where}: {what} {text!r} must be > 0")
-    elif not lo <= value <= hi:
-        problems.append(f"{where}: {what} {text!r} is outside [{lo:g}, {hi:g}]")
-    elif integer and value != int(value):
-        # "112.0" passes (some tools write integers as floats); "112.5" does not.
-        problems.append(f"{where}: {what} {text!r} is not a whole number")
-    else:
-        return int(value) if integer else value
+def _number(
+  text, what, where, problems, *, lo=-math.inf, hi=math.inf, positive=False, integer=False
+):
+  """Parses one numeric CSV field; appends a problem and returns None if invalid."""
+  try:
+    value = float(text)
+  except ValueError:
+    problems.append(f"{where}: {what} {text!r} is not a number")
     return None
+  if not math.isfinite(value):
+    problems.append(f"{where}: {what} is {text!r}, expected a finite number")
+  elif positive and value <= 0:
+    problems.append(f"{where}: {what} {text!r} must be > 0")
+  elif not lo <= value <= hi:
+    problems.append(f"{where}: {what} {text!r} is outside [{lo:g}, {hi:g}]")
+  elif integer and value != int(value):
+    # "112.0" passes (some tools write integers as floats); "112.5" does not.
+    problems.append(f"{where}: {what} {text!r} is not a whole number")
+  else:
+    return int(value) if integer else value
+  return None
 
 
 def _parse_file_list(root, problems):
-    """Parses FileList.csv, appending problems.
+  """Parses FileList.csv, appending problems.
 
-    Returns:
-        (records, names): the valid rows, and the FileNames of all rows with a usable name, or
-        None if the header is wrong. Names of rows with bad numbers are kept so that their
-        missing videos are reported too: a folder with a few bad rows needs one round of fixes.
-    """
-    path = os.path.join(root, FILE_LIST)
-    videos_dir = os.path.abspath(os.path.join(root, VIDEOS))
-    rows = _csv_rows(path, FILE_LIST_HEADER, problems)
-    if rows is None:
-        return None
-    records, first_line = [], {}
-    for line, fields in rows:
-        name, ef, esv, edv, height, width, fps, n_frames, split = fields
-        where = f"{path} line {line} (FileName {name!r})"
-        n_before = len(problems)
-        if not name:
-            problems.append(f"{where}: FileName is empty")
-        elif name.lower().endswith(".avi"):
-            problems.append(f"{where}: FileName must not end in '.avi' (the layout has no suffix)")
-        elif name in first_line:
-            problems.append(f"{where}: duplicate FileName (first listed on line "
-                            f"{first_line[name]})")
-        else:
-            first_line[name] = line
-        ef = _number(ef, "EF", where, problems, lo=0.0, hi=100.0)
-        esv = _number(esv, "ESV", where, problems, lo=0.0)
-        edv = _number(edv, "EDV", where, problems, lo=0.0)
-        height = _number(height, "FrameHeight", where, problems, positive=True, integer=True)
-        width = _number(width, "FrameWidth", where, problems, positive=True, integer=True)
-        fps = _number(fps, "FPS", where, problems, positive=True)
-        n_frames = _number(n_frames, "NumberOfFrames", where, problems, positive=True,
-                           integer=True)
-        if split.lower() not in SPLITS:
-            problems.append(f"{where}: Split {split!r} is not one of TRAIN, VAL, TEST")
-        if len(problems) == n_before:
-            records.append(VideoRecord(
-                file_name=name, ef=ef, esv=esv, edv=edv, frame_height=height,
-                frame_width=width, fps=fps, num_frames=n_frames, split=split.lower(),
-                ed_frame=-1, es_frame=-1, video_path=os.path.join(videos_dir, name + ".avi")))
-    return records, list(first_line)
+  Returns:
+      (records, names): the valid rows, and the FileNames of all rows with a usable name, or
+      None if the header is wrong. Names of rows with bad numbers are kept so that their
+      missing videos are reported too: a folder with a few bad rows needs one round of fixes.
+  """
+  path = os.path.join(root, FILE_LIST)
+  videos_dir = os.path.abspath(os.path.join(root, VIDEOS))
+  rows = _csv_rows(path, FILE_LIST_HEADER, problems)
+  if rows is None:
+    return None
+  records, first_line = [], {}
+  for line, fields in rows:
+    name, ef, esv, edv, height, width, fps, n_frames, split = fields
+    where = f"{path} line {line} (FileName {name!r})"
+    n_before = len(problems)
+    if not name:
+      problems.append(f"{where}: FileName is empty")
+    elif name.lower().endswith(".avi"):
+      problems.append(f"{where}: FileName must not end in '.avi' (the layout has no suffix)")
+    elif name in first_line:
+      problems.append(f"{where}: duplicate FileName (first listed on line {first_line[name]})")
+    else:
+      first_line[name] = line
+    ef = _number(ef, "EF", where, problems, lo=0.0, hi=100.0)
+    esv = _number(esv, "ESV", where, problems, lo=0.0)
+    edv = _number(edv, "EDV", where, problems, lo=0.0)
+    height = _number(height, "FrameHeight", where, problems, positive=True, integer=True)
+    width = _number(width, "FrameWidth", where, problems, positive=True, integer=True)
+    fps = _number(fps, "FPS", where, problems, positive=True)
+    n_frames = _number(n_frames, "NumberOfFrames", where, problems, positive=True, integer=True)
+    if split.lower() not in SPLITS:
+      problems.append(f"{where}: Split {split!r} is not one of TRAIN, VAL, TEST")
+    if len(problems) == n_before:
+      records.append(
+        VideoRecord(
+          file_name=name,
+          ef=ef,
+          esv=esv,
+          edv=edv,
+          frame_height=height,
+          frame_width=width,
+          fps=fps,
+          num_frames=n_frames,
+          split=split.lower(),
+          ed_frame=-1,
+          es_frame=-1,
+          video_path=os.path.join(videos_dir, name + ".avi"),
+        )
+      )
+  return records, list(first_line)
 
 
 def read_file_list(root) -> list[VideoRecord]:
-    """Reads and validates FileList.csv (rows only; videos are not looked at).
+  """Reads and validates FileList.csv (rows only; videos are not looked at).
 
-    Args:
-        root: Dataset folder.
+  Args:
+      root: Dataset folder.
 
-    Returns:
-        One record per row, in file order, with ed_frame = es_frame = -1.
+  Returns:
+      One record per row, in file order, with ed_frame = es_frame = -1.
 
-    Raises:
-        EchoNetFormatError: FileList.csv is missing, or has a bad header or bad rows (all listed).
-    """
-    root = os.fspath(root)
-    path = os.path.join(root, FILE_LIST)
-    if not os.path.isfile(path):
-        _raise(root, [f"{path} is missing"])
-    problems = []
-    parsed = _parse_file_list(root, problems)
-    if problems:
-        _raise(root, problems)
-    return parsed[0]
+  Raises:
+      EchoNetFormatError: FileList.csv is missing, or has a bad header or bad rows (all listed).
+  """
+  root = os.fspath(root)
+  path = os.path.join(root, FILE_LIST)
+  if not os.path.isfile(path):
+    _raise(root, [f"{path} is missing"])
+  problems = []
+  parsed = _parse_file_list(root, problems)
+  if problems:
+    _raise(root, problems)
+  return parsed[0]
 
 
 def _parse_tracings(path, problems):
-    """Parses VolumeTracings.csv, appending problems.
+  """Parses VolumeTracings.csv, appending problems.
 
-    Returns:
-        (tracings, first_line): tracings maps file name (no .avi) -> {frame: float32 [n, 4]};
-        first_line maps (file name, frame) -> the line where that frame first appears, for errors.
-        Both are empty, with a warning, if the file is missing: tracings are optional for EF
-        regression.
-    """
-    chords, first_line = {}, {}
-    if not os.path.isfile(path):
-        logging.warning("%s is missing: no video will have traced ED/ES frames.", path)
-        return chords, first_line
-    for line, fields in _csv_rows(path, TRACINGS_HEADER, problems) or ():
-        name = fields[0]
-        # The official file has ~420k rows: try the plain conversion first and run the
-        # validation that words the errors only when it fails.
-        try:
-            coords = [float(x) for x in fields[1:5]]
-            frame = int(fields[5])
-            valid = frame >= 0 and math.isfinite(sum(coords))
-        except ValueError:
-            valid = False
-        if not valid:
-            where = f"{path} line {line} (FileName {name!r})"
-            n_before = len(problems)
-            coords = [_number(x, col, where, problems)
-                      for x, col in zip(fields[1:5], TRACINGS_HEADER[1:5])]
-            frame = _number(fields[5], "Frame", where, problems, lo=0, integer=True)
-            if len(problems) != n_before:
-                continue
-        # Tracings name the file with ".avi" while FileList does not: key by the FileList form.
-        name = name[:-4] if name.lower().endswith(".avi") else name
-        chords.setdefault(name, {}).setdefault(frame, []).append(coords)
-        first_line.setdefault((name, frame), line)
-    tracings = {name: {frame: np.asarray(rows, np.float32) for frame, rows in frames.items()}
-                for name, frames in chords.items()}
-    return tracings, first_line
+  Returns:
+      (tracings, first_line): tracings maps file name (no .avi) -> {frame: float32 [n, 4]};
+      first_line maps (file name, frame) -> the line where that frame first appears, for errors.
+      Both are empty, with a warning, if the file is missing: tracings are optional for EF
+      regression.
+  """
+  chords, first_line = {}, {}
+  if not os.path.isfile(path):
+    logging.warning("%s is missing: no video will have traced ED/ES frames.", path)
+    return chords, first_line
+  for line, fields in _csv_rows(path, TRACINGS_HEADER, problems) or ():
+    name = fields[0]
+    # The official file has ~420k rows: try the plain conversion first and run the
+    # validation that words the errors only when it fails.
+    try:
+      coords = [float(x) for x in fields[1:5]]
+      frame = int(fields[5])
+      valid = frame >= 0 and math.isfinite(sum(coords))
+    except ValueError:
+      valid = False
+    if not valid:
+      where = f"{path} line {line} (FileName {name!r})"
+      n_before = len(problems)
+      coords = [
+        _number(x, col, where, problems) for x, col in zip(fields[1:5], TRACINGS_HEADER[1:5])
+      ]
+      frame = _number(fields[5], "Frame", where, problems, lo=0, integer=True)
+      if len(problems) != n_before:
+        continue
+    # Tracings name the file with ".avi" while FileList does not: key by the FileList form.
+    name = name[:-4] if name.lower().endswith(".avi") else name
+    chords.setdefault(name, {}).setdefault(frame, []).append(coords)
+    first_line.setdefault((name, frame), line)
+  tracings = {
+    name: {frame: np.asarray(rows, np.float32) for frame, rows in frames.items()}
+    for name, frames in chords.items()
+  }
+  return tracings, first_line
 
 
 def read_tracings(root) -> dict[str, dict[int, np.ndarray]]:
-    """Reads VolumeTracings.csv.
+  """Reads VolumeTracings.csv.
 
-    Args:
-        root: Dataset folder.
+  Args:
+      root: Dataset folder.
 
-    Returns:
-        file name (no .avi) -> {frame index: float32 [n_rows, 4] with columns X1, Y1, X2, Y2}.
-        Row 0 of each frame is the long axis, the rest are short-axis chords. {} (with a
-        warning) if the file is missing.
+  Returns:
+      file name (no .avi) -> {frame index: float32 [n_rows, 4] with columns X1, Y1, X2, Y2}.
+      Row 0 of each frame is the long axis, the rest are short-axis chords. {} (with a
+      warning) if the file is missing.
 
-    Raises:
-        EchoNetFormatError: bad header or unparsable rows (all listed).
-    """
-    root = os.fspath(root)
-    problems = []
-    tracings, _ = _parse_tracings(os.path.join(root, TRACINGS), problems)
-    if problems:
-        _raise(root, problems)
-    return tracings
+  Raises:
+      EchoNetFormatError: bad header or unparsable rows (all listed).
+  """
+  root = os.fspath(root)
+  problems = []
+  tracings, _ = _parse_tracings(os.path.join(root, TRACINGS), problems)
+  if problems:
+    _raise(root, problems)
+  return tracings
 
 
 def _traced_area(chords: np.ndarray) -> float:
-    """Area of the left-ventricle outline traced by one frame's short-axis chords.
+  """Area of the left-ventricle outline traced by one frame's short-axis chords.
 
-    As in the official echonet loader, the outline is the polygon through the chords' first
-    end points followed by their second end points in reverse; row 0 (the long axis) is not on
-    it. The shoelace formula gives its area; with fewer than two chords it is 0.
-    """
-    c = np.asarray(chords, np.float64)[1:]
-    x = np.concatenate([c[:, 0], c[::-1, 2]])
-    y = np.concatenate([c[:, 1], c[::-1, 3]])
-    return float(0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+  As in the official echonet loader, the outline is the polygon through the chords' first
+  end points followed by their second end points in reverse; row 0 (the long axis) is not on
+  it. The shoelace formula gives its area; with fewer than two chords it is 0.
+  """
+  c = np.asarray(chords, np.float64)[1:]
+  x = np.concatenate([c[:, 0], c[::-1, 2]])
+  y = np.concatenate([c[:, 1], c[::-1, 3]])
+  return float(0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
 
 
 def tracing_frames(tracings_for_video: dict[int, np.ndarray]) -> tuple[int, int]:
-    """Picks the end-diastolic and end-systolic frames of one video's tracings.
+  """Picks the end-diastolic and end-systolic frames of one video's tracings.
 
-    The official files list ES first and ED second, but the order is not relied on: the ED
-    frame is the one with the larger traced area (the ventricle is fullest), ES the smaller.
+  The official files list ES first and ED second, but the order is not relied on: the ED
+  frame is the one with the larger traced area (the ventricle is fullest), ES the smaller.
 
-    Args:
-        tracings_for_video: {frame index: [n_rows, 4] chords}, as from `read_tracings`.
+  Args:
+      tracings_for_video: {frame index: [n_rows, 4] chords}, as from `read_tracings`.
 
-    Returns:
-        (ed_frame, es_frame); (-1, -1) if fewer than two frames are traced, since ED and ES
-        cannot be told apart then. With more than two, the largest and smallest areas win.
-    """
-    if len(tracings_for_video) < 2:
-        return -1, -1
-    areas = sorted((_traced_area(c), frame) for frame, c in tracings_for_video.items())
-    return int(areas[-1][1]), int(areas[0][1])
+  Returns:
+      (ed_frame, es_frame); (-1, -1) if fewer than two frames are traced, since ED and ES
+      cannot be told apart then. With more than two, the largest and smallest areas win.
+  """
+  if len(tracings_for_video) < 2:
+    return -1, -1
+  areas = sorted((_traced_area(c), frame) for frame, c in tracings_for_video.items())
+  return int(areas[-1][1]), int(areas[0][1])
 
 
 def load_video(path) -> np.ndarray:
-    """Decodes a whole video to grey.
+  """Decodes a whole video to grey.
 
-    Args:
-        path: Path to an .avi file.
+  Args:
+      path: Path to an .avi file.
 
-    Returns:
-        uint8 [frames, H, W]. EchoNet stores grey as three identical channels, for which the
-        BGR->grey conversion returns the channel value unchanged.
+  Returns:
+      uint8 [frames, H, W]. EchoNet stores grey as three identical channels, for which the
+      BGR->grey conversion returns the channel value unchanged.
 
-    Raises:
-        EchoNetFormatError: the file is missing, cannot be opened or has no frames.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise EchoNetFormatError(f"video {path} is missing")
-    cap, frames = cv2.VideoCapture(path), []
-    try:
-        if not cap.isOpened():
-            raise EchoNetFormatError(f"video {path} cannot be opened by OpenCV")
-        ok, frame = cap.read()
-        while ok:
-            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame)
-            ok, frame = cap.read()
-    finally:
-        cap.release()
-    if not frames:
-        raise EchoNetFormatError(f"video {path} has no readable frames")
-    return np.stack(frames).astype(np.uint8, copy=False)
+  Raises:
+      EchoNetFormatError: the file is missing, cannot be opened or has no frames.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise EchoNetFormatError(f"video {path} is missing")
+  cap, frames = cv2.VideoCapture(path), []
+  try:
+    if not cap.isOpened():
+      raise EchoNetFormatError(f"video {path} cannot be opened by OpenCV")
+    ok, frame = cap.read()
+    while ok:
+      frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame)
+      ok, frame = cap.read()
+  finally:
+    cap.release()
+  if not frames:
+    raise EchoNetFormatError(f"video {path} has no readable frames")
+  return np.stack(frames).astype(np.uint8, copy=False)
 
 
 def _video_readable(path) -> bool:
-    """True if OpenCV opens the video and decodes its first frame (cheap: one frame only)."""
-    try:
-        cap = cv2.VideoCapture(path)
-    except cv2.error:
-        return False
-    try:
-        return bool(cap.isOpened() and cap.read()[0])
-    except cv2.error:
-        return False
-    finally:
-        cap.release()
+  """True if OpenCV opens the video and decodes its first frame (cheap: one frame only)."""
+  try:
+    cap = cv2.VideoCapture(path)
+  except cv2.error:
+    return False
+  try:
+    return bool(cap.isOpened() and cap.read()[0])
+  except cv2.error:
+    return False
+  finally:
+    cap.release()
 
 
 def _check_videos(videos_dir, names, check_videos, problems):
-    """Reports listed videos that are missing from, or unreadable in, `videos_dir`."""
-    present = set(os.listdir(videos_dir))
-    listed = [n + ".avi" for n in names]
-    missing = [f for f in listed if f not in present]
-    if missing:
-        problems.append(f"{len(missing)} videos listed in {FILE_LIST} are missing from "
-                        f"{videos_dir}/: {_name_list(missing)}")
-    extra = len(present) - (len(listed) - len(missing))
-    if extra > 0:
-        logging.info("%s holds %d files not listed in %s (ignored).", videos_dir, extra,
-                     FILE_LIST)
-    if check_videos:
-        to_open = [f for f in listed if f in present]
-        # OpenCV releases the GIL while decoding, so a few threads overlap file I/O and decode.
-        with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-            ok = list(pool.map(lambda f: _video_readable(os.path.join(videos_dir, f)), to_open))
-        unreadable = [f for f, good in zip(to_open, ok) if not good]
-        if unreadable:
-            problems.append(f"{len(unreadable)} videos in {videos_dir}/ cannot be read by "
-                            f"OpenCV (cannot be opened or have no frames): "
-                            f"{_name_list(unreadable)}")
+  """Reports listed videos that are missing from, or unreadable in, `videos_dir`."""
+  present = set(os.listdir(videos_dir))
+  listed = [n + ".avi" for n in names]
+  missing = [f for f in listed if f not in present]
+  if missing:
+    problems.append(
+      f"{len(missing)} videos listed in {FILE_LIST} are missing from "
+      f"{videos_dir}/: {_name_list(missing)}"
+    )
+  extra = len(present) - (len(listed) - len(missing))
+  if extra > 0:
+    logging.info("%s holds %d files not listed in %s (ignored).", videos_dir, extra, FILE_LIST)
+  if check_videos:
+    to_open = [f for f in listed if f in present]
+    # OpenCV releases the GIL while decoding, so a few threads overlap file I/O and decode.
+    with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+      ok = list(pool.map(lambda f: _video_readable(os.path.join(videos_dir, f)), to_open))
+    unreadable = [f for f, good in zip(to_open, ok) if not good]
+    if unreadable:
+      problems.append(
+        f"{len(unreadable)} videos in {videos_dir}/ cannot be read by "
+        f"OpenCV (cannot be opened or have no frames): "
+        f"{_name_list(unreadable)}"
+      )
 
 
 def load_dataset_index(root, *, check_videos: bool = True) -> list[VideoRecord]:
-    """Reads and validates a whole EchoNet-Dynamic folder: the entry point for other modules.
+  """Reads and validates a whole EchoNet-Dynamic folder: the entry point for other modules.
 
-    Args:
-        root: Dataset folder.
-        check_videos: Also open every listed video and decode its first frame (a few ms per
-            video). Whether the files exist is checked either way.
+  Args:
+      root: Dataset folder.
+      check_videos: Also open every listed video and decode its first frame (a few ms per
+          video). Whether the files exist is checked either way.
 
-    Returns:
-        One record per FileList.csv row, in file order, with ed_frame/es_frame from the tracings.
+  Returns:
+      One record per FileList.csv row, in file order, with ed_frame/es_frame from the tracings.
 
-    Raises:
-        EchoNetFormatError: listing every problem found (files, line numbers, FileNames).
-    """
-    root = os.fspath(root)
-    if not os.path.isdir(root):
-        what = "is not a directory" if os.path.exists(root) else "does not exist"
-        _raise(root, [f"dataset root {root} {what}"])
-    problems = []
-    list_path = os.path.join(root, FILE_LIST)
-    videos_dir = os.path.join(root, VIDEOS)
-    tracings_path = os.path.join(root, TRACINGS)
-    records, names = [], []
-    if os.path.isfile(list_path):
-        parsed = _parse_file_list(root, problems)
-        if parsed is not None:
-            records, names = parsed
-            for split in SPLITS:
-                if not any(r.split == split for r in records):
-                    problems.append(f"{list_path}: split {split.upper()} has no (valid) rows")
-    else:
-        problems.append(f"{list_path} is missing")
-    if not os.path.isdir(videos_dir):
-        problems.append(f"{videos_dir}/ folder is missing")
-    elif names:
-        _check_videos(videos_dir, names, check_videos, problems)
-    tracings, first_line = _parse_tracings(tracings_path, problems)
-    listed = set(names)
-    unknown = [n + ".avi" for n in tracings if n not in listed]
-    if unknown:
-        logging.warning("%s has tracings for %d videos not in %s (ignored): %s",
-                        tracings_path, len(unknown), FILE_LIST, _name_list(unknown))
-    num_frames = {r.file_name: r.num_frames for r in records}
-    for (name, frame), line in first_line.items():
-        # Rows with bad numbers have no NumberOfFrames to check against; they are reported.
-        if name in num_frames and frame >= num_frames[name]:
-            problems.append(f"{tracings_path} line {line} (FileName {name + '.avi'!r}): "
-                            f"traced frame {frame} is outside [0, {num_frames[name]}) "
-                            f"(NumberOfFrames)")
-    if problems:
-        _raise(root, problems)
-    out, odd = [], []
-    for record in records:
-        frames = tracings.get(record.file_name, {})
-        if frames and len(frames) != 2:  # Kept, but the layout has two: worth knowing.
-            odd.append(f"{record.file_name} ({len(frames)})")
-        ed_frame, es_frame = tracing_frames(frames)
-        out.append(dataclasses.replace(record, ed_frame=ed_frame, es_frame=es_frame))
-    if odd:
-        logging.warning("%d videos have other than 2 traced frames: %s", len(odd),
-                        _name_list(odd))
-    return out
+  Raises:
+      EchoNetFormatError: listing every problem found (files, line numbers, FileNames).
+  """
+  root = os.fspath(root)
+  if not os.path.isdir(root):
+    what = "is not a directory" if os.path.exists(root) else "does not exist"
+    _raise(root, [f"dataset root {root} {what}"])
+  problems = []
+  list_path = os.path.join(root, FILE_LIST)
+  videos_dir = os.path.join(root, VIDEOS)
+  tracings_path = os.path.join(root, TRACINGS)
+  records, names = [], []
+  if os.path.isfile(list_path):
+    parsed = _parse_file_list(root, problems)
+    if parsed is not None:
+      records, names = parsed
+      for split in SPLITS:
+        if not any(r.split == split for r in records):
+          problems.append(f"{list_path}: split {split.upper()} has no (valid) rows")
+  else:
+    problems.append(f"{list_path} is missing")
+  if not os.path.isdir(videos_dir):
+    problems.append(f"{videos_dir}/ folder is missing")
+  elif names:
+    _check_videos(videos_dir, names, check_videos, problems)
+  tracings, first_line = _parse_tracings(tracings_path, problems)
+  listed = set(names)
+  unknown = [n + ".avi" for n in tracings if n not in listed]
+  if unknown:
+    logging.warning(
+      "%s has tracings for %d videos not in %s (ignored): %s",
+      tracings_path,
+      len(unknown),
+      FILE_LIST,
+      _name_list(unknown),
+    )
+  num_frames = {r.file_name: r.num_frames for r in records}
+  for (name, frame), line in first_line.items():
+    # Rows with bad numbers have no NumberOfFrames to check against; they are reported.
+    if name in num_frames and frame >= num_frames[name]:
+      problems.append(
+        f"{tracings_path} line {line} (FileName {name + '.avi'!r}): "
+        f"traced frame {frame} is outside [0, {num_frames[name]}) "
+        f"(NumberOfFrames)"
+      )
+  if problems:
+    _raise(root, problems)
+  out, odd = [], []
+  for record in records:
+    frames = tracings.get(record.file_name, {})
+    if frames and len(frames) != 2:  # Kept, but the layout has two: worth knowing.
+      odd.append(f"{record.file_name} ({len(frames)})")
+    ed_frame, es_frame = tracing_frames(frames)
+    out.append(dataclasses.replace(record, ed_frame=ed_frame, es_frame=es_frame))
+  if odd:
+    logging.warning("%d videos have other than 2 traced frames: %s", len(odd), _name_list(odd))
+  return out

@@ -27,14 +27,13 @@ import time
 import cv2
 import numpy as np
 
+from lvef_jax.data import echonet
+
 VERSION = "lvef_jax.synthetic/1"
 SIZE = 112
 NUM_CHORDS = 20
 CLIP_FRAMES = 28  # the paper's clip length; a few videos are shorter so padding gets exercised
 SPLITS = (("TRAIN", 7465), ("VAL", 1288), ("TEST", 1277))  # the real dataset's split sizes
-FILELIST_HEADER = ["FileName", "EF", "ESV", "EDV", "FrameHeight", "FrameWidth", "FPS",
-                   "NumberOfFrames", "Split"]
-TRACINGS_HEADER = ["FileName", "X1", "Y1", "X2", "Y2", "Frame"]
 MARKER = ".synthetic.json"
 _SHIFT = 4  # cv2 draws in fixed point: 1/16-pixel precision for sub-pixel chamber outlines
 
@@ -326,13 +325,13 @@ def _pool_context():
 def _write_csvs(folder, results, splits):
   with open(folder / "FileList.csv", "w", newline="") as f:
     out = csv.writer(f, lineterminator="\n")
-    out.writerow(FILELIST_HEADER)
+    out.writerow(echonet.FILE_LIST_HEADER)
     for (p, _), split in zip(results, splits):
       out.writerow([p["name"], f"{p['ef']:.5f}", f"{p['esv']:.5f}", f"{p['edv']:.5f}", SIZE,
                     SIZE, p["fps"], p["frames"], split])
   with open(folder / "VolumeTracings.csv", "w", newline="") as f:
     out = csv.writer(f, lineterminator="\n")
-    out.writerow(TRACINGS_HEADER)
+    out.writerow(echonet.TRACINGS_HEADER)
     for p, rows in results:
       for *points, frame in rows:
         out.writerow([p["name"] + ".avi", *(f"{x:.4f}" for x in points), frame])
