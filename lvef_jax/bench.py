@@ -1,0 +1,74 @@
+r"""Train-step throughput of a model config, JAX only (no TensorFlow, no data on disk).
+
+  python -m lvef_jax.bench --config=configs/i3d.py:variant=mini --batch=4 --steps=5
+  python -m lvef_jax.bench --config=configs/quickstart.py --batch=16
+
+Prints one JSON line per run, in the same shape as ``../shared/peers/torch_i3d.py time``, so
+the two can be compared on the same machine. Random uint8 clips are placed on the devices
+once; what is timed is the jitted, sharded train step (forward, backward, Adam), the part
+``launch.py`` repeats. Record results in ``docs/benchmarks.md`` with the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from lvef_jax import models
+from lvef_jax.training import sharding, state as state_lib, steps
+
+CONFIG = config_flags.DEFINE_config_file("config", "configs/i3d.py", "Model config.")
+BATCH = flags.DEFINE_integer("batch", None, "Global batch (default: the config's train.batch_size).")
+STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after the compiling one.")
+
+
+def benchmark(config, batch_size: int, num_steps: int) -> dict:
+  """Compiles and times ``num_steps`` train steps; returns the figures as a dict."""
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(batch_size, mesh, "batch")
+  data = config.data
+  model = models.create_model(config, seed=config.seed)
+  tx = state_lib.make_optimizer(config.train, steps_per_epoch=1000)
+  graphdef, state = state_lib.create_train_state(model, tx, config.seed)
+  state = jax.device_put(state, sharding.replicated(mesh))
+  train_step = steps.make_train_step(graphdef, tx, mesh)
+  rng = np.random.default_rng(0)
+  batch = sharding.shard_batch({
+      "video": rng.integers(0, 256, (batch_size, data.clip_frames, data.image_size,
+                                     data.image_size, 1), dtype=np.uint8),
+      "ef": rng.uniform(10, 80, batch_size).astype(np.float32)}, mesh)
+
+  start = time.perf_counter()
+  state, out = train_step(state, batch)
+  jax.block_until_ready(out)
+  first = time.perf_counter() - start
+  times = []
+  for _ in range(num_steps):
+    start = time.perf_counter()
+    state, out = train_step(state, batch)
+    jax.block_until_ready(out)
+    times.append(time.perf_counter() - start)
+  step = float(np.median(times))
+  m = config.model
+  return {"framework": f"jax-{jax.__version__}", "device": jax.devices()[0].device_kind,
+          "devices": jax.device_count(),
+          "variant": f"i3d_{m.variant}_conv2_{m.conv2}" if m.name == "i3d" else m.name,
+          "norm": m.norm, "dtype": m.dtype, "batch": batch_size,
+          "shape": [data.clip_frames, data.image_size, data.image_size, 1],
+          "first_step_s": round(first, 3), "step_s": round(step, 4),
+          "clips_per_s": round(batch_size / step, 3)}
+
+
+def main(argv):
+  del argv
+  config = CONFIG.value
+  print(json.dumps(benchmark(config, BATCH.value or config.train.batch_size, STEPS.value)))
+
+
+if __name__ == "__main__":
+  app.run(main)

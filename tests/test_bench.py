@@ -1,0 +1,26 @@
+"""The benchmark runs, and model/step/benchmark code stays free of TensorFlow."""
+
+import subprocess
+import sys
+
+from lvef_jax import bench
+from tests.conftest import ROOT, load_config
+
+
+def test_benchmark_times_the_sharded_train_step():
+  config = load_config("i3d", "variant=stem")
+  config.data.update(clip_frames=8, image_size=16)
+  result = bench.benchmark(config, batch_size=8, num_steps=2)
+  assert result["devices"] == 8 and result["batch"] == 8
+  assert result["shape"] == [8, 16, 16, 1] and result["variant"] == "i3d_stem_conv2_1x1x1"
+  assert result["step_s"] > 0 and abs(result["clips_per_s"] * result["step_s"] - 8) < 0.01
+
+
+def test_model_step_and_bench_code_never_import_tensorflow():
+  """GPU machines have JAX but no TensorFlow: these modules must run there."""
+  code = ("import sys, lvef_jax.bench, lvef_jax.models.i3d, lvef_jax.training.steps, "
+          "lvef_jax.training.checkpoint, lvef_jax.reporting.summary; "
+          "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
+  done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                        timeout=120)
+  assert done.returncode == 0, done.stderr[-2000:]
