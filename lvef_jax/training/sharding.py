@@ -55,11 +55,3 @@ def device_prefetch(batches: Iterable[Mapping[str, np.ndarray]], mesh: Mesh, *,
       yield queue.pop(0)
   yield from queue
 
-
-def to_host_local(array: jax.Array, mesh: Mesh) -> np.ndarray:
-  """This process's rows of a batch-sharded global array, as numpy."""
-  if jax.process_count() == 1:
-    return np.asarray(jax.device_get(array))
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return np.asarray(multihost_utils.global_array_to_host_local_array(
-      array, mesh, PartitionSpec(DATA_AXIS)))
