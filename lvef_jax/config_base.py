@@ -52,6 +52,10 @@ def base_config() -> ml_collections.ConfigDict:
       grad_clip_norm=0.0,    # 0 disables clipping
       weight_decay=0.0,      # decoupled (AdamW) when > 0
       early_stopping_patience=20,
+      # After each epoch, BatchNorm running averages are replaced by the mean statistics of
+      # this many train batches under the final weights ("precise BN"); 0 keeps the
+      # exponential averages of training, as Keras (and so the paper) did.
+      bn_recalibration_batches=50,
       log_every_steps=50))
 
   config.eval = ml_collections.ConfigDict(dict(

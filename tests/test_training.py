@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from lvef_jax import models
 from lvef_jax.config_base import base_config
@@ -124,6 +125,23 @@ def test_predictions_identical_after_checkpoint_restore(tmp_path):
   assert int(restored.step) == 3
   with pytest.raises(FileNotFoundError, match="best"):
     restorer.restore("best", fresh)
+
+
+def test_batch_norm_recalibration_stores_the_batch_statistics():
+  """After recalibrating on a batch, inference on it equals training-mode normalisation."""
+  config = _config(variant="mini")
+  config.model.dropout = 0.0
+  mesh = sharding.make_mesh()
+  graphdef, _, state = _setup(config, mesh)
+  batch = _batch(seed=3)
+  stats = steps.make_batch_stats_step(graphdef, mesh)(state, sharding.shard_batch(batch, mesh))
+  before = nnx.merge(graphdef, state.params, state.batch_stats)
+  after = nnx.merge(graphdef, state.params, stats)
+  eval_before = np.asarray(before(batch["video"], train=False))
+  eval_after = np.asarray(after(batch["video"], train=False))
+  train_mode = np.asarray(after(batch["video"], train=True, dropout_key=jax.random.key(0)))
+  np.testing.assert_allclose(eval_after, train_mode, rtol=1e-4, atol=1e-3)
+  assert not np.allclose(eval_before, train_mode, rtol=1e-2)
 
 
 def test_learning_rate_halves_every_ten_epochs():

@@ -15,6 +15,7 @@ import time
 from typing import Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -58,6 +59,7 @@ class Experiment:
   steps_per_epoch: int
   train_step: object
   predict_step: object
+  batch_stats_step: object
   checkpoints: checkpoint.Checkpoints
 
 
@@ -83,23 +85,28 @@ def build_experiment(config, workdir: str | pathlib.Path) -> Experiment:
       config=config, workdir=workdir, builder=builder, mesh=mesh, graphdef=graphdef, state=state,
       steps_per_epoch=steps_per_epoch, train_step=steps.make_train_step(graphdef, tx, mesh),
       predict_step=steps.make_predict_step(graphdef, mesh),
+      batch_stats_step=steps.make_batch_stats_step(graphdef, mesh),
       checkpoints=checkpoint.Checkpoints(workdir / "checkpoints"))
 
 
-def _train_stream(exp: Experiment, epoch: int) -> Iterator[dict]:
-  """Train batches for one epoch: ``steps_per_epoch`` of them, passing over the split as needed."""
+def _train_stream(exp: Experiment, epoch: int, num_batches: int, salt: int = 0) -> Iterator[dict]:
+  """``num_batches`` train batches for ``epoch``, passing over the split as often as needed.
+
+  ``salt`` gives another, equally reproducible, draw of the same epoch (BatchNorm
+  recalibration uses 1).
+  """
   config = exp.config
   local_batch = config.train.batch_size // jax.process_count()
 
   def passes():
     for repeat in itertools.count():
       # A distinct, reproducible shuffle and clip sampling for every epoch (and repeat).
-      seed = (config.seed * 100_003 + epoch) * 1_009 + repeat
+      seed = ((config.seed * 100_003 + epoch) * 1_009 + repeat) * 7 + salt
       yield from pipeline.train_batches(
           exp.builder, config.data, batch_size=local_batch, seed=seed,
           shard_index=jax.process_index(), num_shards=jax.process_count())
 
-  return itertools.islice(passes(), exp.steps_per_epoch)
+  return itertools.islice(passes(), num_batches)
 
 
 def _read_history(path: pathlib.Path, up_to_epoch: int) -> list[dict]:
@@ -127,8 +134,8 @@ def _train_epoch(exp: Experiment, epoch: int, total_epochs: int, first_epoch: in
   config = exp.config
   log_every = max(1, config.train.log_every_steps)
   losses, logged, start = [], 0, time.perf_counter()
-  batches = sharding.device_prefetch(_train_stream(exp, epoch), exp.mesh, keys=("video", "ef"),
-                                     size=config.data.prefetch)
+  batches = sharding.device_prefetch(_train_stream(exp, epoch, exp.steps_per_epoch), exp.mesh,
+                                     keys=("video", "ef"), size=config.data.prefetch)
   for index, (_, batch) in enumerate(batches, start=1):
     exp.state, step_metrics = exp.train_step(exp.state, batch)
     losses.append(step_metrics["loss"])
@@ -154,6 +161,21 @@ def _train_epoch(exp: Experiment, epoch: int, total_epochs: int, first_epoch: in
   seconds = time.perf_counter() - start
   mean_loss = float(np.mean(jax.device_get(losses)))
   return mean_loss, exp.steps_per_epoch * config.train.batch_size / seconds
+
+
+def _recalibrate_batch_norm(exp: Experiment, epoch: int) -> None:
+  """Sets the BatchNorm averages to the mean statistics of fresh train batches (precise BN)."""
+  num_batches = exp.config.train.bn_recalibration_batches
+  if num_batches <= 0 or not jax.tree.leaves(exp.state.batch_stats):
+    return  # disabled, or a model without BatchNorm
+  total, count = None, 0
+  for _, batch in sharding.device_prefetch(_train_stream(exp, epoch, num_batches, salt=1),
+                                           exp.mesh, keys=("video",),
+                                           size=exp.config.data.prefetch):
+    stats = exp.batch_stats_step(exp.state, batch)
+    total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+    count += 1
+  exp.state = exp.state.replace(batch_stats=jax.tree.map(lambda x: x / count, total))
 
 
 def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
@@ -190,6 +212,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
       break
     epoch_start = time.perf_counter()
     train_loss, clips_per_s = _train_epoch(exp, epoch, total_epochs, first_epoch, run_start)
+    _recalibrate_batch_norm(exp, epoch)
     val_predictions = evaluator.predict_split(exp, "val")
     val = metrics.regression_metrics(val_predictions["ef"], val_predictions["ef_pred"])
     step = int(jax.device_get(exp.state.step))
