@@ -57,6 +57,7 @@ class Experiment:
   graphdef: object
   state: state_lib.TrainState
   steps_per_epoch: int
+  local_batch_size: int    # this process's share of train.batch_size
   train_step: object
   predict_step: object
   batch_stats_step: object
@@ -67,7 +68,7 @@ def build_experiment(config, workdir: str | pathlib.Path) -> Experiment:
   """Prepares the data and builds a fresh, replicated train state for ``config``."""
   workdir = pathlib.Path(workdir)
   mesh = sharding.make_mesh()
-  sharding.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
+  local_batch_size = sharding.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
   sharding.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
   builder = pipeline.prepare(config.data)
   num_train = pipeline.num_examples(builder, "train")
@@ -83,7 +84,7 @@ def build_experiment(config, workdir: str | pathlib.Path) -> Experiment:
   state = jax.device_put(state, sharding.replicated(mesh))
   return Experiment(
       config=config, workdir=workdir, builder=builder, mesh=mesh, graphdef=graphdef, state=state,
-      steps_per_epoch=steps_per_epoch, train_step=steps.make_train_step(graphdef, tx, mesh),
+      steps_per_epoch=steps_per_epoch, local_batch_size=local_batch_size, train_step=steps.make_train_step(graphdef, tx, mesh),
       predict_step=steps.make_predict_step(graphdef, mesh),
       batch_stats_step=steps.make_batch_stats_step(graphdef, mesh),
       checkpoints=checkpoint.Checkpoints(workdir / "checkpoints"))
@@ -96,14 +97,13 @@ def _train_stream(exp: Experiment, epoch: int, num_batches: int, salt: int = 0) 
   recalibration uses 1).
   """
   config = exp.config
-  local_batch = config.train.batch_size // jax.process_count()
 
   def passes():
     for repeat in itertools.count():
       # A distinct, reproducible shuffle and clip sampling for every epoch (and repeat).
       seed = ((config.seed * 100_003 + epoch) * 1_009 + repeat) * 7 + salt
       yield from pipeline.train_batches(
-          exp.builder, config.data, batch_size=local_batch, seed=seed,
+          exp.builder, config.data, batch_size=exp.local_batch_size, seed=seed,
           shard_index=jax.process_index(), num_shards=jax.process_count())
 
   return itertools.islice(passes(), num_batches)
