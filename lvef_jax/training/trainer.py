@@ -84,7 +84,8 @@ def build_experiment(config, workdir: str | pathlib.Path) -> Experiment:
   state = jax.device_put(state, sharding.replicated(mesh))
   return Experiment(
       config=config, workdir=workdir, builder=builder, mesh=mesh, graphdef=graphdef, state=state,
-      steps_per_epoch=steps_per_epoch, local_batch_size=local_batch_size, train_step=steps.make_train_step(graphdef, tx, mesh),
+      steps_per_epoch=steps_per_epoch, local_batch_size=local_batch_size,
+      train_step=steps.make_train_step(graphdef, tx, mesh),
       predict_step=steps.make_predict_step(graphdef, mesh),
       batch_stats_step=steps.make_batch_stats_step(graphdef, mesh),
       checkpoints=checkpoint.Checkpoints(workdir / "checkpoints"))
