@@ -87,16 +87,13 @@ def test_rerun_resumes_and_matches_an_uninterrupted_run(finished_run, tmp_path):
 
 
 def _launch(workdir, config, *extra):
-  flags = {"data.cache_dir": config.data.cache_dir,
-           **{f"data.{k}": v for k, v in config.data.items() if k.startswith("synthetic_")},
-           "data.clip_frames": config.data.clip_frames, "data.period": config.data.period,
-           "data.image_size": config.data.image_size, "data.augment_pad": config.data.augment_pad,
-           "data.shuffle_buffer": config.data.shuffle_buffer, "data.prefetch": config.data.prefetch,
-           "train.batch_size": config.train.batch_size, "train.num_epochs": config.train.num_epochs,
-           "train.steps_per_epoch": config.train.steps_per_epoch,
-           "eval.batch_size": config.eval.batch_size}
+  """The launch.py command line that runs ``config``: every key that differs from the file."""
+  defaults = load_config("quickstart")
+  flags = [f"--config.{section}.{key}={value}"
+           for section in ("model", "data", "train", "eval")
+           for key, value in config[section].items() if value != defaults[section][key]]
   return [sys.executable, str(ROOT / "launch.py"), "--config=configs/quickstart.py",
-          f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in flags.items()), *extra]
+          f"--workdir={workdir}", *flags, *extra]
 
 
 def test_killed_run_resumes_where_it_stopped(finished_run, tmp_path):
