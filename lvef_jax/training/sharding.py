@@ -54,4 +54,3 @@ def device_prefetch(batches: Iterable[Mapping[str, np.ndarray]], mesh: Mesh, *,
     if len(queue) > size:
       yield queue.pop(0)
   yield from queue
-

@@ -76,7 +76,7 @@ def make_batch_stats_step(graphdef: nnx.GraphDef, mesh: Mesh) -> Callable[[Train
     for _, module in nnx.iter_modules(model):
       if isinstance(module, nnx.BatchNorm):
         module.momentum = 0.0  # keep only this batch's statistics
-    # Dropout sits after global pooling in every head, so it cannot change the statistics.
+    # In every head dropout comes after the last normalisation, so it cannot change them.
     model(batch["video"], train=True, dropout_key=jax.random.wrap_key_data(state.rng))
     return nnx.as_pure(nnx.state(model, nnx.BatchStat))
 
