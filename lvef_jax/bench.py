@@ -3,8 +3,8 @@ r"""Train-step throughput of a model config, JAX only (no TensorFlow, no data on
   python -m lvef_jax.bench --config=configs/i3d.py:variant=mini --batch=4 --steps=5
   python -m lvef_jax.bench --config=configs/quickstart.py --batch=16
 
-Prints one JSON line per run, in the same shape as ``../shared/peers/torch_i3d.py time``, so
-the two can be compared on the same machine. Random uint8 clips are placed on the devices
+Prints one JSON line per run, in the same shape as the PyTorch reference implementation of
+the I3D layers used in ``docs/benchmarks.md``, so the two can be compared on the same machine. Random uint8 clips are placed on the devices
 once; what is timed is the jitted, sharded train step (forward, backward, Adam), the part
 ``launch.py`` repeats. Record results in ``docs/benchmarks.md`` with the machine.
 """
@@ -19,7 +19,6 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from lvef_jax import models
 from lvef_jax.training import sharding, state as state_lib, steps
 
 CONFIG = config_flags.DEFINE_config_file("config", "configs/i3d.py", "Model config.")
@@ -32,9 +31,7 @@ def benchmark(config, batch_size: int, num_steps: int) -> dict:
   mesh = sharding.make_mesh()
   sharding.check_batch_size(batch_size, mesh, "batch")
   data = config.data
-  model = models.create_model(config, seed=config.seed)
-  tx = state_lib.make_optimizer(config.train, steps_per_epoch=1000)
-  graphdef, state = state_lib.create_train_state(model, tx, config.seed)
+  graphdef, state, tx = state_lib.create(config, steps_per_epoch=1000)
   state = jax.device_put(state, sharding.replicated(mesh))
   train_step = steps.make_train_step(graphdef, tx, mesh)
   rng = np.random.default_rng(0)
@@ -58,6 +55,7 @@ def benchmark(config, batch_size: int, num_steps: int) -> dict:
   return {"framework": f"jax-{jax.__version__}", "device": jax.devices()[0].device_kind,
           "devices": jax.device_count(),
           "variant": f"i3d_{m.variant}_conv2_{m.conv2}" if m.name == "i3d" else m.name,
+          "model": {k: v for k, v in m.items() if k != "name"},
           "norm": m.norm, "dtype": m.dtype, "batch": batch_size,
           "shape": [data.clip_frames, data.image_size, data.image_size, 1],
           "first_step_s": round(first, 3), "step_s": round(step, 4),

@@ -5,10 +5,14 @@ A key is read in exactly one place in the code; this is the one place its defaul
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+
 import ml_collections
 
-# Mean EF of EchoNet-Dynamic (SPEC.md): the output layer starts there instead of at 0.
+# Mean EF of EchoNet-Dynamic's FileList.csv: the output layer starts there instead of at 0.
 ECHONET_EF_MEAN = 55.7
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
 def parse_arg(arg: str | None, defaults: dict) -> dict:
@@ -22,16 +26,46 @@ def parse_arg(arg: str | None, defaults: dict) -> dict:
   return values
 
 
+def model_config(name: str, **family_keys) -> ml_collections.ConfigDict:
+  """``config.model`` of family ``name``: the keys every family shares, then its own keys.
+
+  The family's config file (``configs/<name>.py``) passes its keys and their defaults, so each
+  family's ``Model`` is handed exactly the keys it takes.
+  """
+  return ml_collections.ConfigDict(dict(
+      name=name,
+      ef_offset=ECHONET_EF_MEAN,  # the output starts at the mean EF rather than 0
+      ef_scale=1.0,               # the output layer's result is multiplied by this
+      dtype="float32",            # computation dtype; "bfloat16" keeps float32 parameters
+      bn_momentum=0.99,           # Keras' BatchNormalization default, as in the paper's code
+      **family_keys))
+
+
+def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """Loads ``configs/<name>.py`` of this checkout and calls its ``get_config(arg)``.
+
+  The same as ``launch.py --config=configs/<name>.py:<arg>``; configs that compose other
+  configs (the quickstart) and the tests use it.
+  """
+  path = CONFIG_DIR / f"{name}.py"
+  if not path.is_file():
+    known = sorted(p.stem for p in CONFIG_DIR.glob("*.py"))
+    raise ValueError(f"no config {name!r} in {CONFIG_DIR}; known: {', '.join(known)}")
+  spec = importlib.util.spec_from_file_location(f"lvef_jax_configs_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
 def base_config() -> ml_collections.ConfigDict:
-  """The full-size defaults: the paper's I3D-mini on EchoNet-Dynamic-shaped clips."""
+  """What every run shares: seed, data, training and evaluation settings.
+
+  ``config.model`` holds only ``name`` here; each ``configs/<family>.py`` replaces it with
+  ``model_config(name, **its keys)``.
+  """
   config = ml_collections.ConfigDict()
   config.seed = 0
-
-  config.model = ml_collections.ConfigDict(dict(
-      name="i3d", variant="mini", conv2="1x1x1", norm="batch", head="a",
-      dropout=0.5, head_hidden=256, bn_momentum=0.9,
-      ef_offset=ECHONET_EF_MEAN, ef_scale=1.0, dtype="float32",
-      stem_impl="auto"))
+  config.model = ml_collections.ConfigDict(dict(name=""))
 
   config.data = ml_collections.ConfigDict(dict(
       root="",               # EchoNet-Dynamic folder; "" uses the built-in synthetic dataset

@@ -8,20 +8,18 @@ _FLAG = "--xla_force_host_platform_device_count=8"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 
-import importlib.util  # noqa: E402
 import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
+
+from lvef_jax import config_base  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(name: str, arg: str | None = None):
-  """Loads ``configs/<name>.py`` the way ``launch.py --config=`` does."""
-  spec = importlib.util.spec_from_file_location(f"configs_{name}", ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg is not None else module.get_config()
+  """Loads ``configs/<name>.py`` the way ``launch.py --config=configs/<name>.py:<arg>`` does."""
+  return config_base.load_config(name, arg)
 
 
 def shrink(config, cache_dir: pathlib.Path):

@@ -1,4 +1,4 @@
-"""I3D family: shapes, parameter counts against the PyTorch peer, options, the im2col stem."""
+"""I3D family: shapes, parameter counts against PyTorch, options, the im2col stem, norms, heads."""
 
 import jax
 import jax.numpy as jnp
@@ -7,11 +7,11 @@ import pytest
 from flax import nnx
 
 from lvef_jax import models
-from lvef_jax.models import i3d, layers
+from lvef_jax.models import heads, i3d, layers
 from tests.conftest import load_config
 
-# `python ../shared/peers/torch_i3d.py counts` (PyTorch 2.13.0, CPU), the reference
-# implementation of the same layers; head A (GAP-Dropout-Dense), BatchNorm.
+# Counted with a PyTorch implementation of the same layers (PyTorch 2.13.0, CPU), built
+# independently of this code base; head A (GAP-Dropout-Dense), BatchNorm.
 TORCH_PEER_COUNTS = {
     ("original", "1x1x1"): 13919617,
     ("original", "3x3x3"): 14239105,
@@ -24,6 +24,17 @@ TORCH_PEER_COUNTS = {
 }
 
 
+def _model(arg: str, clip_frames=8, image_size=16, **overrides):
+  config = load_config("i3d", arg)
+  config.data.update(clip_frames=clip_frames, image_size=image_size)
+  config.model.update(overrides)
+  return models.create_model(config)
+
+
+def _clips(shape, seed=0):
+  return jax.random.randint(jax.random.key(seed), shape, 0, 256).astype(jnp.uint8)
+
+
 @pytest.mark.parametrize("variant,conv2", sorted(TORCH_PEER_COUNTS))
 def test_parameter_counts_match_the_pytorch_peer(variant, conv2):
   # The config path users take: configs/i3d.py:variant=...,conv2=...
@@ -32,46 +43,62 @@ def test_parameter_counts_match_the_pytorch_peer(variant, conv2):
   assert models.count_params(model) == TORCH_PEER_COUNTS[(variant, conv2)]
 
 
-def test_layer_norm_has_the_same_parameter_count_as_batch_norm():
-  counts = [models.count_params(jax.eval_shape(
-      lambda n=norm: i3d.Model(variant="mini", norm=n, rngs=nnx.Rngs(0)))) for norm in ("batch", "layer")]
-  assert counts[0] == counts[1]
-  layer_model = jax.eval_shape(lambda: i3d.Model(variant="mini", norm="layer", rngs=nnx.Rngs(0)))
+def test_every_norm_has_the_same_parameter_count():
+  counts = {norm: models.count_params(jax.eval_shape(lambda n=norm: _model(f"norm={n}")))
+            for norm in layers.NORMS}
+  assert len(set(counts.values())) == 1, counts
+  layer_model = jax.eval_shape(lambda: _model("norm=layer"))
   assert not jax.tree.leaves(nnx.state(layer_model, nnx.BatchStat))
 
 
-@pytest.mark.parametrize("head,extra", [("og", 8 * 2 * 2 * 192), ("a", 192), ("b", 192),
-                                        ("c", 192 * 256 + 256 + 256)])
+def test_paper_layer_norm_normalises_each_sample_over_every_axis():
+  """norm=layer: per sample over (T, H, W, C), per-channel scale; layer_channels: per position."""
+  x = jax.random.normal(jax.random.key(0), (3, 4, 5, 5, 6)) * 7 + 2
+  paper = layers.Norm(6, "layer", momentum=0.99, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  y = np.asarray(paper(x, train=True))
+  np.testing.assert_allclose(y.mean(axis=(1, 2, 3, 4)), 0, atol=1e-4)
+  np.testing.assert_allclose(y.std(axis=(1, 2, 3, 4)), 1, atol=1e-3)
+  assert np.abs(y.mean(axis=-1)).max() > 0.1  # positions are not normalised one by one
+  channels = layers.Norm(6, "layer_channels", momentum=0.99, dtype=jnp.float32,
+                         rngs=nnx.Rngs(0))
+  np.testing.assert_allclose(np.asarray(channels(x, train=True)).mean(axis=-1), 0, atol=1e-4)
+  assert paper.norm.scale.shape == (6,)
+  # The sample statistics do not depend on the rest of the batch (unlike BatchNorm).
+  np.testing.assert_allclose(np.asarray(paper(x[:1], train=True)), y[:1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("head,extra", [
+    # OG: AveragePooling(2x4x4, stride 1, valid) on the 8x4x4 map of 16x16x16 clips -> 7x1x1.
+    ("og", 7 * 1 * 1 * 192), ("a", 192), ("b", 192), ("c", 192 * 256 + 256 + 256)])
 def test_heads(head, extra):
-  """Heads follow paper Table 2; OG flattens, so its size depends on the clip shape."""
-  model = i3d.Model(variant="stem", head=head, clip_frames=16, image_size=16, rngs=nnx.Rngs(0))
-  body = models.count_params(model) - sum(
-      x.size for x in jax.tree.leaves(nnx.state(model.out, nnx.Param)))
-  if head == "c":
-    body -= sum(x.size for x in jax.tree.leaves(nnx.state(model.hidden, nnx.Param)))
-  assert body == 34817 - 193  # the stem alone
-  out_params = models.count_params(model) - body
-  assert out_params == extra + 1  # + the output bias
-  clips = jax.random.randint(jax.random.key(0), (3, 16, 16, 16, 1), 0, 256).astype(jnp.uint8)
-  ef = model(clips)
+  """Heads follow paper Table 2; OG pools then flattens, so its size depends on the clip."""
+  model = _model(f"variant=stem,head={head}", clip_frames=16, image_size=16)
+  head_params = models.count_params(model.head)
+  assert models.count_params(model) - head_params == 34817 - 193  # the stem alone
+  assert head_params == extra + 1  # + the output bias
+  ef = model(_clips((3, 16, 16, 16, 1)))
   assert ef.shape == (3,) and ef.dtype == jnp.float32
   assert np.all(np.isfinite(np.asarray(ef)))
+
+
+def test_og_head_pools_like_the_adapted_code_at_the_paper_shape():
+  """I3D-original's 4x4x4x1024 map at 28x112x112 pools to 3x1x1x1024 before the Dense."""
+  model = jax.eval_shape(lambda: _model("variant=original,head=og", 28, 112))
+  assert models.count_params(model.head) == 3 * 1024 + 1
+  assert heads._og_window((1, 2, 8)) == (1, 2, 4)  # cut to maps smaller than the window
 
 
 @pytest.mark.parametrize("variant", ["original", "mini", "stem", "stem_im3_im4"])
 @pytest.mark.parametrize("norm", ["batch", "layer"])
 def test_every_variant_maps_clips_to_ef(variant, norm):
-  config = load_config("i3d", f"variant={variant},norm={norm}")
-  config.data.update(clip_frames=8, image_size=16)
-  model = models.create_model(config)
-  clips = jnp.zeros((2, 8, 16, 16, 1), jnp.uint8)
-  out = jax.eval_shape(lambda: model(clips))
+  model = _model(f"variant={variant},norm={norm}")
+  out = jax.eval_shape(lambda: model(jnp.zeros((2, 8, 16, 16, 1), jnp.uint8)))
   assert out.shape == (2,)
 
 
 def test_train_mode_uses_dropout_and_batch_statistics():
-  model = i3d.Model(variant="stem", clip_frames=8, image_size=16, rngs=nnx.Rngs(0))
-  clips = jax.random.randint(jax.random.key(1), (4, 8, 16, 16, 1), 0, 256).astype(jnp.uint8)
+  model = _model("variant=stem")
+  clips = _clips((4, 8, 16, 16, 1), seed=1)
   before = jax.tree.map(np.array, nnx.state(model, nnx.BatchStat))
   eval_a, eval_b = model(clips), model(clips)
   np.testing.assert_array_equal(eval_a, eval_b)  # inference is deterministic
@@ -85,34 +112,39 @@ def test_train_mode_uses_dropout_and_batch_statistics():
 
 @pytest.mark.parametrize("shape", [(2, 16, 32, 32, 1), (1, 7, 13, 12, 1)])
 def test_im2col_stem_equals_the_xla_convolution(shape):
-  kwargs = dict(variant="stem", clip_frames=shape[1], image_size=shape[2])
-  conv = i3d.Model(stem_impl="conv", rngs=nnx.Rngs(0), **kwargs)
-  im2col = i3d.Model(stem_impl="im2col", rngs=nnx.Rngs(0), **kwargs)
+  conv = _model("variant=stem", shape[1], shape[2], stem_impl="conv")
+  im2col = _model("variant=stem", shape[1], shape[2], stem_impl="im2col")
   clips = jax.random.uniform(jax.random.key(1), shape)
   np.testing.assert_allclose(conv.features_map(clips), im2col.features_map(clips),
                              atol=1e-5, rtol=1e-5)
 
 
+def test_im2col_equals_the_xla_convolution_in_2d():
+  conv = layers.conv(1, 8, (7, 7), strides=2, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  frames = jax.random.uniform(jax.random.key(2), (3, 15, 12, 1))
+  np.testing.assert_allclose(conv(frames), layers.conv_im2col(frames, conv, (2, 2)),
+                             atol=1e-5, rtol=1e-5)
+
+
 def test_unit_range_input():
   """uint8 clips are scaled by 1/255 on the device; float clips are taken as [0, 1]."""
-  model = i3d.Model(variant="stem", clip_frames=8, image_size=16, rngs=nnx.Rngs(0))
-  clips = jax.random.randint(jax.random.key(2), (2, 8, 16, 16, 1), 0, 256).astype(jnp.uint8)
+  model = _model("variant=stem")
+  clips = _clips((2, 8, 16, 16, 1), seed=2)
   np.testing.assert_allclose(model(clips), model(clips.astype(jnp.float32) / 255), rtol=1e-6)
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_output():
-  model = i3d.Model(variant="stem", dtype="bfloat16", clip_frames=8, image_size=16,
-                    rngs=nnx.Rngs(0))
+  model = _model("variant=stem", dtype="bfloat16")
   assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype("float32")}
   assert model(jnp.zeros((2, 8, 16, 16, 1), jnp.uint8)).dtype == jnp.float32
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(variant="huge"), "variant"), (dict(conv2="5x5x5"), "conv2"), (dict(head="d"), "head"),
-    (dict(norm="group"), "norm"), (dict(stem_impl="fft"), "stem_impl")])
-def test_bad_options_are_rejected_by_name(kwargs, message):
+@pytest.mark.parametrize("arg,overrides,message", [
+    ("variant=huge", {}, "variant"), ("conv2=5x5x5", {}, "conv2"), ("head=d", {}, "head"),
+    ("norm=group", {}, "norm"), ("", {"stem_impl": "fft"}, "stem_impl")])
+def test_bad_options_are_rejected_by_name(arg, overrides, message):
   with pytest.raises(ValueError, match=message):
-    i3d.Model(rngs=nnx.Rngs(0), **kwargs)
+    _model(arg, **overrides)
 
 
 def test_config_argument_parsing():
@@ -134,3 +166,8 @@ def test_glorot_uniform_is_deterministic_and_bounded():
   np.testing.assert_array_equal(a, b)
   assert not np.allclose(a, c)
   assert float(jnp.max(jnp.abs(a))) <= limit and float(jnp.std(a)) > 0.5 * limit / np.sqrt(3)
+
+
+def test_orthogonal_init_is_orthogonal():
+  q = np.asarray(layers.orthogonal(jax.random.key(0), (16, 48)))
+  np.testing.assert_allclose(q @ q.T, np.eye(16), atol=1e-5)

@@ -1,7 +1,8 @@
 """Model registry: every model family is a module ``lvef_jax.models.<name>`` exporting ``Model``.
 
-A ``Model`` maps a clip batch ``[B, T, H, W, 1]`` to EF ``[B]`` and is built from the
-``config.model`` keys (all but ``name``) plus the clip shape from ``config.data``.
+A ``Model`` maps a clip batch ``[B, T, H, W, 1]`` to EF ``[B]``. It is built from the keys of
+``config.model`` (all but ``name``; each family's config file holds exactly the keys its
+``Model`` takes) plus the clip shape from ``config.data``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import importlib
 import jax
 from flax import nnx
 
-MODEL_FAMILIES = ("i3d",)
+MODEL_FAMILIES = ("i3d", "two_stream", "fusion", "cnn_rnn")
 
 
 def model_class(name: str) -> type[nnx.Module]:
@@ -29,6 +30,28 @@ def create_model(config, seed: int = 0) -> nnx.Module:
       rngs=nnx.Rngs(params=jax.random.key(seed)), **kwargs)
 
 
-def count_params(model: nnx.Module) -> int:
-  """Number of trainable parameters (``nnx.Param`` leaves)."""
-  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+def path_keys(path) -> tuple:
+  """A pytree path (``jax.tree_util`` key entries) as plain keys, as ``nnx.to_flat_state`` gives them."""
+  keys = []
+  for entry in path:
+    for attr in ("key", "idx", "name"):
+      if hasattr(entry, attr):
+        keys.append(getattr(entry, attr))
+        break
+    else:
+      keys.append(entry)
+  return tuple(keys)
+
+
+def trainable_mask(model: nnx.Module, params: nnx.State):
+  """A pytree like ``params`` of booleans: which parameters the optimizer updates."""
+  return jax.tree_util.tree_map_with_path(lambda p, _: model.trainable(path_keys(p)), params)
+
+
+def count_params(model: nnx.Module, trainable_only: bool = False) -> int:
+  """Number of parameters (``nnx.Param`` leaves); only those that train if ``trainable_only``."""
+  total = 0
+  for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    if not trainable_only or model.trainable(tuple(path)):
+      total += variable.size
+  return total

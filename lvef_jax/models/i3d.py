@@ -1,8 +1,9 @@
 """The paper's I3D family (I3D-original, I3D-mini and the module ablations), layer for layer.
 
-See ``../shared/SPEC.md`` ("I3D ... layer for layer"). The variants are the paper's Table 1
-ablation, ``conv2`` its Table 3 kernel study, ``head`` its Table 2 heads and ``norm`` the
-BatchNorm/LayerNorm comparison of Tables 4, 6, 9 and 10.
+``docs/models.md`` describes the layers. The variants are the paper's Table 1 ablation,
+``conv2`` its Table 3 kernel study, ``head`` its Table 2 heads and ``norm`` the
+BatchNorm/LayerNorm comparison of Tables 4, 6, 9 and 10. :class:`Body` (stem, conv2 and
+Inception stages) is reused by the Fusion family and, in 2-D, by the scratch CNN-RNN backbone.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lvef_jax.models import layers
+from lvef_jax.models import heads, layers
 
 # (b1, b2_reduce, b2, b3_reduce, b3, pool_proj) per Inception module.
 INCEPTION_WIDTHS = {
@@ -40,29 +41,30 @@ VARIANTS = {
     "stem": (),
     "stem_im3_im4": ("im3", "im4"),
 }
+# The adapted Keras code has the 1x1x1 conv2 only; the paper's stacked variant is two
+# convolutions with nothing between them (as conv2 itself has no norm and no activation).
 CONV2_KERNELS = {
     "1x1x1": ((1, 1, 1),),
     "3x3x3": ((3, 3, 3),),
     "3x1x1": ((3, 1, 1),),
     "2x3x3x3": ((3, 3, 3), (3, 3, 3)),
 }
-HEADS = ("og", "a", "b", "c")
 STEM_IMPLS = ("auto", "conv", "im2col")
 STEM_FEATURES, CONV2_FEATURES = 64, 192
 
 
 class Inception(nnx.Module):
-  """Inception-v1 module inflated to 3D, with the 5x5 branch as two 3x3x3 convs."""
+  """Inception-v1 module (3-D, or 2-D with ``ndim=2``), the 5x5 branch as two 3x3 convs."""
 
-  def __init__(self, in_features: int, widths: Sequence[int], **conv_kwargs):
+  def __init__(self, in_features: int, widths: Sequence[int], *, ndim: int = 3, **conv_kwargs):
     b1, b2_reduce, b2, b3_reduce, b3, pool_proj = widths
-    self.branch1 = layers.ConvNormAct(in_features, b1, 1, **conv_kwargs)
-    self.branch2 = nnx.List([layers.ConvNormAct(in_features, b2_reduce, 1, **conv_kwargs),
-                             layers.ConvNormAct(b2_reduce, b2, 3, **conv_kwargs)])
-    self.branch3 = nnx.List([layers.ConvNormAct(in_features, b3_reduce, 1, **conv_kwargs),
-                             layers.ConvNormAct(b3_reduce, b3, 3, **conv_kwargs),
-                             layers.ConvNormAct(b3, b3, 3, **conv_kwargs)])
-    self.branch4 = layers.ConvNormAct(in_features, pool_proj, 1, **conv_kwargs)
+    block = lambda i, o, k: layers.ConvNormAct(i, o, k, ndim=ndim, **conv_kwargs)  # noqa: E731
+    self.ndim = ndim
+    self.branch1 = block(in_features, b1, 1)
+    self.branch2 = nnx.List([block(in_features, b2_reduce, 1), block(b2_reduce, b2, 3)])
+    self.branch3 = nnx.List([block(in_features, b3_reduce, 1), block(b3_reduce, b3, 3),
+                             block(b3, b3, 3)])
+    self.branch4 = block(in_features, pool_proj, 1)
     self.out_features = b1 + b2 + b3 + pool_proj
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -71,73 +73,52 @@ class Inception(nnx.Module):
       y2 = block(y2, train=train)
     for block in self.branch3:
       y3 = block(y3, train=train)
-    y4 = self.branch4(layers.max_pool(x, (3, 3, 3), (1, 1, 1)), train=train)
+    y4 = self.branch4(layers.max_pool(x, (3,) * self.ndim, (1,) * self.ndim), train=train)
     return jnp.concatenate([self.branch1(x, train=train), y2, y3, y4], axis=-1)
 
 
-def _pooled_size(size: int, strides: Sequence[int]) -> int:
-  for stride in strides:
-    size = math.ceil(size / stride)  # SAME padding
-  return size
+def resolve_stem_impl(stem_impl: str) -> str:
+  """``auto`` is im2col on the CPU backend (several times faster there) and conv elsewhere."""
+  if stem_impl not in STEM_IMPLS:
+    raise ValueError(f"stem_impl must be one of {STEM_IMPLS}, got {stem_impl!r}")
+  if stem_impl == "auto":
+    return "im2col" if jax.default_backend() == "cpu" else "conv"
+  return stem_impl
 
 
-class Model(nnx.Module):
-  """I3D regressor: clip batch ``[B, T, H, W, 1]`` (uint8 or [0, 1] floats) -> EF ``[B]`` in %.
+class Body(nnx.Module):
+  """Stem, conv2 and Inception stages: ``[B, T, H, W, 1]`` clip -> ``[B, T', H', W', C]`` map.
 
   Args:
     variant: one of ``VARIANTS`` (which Inception stages follow the stem).
     conv2: one of ``CONV2_KERNELS``, the kernel of the stem's second convolution.
-    norm: ``"batch"`` or ``"layer"``.
-    head: ``"og"`` (Dropout-Flatten-Dense), ``"a"`` (GAP-Dropout-Dense),
-      ``"b"`` (Dropout-Conv1x1x1-GAP) or ``"c"`` (GAP-Dense-Dropout-Dense).
-    clip_frames, image_size: input clip shape; only the Flatten head ("og") depends on it.
-    dropout: head dropout rate (paper: 0.5).
-    head_hidden: width of head C's hidden Dense layer.
+    norm: one of ``layers.NORMS``.
     bn_momentum: BatchNorm running-average momentum.
-    ef_offset, ef_scale: the output is ``ef_offset + ef_scale * y`` for the linear output ``y``.
-      The offset (EchoNet-Dynamic's mean EF) makes a fresh model predict the mean instead of 0;
-      the scale multiplies the last layer's effective learning rate, so it stays 1 as in the
-      paper (12.4, the EF SD, made validation error jump between epochs on the demo).
-    dtype: computation dtype (``"float32"`` or ``"bfloat16"``); parameters stay float32.
+    dtype: computation dtype; parameters stay float32.
     stem_impl: how the 7x7x7 stem convolution runs: ``"conv"`` (XLA convolution),
-      ``"im2col"`` (patches + matmul, same result, several times faster on CPUs) or ``"auto"``
-      (im2col on the CPU backend, conv elsewhere).
+      ``"im2col"`` (patches + matmul, same result, several times faster on CPUs) or ``"auto"``.
+    in_features: channels of the input (1 for grey clips).
   """
 
-  def __init__(self, *, variant: str = "mini", conv2: str = "1x1x1", norm: str = "batch",
-               head: str = "a", clip_frames: int = 28, image_size: int = 112,
-               dropout: float = 0.5, head_hidden: int = 256, bn_momentum: float = 0.9,
-               ef_offset: float = 55.7, ef_scale: float = 1.0, dtype: str = "float32",
-               stem_impl: str = "auto", rngs: nnx.Rngs):
-    for name, value, allowed in (("variant", variant, VARIANTS), ("conv2", conv2, CONV2_KERNELS),
-                                 ("head", head, HEADS)):
+  def __init__(self, *, variant: str, conv2: str, norm: str, bn_momentum: float, dtype,
+               stem_impl: str, rngs: nnx.Rngs, in_features: int = 1):
+    for name, value, allowed in (("variant", variant, VARIANTS), ("conv2", conv2, CONV2_KERNELS)):
       if value not in allowed:
         raise ValueError(f"I3D {name} must be one of {sorted(allowed)}, got {value!r}")
-    if stem_impl not in STEM_IMPLS:
-      raise ValueError(f"I3D stem_impl must be one of {STEM_IMPLS}, got {stem_impl!r}")
-    if stem_impl == "auto":
-      stem_impl = "im2col" if jax.default_backend() == "cpu" else "conv"
-    self.stem_impl = stem_impl
-    self.dtype = jnp.dtype(dtype)
-    self.head = head
-    self.ef_offset, self.ef_scale = ef_offset, ef_scale
-    conv_kwargs = dict(norm=norm, bn_momentum=bn_momentum, dtype=self.dtype, rngs=rngs)
-
-    self.stem_conv = nnx.Conv(1, STEM_FEATURES, (7, 7, 7), strides=2, padding="SAME",
-                              use_bias=True, kernel_init=layers.KERNEL_INIT,
-                              dtype=self.dtype, rngs=rngs)
-    self.stem_norm = layers.Norm(STEM_FEATURES, norm, momentum=bn_momentum, dtype=self.dtype,
+    self.stem_impl = resolve_stem_impl(stem_impl)
+    conv_kwargs = dict(norm=norm, bn_momentum=bn_momentum, dtype=dtype, rngs=rngs)
+    self.stem_conv = layers.conv(in_features, STEM_FEATURES, (7, 7, 7), strides=2, dtype=dtype,
+                                 rngs=rngs)
+    self.stem_norm = layers.Norm(STEM_FEATURES, norm, momentum=bn_momentum, dtype=dtype,
                                  rngs=rngs)
     conv2_layers, features = [], STEM_FEATURES
     for kernel in CONV2_KERNELS[conv2]:
       # No norm and no activation after conv2: as in the adapted Keras code.
-      conv2_layers.append(nnx.Conv(features, CONV2_FEATURES, kernel, padding="SAME",
-                                   use_bias=True, kernel_init=layers.KERNEL_INIT,
-                              dtype=self.dtype, rngs=rngs))
+      conv2_layers.append(layers.conv(features, CONV2_FEATURES, kernel, dtype=dtype, rngs=rngs))
       features = CONV2_FEATURES
     self.conv2 = nnx.List(conv2_layers)
 
-    time_strides, space_strides = [2, 1, 1], [2, 2, 2]
+    self.time_strides, self.space_strides = [2, 1, 1], [2, 2, 2]
     stages = []
     for stage in VARIANTS[variant]:
       pool, names = STAGES[stage]
@@ -147,33 +128,23 @@ class Model(nnx.Module):
         features = modules[-1].out_features
       stages.append(nnx.List(modules))
       if pool is not None:
-        time_strides.append(pool[1][0])
-        space_strides.append(pool[1][1])
+        self.time_strides.append(pool[1][0])
+        self.space_strides.append(pool[1][1])
     self.stages = nnx.List(stages)
     self.stage_names = tuple(VARIANTS[variant])
-    self.features = features
+    self.out_features = features
 
-    self.dropout = nnx.Dropout(dropout)
-    if head == "og":
-      flat = (_pooled_size(clip_frames, time_strides) * _pooled_size(image_size, space_strides) ** 2
-              * features)
-      self.out = nnx.Linear(flat, 1, kernel_init=layers.KERNEL_INIT,
-                              dtype=self.dtype, rngs=rngs)
-    elif head == "a":
-      self.out = nnx.Linear(features, 1, kernel_init=layers.KERNEL_INIT,
-                              dtype=self.dtype, rngs=rngs)
-    elif head == "b":
-      self.out = nnx.Conv(features, 1, (1, 1, 1), kernel_init=layers.KERNEL_INIT,
-                              dtype=self.dtype, rngs=rngs)
-    else:
-      self.hidden = nnx.Linear(features, head_hidden, kernel_init=layers.KERNEL_INIT,
-                              dtype=self.dtype, rngs=rngs)
-      self.out = nnx.Linear(head_hidden, 1, kernel_init=layers.KERNEL_INIT,
-                              dtype=self.dtype, rngs=rngs)
+  def map_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+    """Spatial shape ``(T', H', W')`` of the feature map of a ``frames x height x width`` clip."""
+    def pooled(size, strides):
+      for stride in strides:
+        size = math.ceil(size / stride)  # SAME padding
+      return size
+    return (pooled(frames, self.time_strides), pooled(height, self.space_strides),
+            pooled(width, self.space_strides))
 
-  def features_map(self, video: jax.Array, *, train: bool = False) -> jax.Array:
-    """The body: stem, conv2 and Inception stages; ``[B, T', H', W', C]`` features."""
-    x = layers.to_unit_range(video, self.dtype)
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """``x``: a float clip batch (see ``layers.to_unit_range``)."""
     if self.stem_impl == "im2col":
       x = layers.conv_im2col(x, self.stem_conv, (2, 2, 2))
     else:
@@ -191,17 +162,38 @@ class Model(nnx.Module):
         x = module(x, train=train)
     return x
 
+
+class Model(layers.EFModel):
+  """I3D regressor: clip batch ``[B, T, H, W, 1]`` (uint8 or [0, 1] floats) -> EF ``[B]`` in %.
+
+  Args:
+    variant, conv2, norm, bn_momentum, dtype, stem_impl: see :class:`Body`.
+    head: one of ``heads.HEADS``.
+    clip_frames, image_size: input clip shape; only the Flatten head ("og") depends on it.
+    dropout: head dropout rate (paper: 0.5).
+    head_hidden: width of head C's hidden Dense layer.
+    ef_offset, ef_scale: the output is ``ef_offset + ef_scale * y`` for the linear output
+      ``y`` (``layers.EFModel.to_ef``): a fresh model predicts the mean EF instead of 0.
+    dtype: computation dtype (``"float32"`` or ``"bfloat16"``); parameters stay float32.
+  """
+
+  def __init__(self, *, variant: str, conv2: str, norm: str, head: str, dropout: float,
+               head_hidden: int, bn_momentum: float, ef_offset: float, ef_scale: float, dtype: str,
+               stem_impl: str, clip_frames: int, image_size: int, rngs: nnx.Rngs):
+    self.dtype = jnp.dtype(dtype)
+    self.ef_offset, self.ef_scale = ef_offset, ef_scale
+    self.body = Body(variant=variant, conv2=conv2, norm=norm, bn_momentum=bn_momentum,
+                     dtype=self.dtype, stem_impl=stem_impl, rngs=rngs)
+    self.head = heads.Head(head, self.body.out_features,
+                           self.body.map_shape(clip_frames, image_size, image_size),
+                           dropout=dropout, hidden=head_hidden, dtype=self.dtype, rngs=rngs)
+
+  def features_map(self, video: jax.Array, *, train: bool = False) -> jax.Array:
+    """The body's ``[B, T', H', W', C]`` features of a clip batch."""
+    return self.body(layers.to_unit_range(video, self.dtype), train=train)
+
   def __call__(self, video: jax.Array, *, train: bool = False,
                dropout_key: jax.Array | None = None) -> jax.Array:
     """Predicts EF (%) for each clip; ``dropout_key`` is required when ``train`` is True."""
     x = self.features_map(video, train=train)
-    drop = lambda h: self.dropout(h, deterministic=not train, rngs=dropout_key)  # noqa: E731
-    if self.head == "og":
-      y = self.out(drop(x.reshape(x.shape[0], -1)))
-    elif self.head == "a":
-      y = self.out(drop(layers.global_average_pool(x)))
-    elif self.head == "b":
-      y = layers.global_average_pool(self.out(drop(x)))
-    else:
-      y = self.out(drop(jax.nn.relu(self.hidden(layers.global_average_pool(x)))))
-    return self.ef_offset + self.ef_scale * y[:, 0].astype(jnp.float32)
+    return self.to_ef(self.head(x, train=train, dropout_key=dropout_key))

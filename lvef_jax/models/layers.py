@@ -1,7 +1,9 @@
-"""Building blocks shared by the model families: norms, conv-norm-act, input scaling, pooling.
+"""Building blocks shared by the model families: norms, conv-norm-act, pooling, dropout, input.
 
 Every block takes ``train`` explicitly instead of relying on mutable train/eval flags, so the
-pure train step in ``lvef_jax.training.steps`` decides the mode in one place.
+pure train step in ``lvef_jax.training.steps`` decides the mode in one place. Blocks work on
+channels-last tensors with any number of spatial axes: ``[B, T, H, W, C]`` for the 3-D models,
+``[N, H, W, C]`` for the per-frame 2-D CNNs.
 """
 
 from __future__ import annotations
@@ -13,7 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-NORMS = ("batch", "layer")
+# "layer" is the paper's LayerNorm (per sample over every axis but the batch), "layer_channels"
+# the per-position reading over channels only (Keras' LayerNormalization() default axis=-1).
+NORMS = ("batch", "layer", "layer_channels")
+# Keras' epsilon for both BatchNormalization and LayerNormalization, which the paper's models used.
+NORM_EPSILON = 1e-3
 
 
 def glorot_uniform(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
@@ -29,8 +35,23 @@ def glorot_uniform(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> j
   limit = np.sqrt(6.0 / (fan_in + fan_out))
   if isinstance(key, jax.core.Tracer):
     return jax.random.uniform(key, tuple(shape), dtype, -limit, limit)
-  rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
-  return jnp.asarray(rng.uniform(-limit, limit, size=tuple(shape)), dtype=dtype)
+  return jnp.asarray(_host_rng(key).uniform(-limit, limit, size=tuple(shape)), dtype=dtype)
+
+
+def orthogonal(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+  """Keras' recurrent-kernel initialiser (orthogonal), drawn on the host like ``glorot_uniform``."""
+  rows, cols = int(np.prod(shape[:-1])), shape[-1]
+  if isinstance(key, jax.core.Tracer):
+    return jax.nn.initializers.orthogonal()(key, tuple(shape), dtype)
+  a = _host_rng(key).normal(size=(max(rows, cols), min(rows, cols)))
+  q, r = np.linalg.qr(a)
+  q *= np.sign(np.diag(r))  # a uniform draw over orthogonal matrices
+  q = q if rows >= cols else q.T
+  return jnp.asarray(q.reshape(shape), dtype=dtype)
+
+
+def _host_rng(key: jax.Array) -> np.random.Generator:
+  return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
 
 
 KERNEL_INIT = glorot_uniform
@@ -47,23 +68,51 @@ def to_unit_range(video: jax.Array, dtype) -> jax.Array:
   return video.astype(dtype)
 
 
-class Norm(nnx.Module):
-  """BatchNorm or LayerNorm over the channel axis (paper Tables 4, 6, 9, 10).
+class SampleLayerNorm(nnx.Module):
+  """The paper's LayerNorm: "across channels and spatial dimensions on a per-sample basis".
 
-  BatchNorm statistics are updated when ``train`` is True and frozen otherwise. The LayerNorm
-  normalises each position over channels, as Keras' ``LayerNormalization()`` (axis=-1) does in
-  the code the paper adapted.
+  Mean and variance are taken per example over every axis but the batch (time, height, width
+  and channels of a 3-D feature map), computed in float32; the learnt scale and bias are per
+  channel, as in every normalisation layer of the paper's framework.
   """
 
-  def __init__(self, features: int, kind: str, *, momentum: float, dtype, rngs: nnx.Rngs):
+  def __init__(self, features: int, *, dtype, rngs: nnx.Rngs):
+    del rngs  # deterministic initialisation: scale 1, bias 0
+    self.scale = nnx.Param(jnp.ones((features,), jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((features,), jnp.float32))
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    axes = tuple(range(1, x.ndim))
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=axes, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + NORM_EPSILON)
+    return (y * self.scale[...] + self.bias[...]).astype(self.dtype)
+
+
+class Norm(nnx.Module):
+  """BatchNorm or LayerNorm over a channels-last tensor (paper Tables 4, 6, 9, 10).
+
+  ``kind`` is one of ``NORMS``: ``"batch"`` (statistics per channel over the batch and every
+  spatial axis; updated when ``train`` is True, frozen otherwise), ``"layer"`` (the paper's
+  per-sample LayerNorm, :class:`SampleLayerNorm`) or ``"layer_channels"`` (each position
+  normalised over its channels only, kept for comparison: with it I3D-mini does not learn the
+  demo data).
+  """
+
+  def __init__(self, features: int, kind: str, *, momentum: float, dtype, rngs: nnx.Rngs,
+               use_scale: bool = True):
     if kind not in NORMS:
       raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
     self.kind = kind
     if kind == "batch":
-      # epsilon 1e-3 as in Keras' BatchNormalization, which the paper's models used.
-      self.norm = nnx.BatchNorm(features, momentum=momentum, epsilon=1e-3, dtype=dtype, rngs=rngs)
+      self.norm = nnx.BatchNorm(features, momentum=momentum, epsilon=NORM_EPSILON,
+                                use_scale=use_scale, dtype=dtype, rngs=rngs)
+    elif kind == "layer":
+      self.norm = SampleLayerNorm(features, dtype=dtype, rngs=rngs)
     else:
-      self.norm = nnx.LayerNorm(features, epsilon=1e-3, dtype=dtype, rngs=rngs)
+      self.norm = nnx.LayerNorm(features, epsilon=NORM_EPSILON, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     if self.kind == "batch":
@@ -71,23 +120,35 @@ class Norm(nnx.Module):
     return self.norm(x)
 
 
+def conv(in_features: int, features: int, kernel: Sequence[int], *, dtype, rngs: nnx.Rngs,
+         strides: int | Sequence[int] = 1, use_bias: bool = True, padding="SAME") -> nnx.Conv:
+  """A Keras-initialised (Glorot-uniform kernel, zero bias) convolution of any dimension."""
+  return nnx.Conv(in_features, features, tuple(kernel), strides=strides, padding=padding,
+                  use_bias=use_bias, kernel_init=KERNEL_INIT, dtype=dtype, rngs=rngs)
+
+
+def dense(in_features: int, features: int, *, dtype, rngs: nnx.Rngs) -> nnx.Linear:
+  """A Keras-initialised dense layer."""
+  return nnx.Linear(in_features, features, kernel_init=KERNEL_INIT, dtype=dtype, rngs=rngs)
+
+
 class ConvNormAct(nnx.Module):
-  """``ConvBN(f, k)`` of SPEC.md: Conv3D (stride 1, SAME, no bias) -> norm -> ReLU."""
+  """Convolution (stride 1, SAME, no bias) -> norm -> ReLU; ``ndim`` spatial axes (default 3)."""
 
   def __init__(self, in_features: int, features: int, kernel: int | Sequence[int], *, norm: str,
-               bn_momentum: float, dtype, rngs: nnx.Rngs):
-    kernel = (kernel,) * 3 if isinstance(kernel, int) else tuple(kernel)
-    self.conv = nnx.Conv(in_features, features, kernel, padding="SAME", use_bias=False,
-                         kernel_init=KERNEL_INIT, dtype=dtype, rngs=rngs)
+               bn_momentum: float, dtype, rngs: nnx.Rngs, ndim: int = 3):
+    kernel = (kernel,) * ndim if isinstance(kernel, int) else tuple(kernel)
+    self.conv = conv(in_features, features, kernel, use_bias=False, dtype=dtype, rngs=rngs)
     self.norm = Norm(features, norm, momentum=bn_momentum, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     return jax.nn.relu(self.norm(self.conv(x), train=train))
 
 
-def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int]) -> jax.Array:
-  """TF-style SAME max pooling over (time, height, width) of a ``[B, T, H, W, C]`` tensor."""
-  return nnx.max_pool(x, window_shape=tuple(window), strides=tuple(strides), padding="SAME")
+def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int],
+             padding: str = "SAME") -> jax.Array:
+  """TF-style max pooling over the spatial axes of a channels-last tensor."""
+  return nnx.max_pool(x, window_shape=tuple(window), strides=tuple(strides), padding=padding)
 
 
 def global_average_pool(x: jax.Array) -> jax.Array:
@@ -95,30 +156,69 @@ def global_average_pool(x: jax.Array) -> jax.Array:
   return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
 
 
-def conv_im2col(x: jax.Array, conv: nnx.Conv, strides: Sequence[int]) -> jax.Array:
-  """Applies ``conv`` (a 3-D, SAME-padded ``nnx.Conv``) as patch extraction plus one matmul.
+def dropout(x: jax.Array, rate: float, *, train: bool, key: jax.Array | None) -> jax.Array:
+  """Inverted dropout (as Keras): active only when ``train``, which then needs ``key``."""
+  if not train or rate == 0.0:
+    return x
+  if key is None:
+    raise ValueError("dropout in training mode needs a dropout_key")
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
-  Exactly the convolution ``conv(x)`` computes, with the same parameters. XLA's CPU backend runs
-  convolutions with one input channel (the I3D stem) at a small fraction of its matmul speed,
-  and gathering the patches is cheap because the input has a single channel; on GPUs the
-  cuDNN convolution is the better choice (see ``stem_impl`` in ``i3d.Model``).
+
+def conv_im2col(x: jax.Array, conv_layer: nnx.Conv, strides: Sequence[int]) -> jax.Array:
+  """Applies ``conv_layer`` (a SAME-padded ``nnx.Conv``, 2-D or 3-D) as patches plus one matmul.
+
+  Exactly the convolution ``conv_layer(x)`` computes, with the same parameters. XLA's CPU
+  backend runs convolutions with one input channel (the I3D stem) at a small fraction of its
+  matmul speed, and gathering the patches is cheap because the input has a single channel; on
+  GPUs the cuDNN convolution is the better choice (see ``stem_impl`` in the I3D body).
   """
-  kernel = conv.kernel[...].astype(x.dtype)
-  window = kernel.shape[:3]
+  kernel = conv_layer.kernel[...].astype(x.dtype)
+  window = kernel.shape[:-2]
+  ndim = len(window)
   pads, outs = [(0, 0)], []
-  for size, k, stride in zip(x.shape[1:4], window, strides):
+  for size, k, stride in zip(x.shape[1:1 + ndim], window, strides):
     out = -(-size // stride)
     total = max((out - 1) * stride + k - size, 0)
     pads.append((total // 2, total - total // 2))  # SAME puts the odd pixel at the end, as XLA
     outs.append(out)
   x = jnp.pad(x, pads + [(0, 0)])
-  # Gather one axis at a time, innermost (W) first, so that the features end up ordered
-  # (dt, dh, dw, c_in) like the kernel's (T, H, W, I, O) layout: 21 slices instead of 343.
-  for axis in (3, 2, 1):
+  # Gather one axis at a time, innermost first, so that the features end up ordered
+  # (d_1, ..., d_n, c_in) like the kernel's (*window, I, O) layout: 21 slices instead of 343.
+  for axis in range(ndim, 0, -1):
     k, stride, out = window[axis - 1], strides[axis - 1], outs[axis - 1]
     x = jnp.concatenate([jax.lax.slice_in_dim(x, d, d + stride * (out - 1) + 1, stride, axis)
                          for d in range(k)], axis=-1)
   y = x @ kernel.reshape(-1, kernel.shape[-1])
-  if conv.bias is not None:
-    y = y + conv.bias[...].astype(y.dtype)
+  if conv_layer.bias is not None:
+    y = y + conv_layer.bias[...].astype(y.dtype)
   return y
+
+
+class EFModel(nnx.Module):
+  """What the train step may ask of any model family, with the defaults most families use.
+
+  Subclasses implement ``__call__(video, *, train=False, dropout_key=None) -> EF [B]`` and
+  set ``ef_offset`` and ``ef_scale`` (shared config keys) for :meth:`to_ef`.
+  """
+  ef_offset: float = 0.0
+  ef_scale: float = 1.0
+
+  def to_ef(self, y: jax.Array) -> jax.Array:
+    """EF (%) from the linear output ``y``: ``ef_offset + ef_scale * y``, in float32.
+
+    The offset (the mean EF by default) makes a fresh model predict the mean instead of 0. The
+    scale (1 by default, as in the paper) multiplies the output layer's effective step size;
+    12.4, the EF standard deviation, made the demo's validation error jump between epochs.
+    """
+    return self.ef_offset + self.ef_scale * y.astype(jnp.float32)
+
+  def regularization_loss(self) -> jax.Array:
+    """A loss term added to the MSE in training (L1/L2 kernel penalties); none by default."""
+    return jnp.zeros((), jnp.float32)
+
+  def trainable(self, path: tuple) -> bool:
+    """Whether the parameter at ``path`` (keys as in ``nnx.to_flat_state``) trains."""
+    del path
+    return True

@@ -7,6 +7,8 @@ import jax
 import optax
 from flax import nnx
 
+from lvef_jax import models
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -29,16 +31,27 @@ def learning_rate_schedule(train_cfg, steps_per_epoch: int) -> optax.Schedule:
       decay_rate=train_cfg.lr_decay_factor, staircase=True)
 
 
-def make_optimizer(train_cfg, steps_per_epoch: int) -> optax.GradientTransformation:
-  """Adam (AdamW when weight_decay > 0), optionally after global-norm gradient clipping."""
+def make_optimizer(train_cfg, steps_per_epoch: int,
+                   trainable=None) -> optax.GradientTransformation:
+  """Adam (AdamW when weight_decay > 0), optionally after global-norm gradient clipping.
+
+  Args:
+    train_cfg: ``config.train``.
+    steps_per_epoch: steps of one epoch, for the per-epoch learning-rate staircase.
+    trainable: a pytree like the parameters of booleans; parameters marked False get no
+      update at all (and no optimizer state): frozen backbone layers.
+  """
   schedule = learning_rate_schedule(train_cfg, steps_per_epoch)
   if train_cfg.weight_decay > 0:
-    adam = optax.adamw(schedule, weight_decay=train_cfg.weight_decay)
+    tx = optax.adamw(schedule, weight_decay=train_cfg.weight_decay)
   else:
-    adam = optax.adam(schedule)
+    tx = optax.adam(schedule)
   if train_cfg.grad_clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip_norm), adam)
-  return adam
+    tx = optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip_norm), tx)
+  if trainable is not None and not all(jax.tree.leaves(trainable)):
+    labels = jax.tree.map(lambda t: "train" if t else "frozen", trainable)
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+  return tx
 
 
 def create_train_state(model: nnx.Module, tx: optax.GradientTransformation,
@@ -52,3 +65,17 @@ def create_train_state(model: nnx.Module, tx: optax.GradientTransformation,
                      batch_stats=batch_stats, opt_state=tx.init(params),
                      rng=jax.random.key_data(jax.random.key(seed + 1)))
   return graphdef, state
+
+
+def create(config, steps_per_epoch: int) -> tuple[nnx.GraphDef, TrainState,
+                                                  optax.GradientTransformation]:
+  """The one way to build a run's model, optimizer and fresh state from its config.
+
+  Used by the trainer, the benchmark and the tests. Returns ``(graphdef, state, tx)``; the
+  state lives on the default device (put it on the mesh with ``jax.device_put``).
+  """
+  model = models.create_model(config, seed=config.seed)
+  trainable = models.trainable_mask(model, nnx.as_pure(nnx.state(model, nnx.Param)))
+  tx = make_optimizer(config.train, steps_per_epoch, trainable)
+  graphdef, state = create_train_state(model, tx, config.seed)
+  return graphdef, state, tx

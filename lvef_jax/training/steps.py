@@ -25,8 +25,10 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     mesh: Mesh) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Returns ``step(state, batch) -> (state, metrics)``, jitted with ``state`` donated.
 
-  ``batch`` holds ``video`` (uint8 ``[B, T, H, W, 1]``) and ``ef`` (``[B]``); metrics are the
-  batch MSE ``loss`` and the gradient global norm ``grad_norm``.
+  ``batch`` holds ``video`` (uint8 ``[B, T, H, W, 1]``) and ``ef`` (``[B]``). The model's
+  ``regularization_loss()`` (L1/L2 penalties; zero for most families) is added to the MSE for
+  the gradient. Metrics: the batch MSE ``loss``, the ``penalty`` and the gradient global norm
+  ``grad_norm``.
   """
 
   def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -35,16 +37,17 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     def loss_fn(params, batch_stats):
       model = nnx.merge(graphdef, params, batch_stats)
       predictions = model(batch["video"], train=True, dropout_key=dropout_key)
-      loss = jnp.mean(jnp.square(predictions - batch["ef"]))
-      return loss, nnx.as_pure(nnx.state(model, nnx.BatchStat))
+      mse = jnp.mean(jnp.square(predictions - batch["ef"]))
+      penalty = model.regularization_loss()
+      return mse + penalty, (mse, penalty, nnx.as_pure(nnx.state(model, nnx.BatchStat)))
 
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    (_, (mse, penalty, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, state.batch_stats)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state)
-    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    return new_state, {"loss": mse, "penalty": penalty, "grad_norm": optax.tree.norm(grads)}
 
   replicated = sharding.replicated(mesh)
   return jax.jit(step, in_shardings=(replicated, sharding.batch_sharding(mesh)),

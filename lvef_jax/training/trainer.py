@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from lvef_jax import models
 from lvef_jax.data import pipeline
 from lvef_jax.evaluation import evaluator, metrics
 from lvef_jax.reporting import tensorboard
@@ -78,9 +77,7 @@ def build_experiment(config, workdir: str | pathlib.Path) -> Experiment:
     if steps_per_epoch == 0:
       raise ValueError(f"the train split has {num_train} videos, fewer than one batch of "
                        f"train.batch_size={config.train.batch_size}")
-  model = models.create_model(config, seed=config.seed)
-  tx = state_lib.make_optimizer(config.train, steps_per_epoch)
-  graphdef, state = state_lib.create_train_state(model, tx, config.seed)
+  graphdef, state, tx = state_lib.create(config, steps_per_epoch)
   state = jax.device_put(state, sharding.replicated(mesh))
   return Experiment(
       config=config, workdir=workdir, builder=builder, mesh=mesh, graphdef=graphdef, state=state,
