@@ -149,3 +149,28 @@ def test_summary_mode_ends_with_the_parameter_count():
   assert done.returncode == 0, done.stderr[-2000:]
   assert done.stdout.strip().splitlines()[-1] == "trainable_params: 1536001"
   assert "stem_conv.kernel" in done.stdout
+
+
+@pytest.mark.parametrize("arg,count", [
+    ("two_stream.py:norm=layer", 86710403), ("fusion.py:kind=dual_input,conv2=3x3x3", 6058785),
+    ("cnn_rnn.py:backbone=inception_v3,rnn=lstm", 133041)])
+def test_summary_of_every_family(arg, count):
+  done = subprocess.run([sys.executable, "launch.py", f"--config=configs/{arg}", "--mode=summary"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.strip().splitlines()[-1] == f"trainable_params: {count}"
+
+
+@pytest.mark.parametrize("arg", ["model=two_stream,norm=layer", "model=fusion,kind=dual_input",
+                                 "model=cnn_rnn,rnn=lstm,norm=mixed"])
+def test_every_family_trains_into_a_full_run_directory(arg, data_cache, tmp_path):
+  config = shrink(load_config("quickstart", arg), data_cache)
+  config.train.num_epochs = 1
+  results = trainer.train_and_evaluate(config, tmp_path)
+  assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == config.model.name
+  assert [r["epoch"] for r in _records(tmp_path)] == [1]
+  assert set(results["splits"]) == {"train", "val", "test"}
+  assert all(np.isfinite(s["rmse"]) for s in results["splits"].values())
+  for name in ("predictions_test.csv", "plots/scatter_test.png", "plots/history.png",
+               "checkpoints/best/1"):
+    assert (tmp_path / name).exists(), name
