@@ -8,7 +8,7 @@ from flax import nnx
 from lvef_jax import models
 from lvef_jax.config_base import base_config
 from lvef_jax.evaluation import metrics
-from lvef_jax.training import checkpoint, sharding, state as state_lib, steps
+from lvef_jax.training import checkpoint, sharding, state as state_lib, steps, trainer
 
 
 def _config(variant="stem", norm="batch"):
@@ -170,3 +170,32 @@ def test_regression_metrics_match_their_definitions():
   assert metrics.regression_metrics(ef, ef)["r2"] == 1.0
   with pytest.raises(ValueError):
     metrics.regression_metrics(ef, pred[:3])
+
+
+def test_format_seconds_never_prints_a_negative_time():
+  assert trainer._format_seconds(3725.9) == "1:02:05"
+  assert trainer._format_seconds(0) == "0:00:00"
+  assert trainer._format_seconds(-7184) == "0:00:00"  # was "-2:00:16"
+
+
+@pytest.mark.parametrize("first_epoch", [0, 3])
+def test_etas_count_only_what_is_left_of_this_run(first_epoch):
+  """A simulated run: 1 s per step and 2 s of validation after each epoch, 10 steps x 5 epochs."""
+  steps_per_epoch, total_epochs, overhead = 10, 5, 2.0
+  for epoch in range(first_epoch + 1, total_epochs + 1):
+    epoch_seconds = steps_per_epoch + overhead
+    for step in range(1, steps_per_epoch + 1):
+      run_elapsed = (epoch - first_epoch - 1) * epoch_seconds + step
+      epoch_eta, run_eta = trainer._etas(
+          step=step, steps_per_epoch=steps_per_epoch, epoch=epoch, first_epoch=first_epoch,
+          total_epochs=total_epochs, epoch_elapsed=step, run_elapsed=run_elapsed)
+      assert epoch_eta == pytest.approx(steps_per_epoch - step)
+      # Validation cost is known once this run has finished an epoch.
+      later = epoch_seconds if epoch > first_epoch + 1 else steps_per_epoch
+      assert run_eta == pytest.approx(epoch_eta + (total_epochs - epoch) * later)
+  # The last step of the last epoch: nothing left (the old estimate was negative here).
+  assert trainer._etas(step=10, steps_per_epoch=10, epoch=5, first_epoch=first_epoch,
+                       total_epochs=5, epoch_elapsed=10.0, run_elapsed=60.0) == (0, 0)
+  # In the last epoch the run ETA is the epoch ETA.
+  assert trainer._etas(step=4, steps_per_epoch=10, epoch=5, first_epoch=first_epoch,
+                       total_epochs=5, epoch_elapsed=4.0, run_elapsed=100.0) == (6.0, 6.0)
