@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from lvef_jax.errors import ConfigError
+
 # Mean EF of EchoNet-Dynamic (SPEC.md): the output layer starts there instead of at 0.
 ECHONET_EF_MEAN = 55.7
 
@@ -17,7 +19,8 @@ def parse_arg(arg: str | None, defaults: dict) -> dict:
   for item in filter(None, (arg or "").split(",")):
     key, sep, value = item.partition("=")
     if not sep or key not in defaults:
-      raise ValueError(f"config argument {item!r}: expected one of {sorted(defaults)} as key=value")
+      raise ConfigError(
+          f"config argument {item!r}: expected one of {sorted(defaults)} as key=value")
     values[key] = value
   return values
 

@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from lvef_jax import models
+from lvef_jax.errors import ConfigError
 from lvef_jax.models import i3d, layers
 from tests.conftest import load_config
 
@@ -111,7 +112,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_output():
     (dict(variant="huge"), "variant"), (dict(conv2="5x5x5"), "conv2"), (dict(head="d"), "head"),
     (dict(norm="group"), "norm"), (dict(stem_impl="fft"), "stem_impl")])
 def test_bad_options_are_rejected_by_name(kwargs, message):
-  with pytest.raises(ValueError, match=message):
+  with pytest.raises(ConfigError, match=message):
     i3d.Model(rngs=nnx.Rngs(0), **kwargs)
 
 
@@ -120,9 +121,9 @@ def test_config_argument_parsing():
   assert (config.model.variant, config.model.conv2, config.model.norm, config.model.head) == (
       "original", "3x3x3", "layer", "c")
   assert load_config("i3d", "").model.variant == "mini"
-  with pytest.raises(ValueError, match="widht"):
+  with pytest.raises(ConfigError, match="widht"):
     load_config("i3d", "widht=3")
-  with pytest.raises(ValueError, match="unknown model"):
+  with pytest.raises(ConfigError, match="unknown model"):
     models.model_class("resnet")
 
 

@@ -7,6 +7,8 @@ from flax import nnx
 
 from lvef_jax import models
 from lvef_jax.config_base import base_config
+from lvef_jax.data.echonet import EchoNetFormatError
+from lvef_jax.errors import ConfigError, LvefError, MissingCheckpointError, NonFiniteLossError
 from lvef_jax.evaluation import metrics
 from lvef_jax.training import checkpoint, sharding, state as state_lib, steps, trainer
 
@@ -123,7 +125,7 @@ def test_predictions_identical_after_checkpoint_restore(tmp_path):
   assert meta == {"epoch": 3, "note": "x"}
   np.testing.assert_array_equal(np.asarray(predict(restored, batch)), expected)
   assert int(restored.step) == 3
-  with pytest.raises(FileNotFoundError, match="best"):
+  with pytest.raises(MissingCheckpointError, match="best"):
     restorer.restore("best", fresh)
 
 
@@ -154,8 +156,18 @@ def test_learning_rate_halves_every_ten_epochs():
 
 
 def test_batch_size_must_divide_over_the_devices():
-  with pytest.raises(ValueError, match="train.batch_size 6 is not divisible by the 8 devices"):
+  with pytest.raises(ConfigError, match="train.batch_size 6 is not divisible by the 8 devices"):
     sharding.check_batch_size(6, sharding.make_mesh(), "train.batch_size")
+  with pytest.raises(ConfigError, match="eval.batch_size must be at least 1, got 0"):
+    sharding.check_batch_size(0, sharding.make_mesh(), "eval.batch_size")
+
+
+def test_user_errors_are_lvef_errors_and_keep_their_builtin_base():
+  """launch.py reports LvefErrors in one line; older `except ValueError` code still works."""
+  for error, builtin in ((ConfigError, ValueError), (EchoNetFormatError, ValueError),
+                         (NonFiniteLossError, FloatingPointError),
+                         (MissingCheckpointError, FileNotFoundError)):
+    assert issubclass(error, LvefError) and issubclass(error, builtin), error
 
 
 def test_regression_metrics_match_their_definitions():

@@ -32,6 +32,7 @@ import tensorflow_datasets as tfds
 
 from lvef_jax.data import synthetic
 from lvef_jax.data import tfds_builder
+from lvef_jax.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
 _SOURCE_FILE = "source.json"  # Fingerprint of the folder a TFDS dir was prepared from.
@@ -76,8 +77,8 @@ class _Settings:
     casts = {"str": str, "int": int, "bool": bool}  # Field types are strings (annotations).
     s = cls(**{f.name: casts[f.type](data_cfg[f.name]) for f in dataclasses.fields(cls)})
     if s.clip_frames < 1 or s.period < 1 or s.image_size < 1 or s.augment_pad < 0:
-      raise ValueError(f"Bad clip settings: clip_frames={s.clip_frames}, period={s.period}, "
-                       f"image_size={s.image_size}, augment_pad={s.augment_pad}")
+      raise ConfigError(f"Bad clip settings: clip_frames={s.clip_frames}, period={s.period}, "
+                        f"image_size={s.image_size}, augment_pad={s.augment_pad}")
     return s
 
   @property
@@ -338,7 +339,7 @@ def train_batches(builder, data_cfg, *, batch_size: int, seed: int, shard_index:
     {"video": uint8 [B, clip_frames, S, S, 1], "ef": float32 [B]}; only full batches.
 
   Raises:
-    ValueError: the shard holds fewer than `batch_size` examples (an epoch would be empty).
+    ConfigError: the shard holds fewer than `batch_size` examples (an epoch would be empty).
   """
   s = _Settings.from_cfg(data_cfg)
   _check_shard(shard_index, num_shards, batch_size)
@@ -347,7 +348,7 @@ def train_batches(builder, data_cfg, *, batch_size: int, seed: int, shard_index:
   spec = tfds.even_splits("train", n=num_shards, drop_remainder=True)[shard_index]
   per_shard = num_examples(builder, "train") // num_shards
   if per_shard < batch_size:
-    raise ValueError(f"Train shard has {per_shard} examples, fewer than batch {batch_size}.")
+    raise ConfigError(f"Train shard has {per_shard} examples, fewer than batch {batch_size}.")
   if s.cache_in_memory:
     ds = _memo((os.fspath(builder.data_dir), "train", shard_index, num_shards),
                lambda: _read(builder, spec))

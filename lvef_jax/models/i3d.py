@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lvef_jax.errors import ConfigError
 from lvef_jax.models import layers
 
 # (b1, b2_reduce, b2, b3_reduce, b3, pool_proj) per Inception module.
@@ -112,9 +113,9 @@ class Model(nnx.Module):
     for name, value, allowed in (("variant", variant, VARIANTS), ("conv2", conv2, CONV2_KERNELS),
                                  ("head", head, HEADS)):
       if value not in allowed:
-        raise ValueError(f"I3D {name} must be one of {sorted(allowed)}, got {value!r}")
+        raise ConfigError(f"I3D {name} must be one of {sorted(allowed)}, got {value!r}")
     if stem_impl not in STEM_IMPLS:
-      raise ValueError(f"I3D stem_impl must be one of {STEM_IMPLS}, got {stem_impl!r}")
+      raise ConfigError(f"I3D stem_impl must be one of {STEM_IMPLS}, got {stem_impl!r}")
     if stem_impl == "auto":
       stem_impl = "im2col" if jax.default_backend() == "cpu" else "conv"
     self.stem_impl = stem_impl

@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lvef_jax.errors import ConfigError
+
 NORMS = ("batch", "layer")
 
 
@@ -57,7 +59,7 @@ class Norm(nnx.Module):
 
   def __init__(self, features: int, kind: str, *, momentum: float, dtype, rngs: nnx.Rngs):
     if kind not in NORMS:
-      raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+      raise ConfigError(f"norm must be one of {NORMS}, got {kind!r}")
     self.kind = kind
     if kind == "batch":
       # epsilon 1e-3 as in Keras' BatchNormalization, which the paper's models used.

@@ -20,6 +20,7 @@ import numpy as np
 from absl import logging
 
 from lvef_jax import models
+from lvef_jax.errors import ConfigError, MissingCheckpointError, NonFiniteLossError
 from lvef_jax.data import pipeline
 from lvef_jax.evaluation import evaluator, metrics
 from lvef_jax.reporting import tensorboard
@@ -76,8 +77,8 @@ def build_experiment(config, workdir: str | pathlib.Path) -> Experiment:
   if steps_per_epoch <= 0:
     steps_per_epoch = num_train // config.train.batch_size
     if steps_per_epoch == 0:
-      raise ValueError(f"the train split has {num_train} videos, fewer than one batch of "
-                       f"train.batch_size={config.train.batch_size}")
+      raise ConfigError(f"the train split has {num_train} videos, fewer than one batch of "
+                        f"train.batch_size={config.train.batch_size}")
   model = models.create_model(config, seed=config.seed)
   tx = state_lib.make_optimizer(config.train, steps_per_epoch)
   graphdef, state = state_lib.create_train_state(model, tx, config.seed)
@@ -175,7 +176,7 @@ def _train_epoch(exp: Experiment, epoch: int, total_epochs: int, first_epoch: in
       recent = np.asarray(jax.device_get(losses[logged:]))
       logged = len(losses)
       if not np.all(np.isfinite(recent)):
-        raise FloatingPointError(f"non-finite training loss at epoch {epoch} step {index}: "
+        raise NonFiniteLossError(f"non-finite training loss at epoch {epoch} step {index}: "
                                  f"{recent.tolist()}; lower train.learning_rate or set "
                                  "train.grad_clip_norm")
       now = time.perf_counter()
@@ -274,6 +275,7 @@ def evaluate_checkpoint(config, workdir: str | pathlib.Path) -> dict:
   """``--mode=eval``: scores the best checkpoint of an existing run without training."""
   exp = build_experiment(config, workdir)
   if exp.checkpoints.epoch("latest") is None and exp.checkpoints.epoch("best") is None:
-    raise FileNotFoundError(f"no checkpoint under {exp.workdir / 'checkpoints'}: train first")
+    raise MissingCheckpointError(
+        f"no checkpoint under {exp.workdir / 'checkpoints'}: train first")
   history = _read_history(exp.workdir / METRICS_FILE, up_to_epoch=config.train.num_epochs)
   return evaluator.evaluate_best(exp, history)
