@@ -143,12 +143,26 @@ def test_bad_dataset_exits_non_zero_naming_the_problem(tmp_path):
   output = done.stdout + done.stderr
   assert output.count("FileList.csv line 3") == 1, output  # said once, not logged and printed
   assert "Traceback" not in output
+  # The folder is refused before TFDS starts preparing it, so TFDS has nothing to announce.
+  assert "Downloading" not in output
   assert not (tmp_path / "run" / "checkpoints").exists()
+  assert not (tmp_path / "cache").exists()
 
 
 def _run_launch(*args, timeout=300):
   return subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT, capture_output=True,
                         text=True, timeout=timeout)
+
+
+def test_missing_dataset_folder_is_one_error_message(tmp_path):
+  root = tmp_path / "no" / "such" / "folder"
+  done = _run_launch("--config=configs/quickstart.py", f"--workdir={tmp_path / 'run'}",
+                     f"--config.data.root={root}", f"--config.data.cache_dir={tmp_path / 'c'}")
+  assert done.returncode == 1
+  output = done.stdout + done.stderr
+  assert output.count(f"dataset root {root} does not exist") == 1, output
+  assert "error: EchoNet-Dynamic folder" in done.stderr
+  assert "Traceback" not in output and "Downloading" not in output
 
 
 def test_bad_config_value_is_one_error_message(tmp_path):

@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from lvef_jax.data import echonet
 from lvef_jax.data import synthetic
 from lvef_jax.data import tfds_builder
 from lvef_jax.errors import ConfigError
@@ -169,11 +170,18 @@ def _remove_empty_dirs(top: pathlib.Path) -> None:
       pass
 
 
+def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
+  # TFDS warns "Variant folder ... has no dataset_info.json" about a folder that does not
+  # exist yet, i.e. on every first preparation: ask it only about folders that exist.
+  return builder.data_path.exists() and builder.is_prepared()
+
+
 def prepare(data_cfg) -> tfds.core.DatasetBuilder:
   """Returns the builder for the configured data, preparing the TFDS files if needed.
 
   The folder is fully validated before anything is written; on any error nothing prepared is
-  left behind and the error (`echonet.EchoNetFormatError` for format problems) propagates.
+  left behind and the error (`echonet.EchoNetFormatError` for format problems, a missing
+  folder included) propagates.
   """
   s = _Settings.from_cfg(data_cfg)
   root = resolve_root(data_cfg)
@@ -181,7 +189,7 @@ def prepare(data_cfg) -> tfds.core.DatasetBuilder:
   source_file = data_dir / _SOURCE_FILE
   fingerprint = _fingerprint(root) if root.is_dir() else {}
   builder = tfds_builder.EchonetDynamic(data_dir=data_dir)
-  if builder.is_prepared():
+  if _is_prepared(builder):
     recorded = json.loads(source_file.read_text()) if source_file.is_file() else None
     # Training needs only the prepared data, so a folder moved away afterwards is no error.
     # No record: prepared by someone else into an explicit tfds_dir; trust it.
@@ -193,9 +201,12 @@ def prepare(data_cfg) -> tfds.core.DatasetBuilder:
     logging.warning("%s changed since %s was prepared: preparing it again.", root,
                     builder.data_dir)
     shutil.rmtree(builder.data_dir)
-    builder = tfds_builder.EchonetDynamic(data_dir=data_dir)
-  logging.info("Preparing %s from %s (validates the folder first, then decodes every video "
-               "once).", builder.data_dir, root)
+  # Validated here, before TFDS runs at all, so that a bad folder is refused in the reader's
+  # words (every problem listed) and nothing is created for it.
+  records = echonet.load_dataset_index(root)
+  builder = tfds_builder.EchonetDynamic(data_dir=data_dir, index=records)
+  logging.info("preparing the dataset copy of %s in %s (%s); every video is decoded once.",
+               root, builder.data_dir, tfds_builder.split_counts(records))
   start = time.perf_counter()
   try:
     builder.download_and_prepare(

@@ -41,6 +41,12 @@ _DECODE_THREADS = min(8, os.cpu_count() or 1)
 _LOG_EVERY = 500
 
 
+def split_counts(records: list[echonet.VideoRecord]) -> str:
+  """``"N videos: a train, b val, c test"``, for log lines."""
+  counts = ", ".join(f"{sum(r.split == s for r in records)} {s}" for s in echonet.SPLITS)
+  return f"{len(records)} videos: {counts}"
+
+
 def _decode_in_order(records: Iterable[echonet.VideoRecord],
                      window: int) -> Iterator[tuple[echonet.VideoRecord, np.ndarray]]:
   """Yields (record, frames) in input order, decoding up to `window` videos ahead in threads.
@@ -72,6 +78,28 @@ class EchonetDynamic(tfds.core.GeneratorBasedBuilder):
     Videos/<FileName>.avi
   Any folder in this layout works, e.g. one written by lvef_jax.data.synthetic.generate.
   """
+
+  def __init__(self, *, index: list[echonet.VideoRecord] | None = None, **kwargs):
+    """Builder over the folder later passed as `manual_dir`.
+
+    Args:
+      index: `echonet.load_dataset_index` of that folder, if the caller has validated it
+        already: preparation then uses it instead of validating the folder a second time
+        (every video opened again, every warning about the folder logged twice).
+      **kwargs: As for `tfds.core.GeneratorBasedBuilder` (`data_dir`, ...).
+    """
+    super().__init__(**kwargs)
+    self._validated_index = index
+
+  def _log_download_bytes(self) -> None:
+    # TFDS prints "Downloading and preparing dataset Unknown size ..." to stdout here, bypassing
+    # logging. Nothing is downloaded, and the sizes are unknown: the caller's log says what
+    # happens instead (pipeline.prepare's "preparing the dataset copy of ...").
+    pass
+
+  def _log_download_done(self) -> None:
+    # Likewise TFDS's printed "Dataset ... downloaded and prepared to ..."; see above.
+    pass
 
   @tfds_utils.classproperty
   @classmethod
@@ -111,16 +139,17 @@ class EchonetDynamic(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    try:
-      root = dl_manager.manual_dir
-    except AssertionError as e:  # TFDS's "missing or empty manual dir" error.
-      raise echonet.EchoNetFormatError(str(e)) from e
-    # Validate the whole folder (every video opened) before TFDS writes anything, so a bad
-    # folder fails in seconds instead of after hours of writing, and leaves nothing behind.
-    records = echonet.load_dataset_index(os.fspath(root))
+    records = self._validated_index
+    if records is None:
+      try:
+        root = dl_manager.manual_dir
+      except AssertionError as e:  # TFDS's "missing or empty manual dir" error.
+        raise echonet.EchoNetFormatError(str(e)) from e
+      # Validate the whole folder (every video opened) before TFDS writes anything, so a bad
+      # folder fails in seconds instead of after hours of writing, and leaves nothing behind.
+      records = echonet.load_dataset_index(os.fspath(root))
+      logging.info("EchoNet folder %s: %s.", root, split_counts(records))
     by_split = {split: [r for r in records if r.split == split] for split in echonet.SPLITS}
-    logging.info("EchoNet folder %s: %s videos.", root,
-                 ", ".join(f"{len(v)} {k}" for k, v in by_split.items()))
     return {split: self._generate_examples(rows) for split, rows in by_split.items()}
 
   def _generate_examples(self, records: list[echonet.VideoRecord]):
