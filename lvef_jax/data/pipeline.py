@@ -287,8 +287,8 @@ def _pad_and_crop(clip: tf.Tensor, pad: int, seed: tf.Tensor) -> tf.Tensor:
 def _read(builder, split_spec, *, shuffle_seed=None) -> tf.data.Dataset:
   """The split's examples with "video" still serialized: decode with `_decode_video`.
 
-  Shuffle buffers and memory caches then hold one compact string per video (compressed, with
-  ZLIB); videos are decoded only inside the parallel map.
+  Shuffle buffers and memory caches then hold one string per video (its raw frame bytes, as
+  stored); videos are turned into tensors only inside the parallel map.
   """
   read_config = tfds.ReadConfig(
       try_autocache=False,  # Caching is our decision (cache_in_memory), made after SkipDecoding.

@@ -28,12 +28,13 @@ from tensorflow_datasets.core import utils as tfds_utils
 
 from lvef_jax.data import echonet
 
-# Storage encoding of the video tensor. Measured on 200 synthetic videos (2-core CPU): BYTES
-# prepares ~3x faster (TFDS zlib-compresses at level 6 in its single writer thread) and costs
-# ~2x less CPU per training clip, because ZLIB must inflate the WHOLE video to cut one clip;
-# ZLIB only halves the disk footprint (1.9x; real EchoNet ~22 GB raw). The feeding CPU is the
-# scarcer resource next to a GPU, so BYTES. Changing this needs a new VERSION: already
-# prepared data would otherwise be decoded with the wrong encoding.
+# Storage encoding of the video tensor: BYTES, the raw frames, uncompressed. Measured on 200
+# synthetic videos (2-core CPU) against ZLIB: BYTES prepares ~3x faster (with ZLIB, TFDS
+# compresses at level 6 in its single writer thread) and costs ~2x less CPU per training clip,
+# because ZLIB must inflate the WHOLE video to cut one clip; ZLIB would only halve the disk
+# footprint (1.9x; real EchoNet ~22 GB raw). The feeding CPU is the scarcer resource next to a
+# GPU, so BYTES. Changing this needs a new VERSION: already prepared data would otherwise be
+# decoded with the wrong encoding.
 VIDEO_ENCODING = tfds.features.Encoding.BYTES
 # Decoding an AVI is the slow part of preparation. OpenCV releases the GIL while decoding, so
 # a few threads decode ahead of the (single-threaded) TFDS writer.
@@ -69,7 +70,8 @@ class EchonetDynamic(tfds.core.GeneratorBasedBuilder):
   """EchoNet-Dynamic echocardiogram videos with EF / ESV / EDV labels."""
 
   VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Grey uint8 frames (zlib), labels from FileList.csv, ED/ES frames."}
+  RELEASE_NOTES = {"1.0.0": "Grey uint8 frames (raw bytes), labels from FileList.csv, ED/ES "
+                            "frames."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Obtain EchoNet-Dynamic from https://echonet.github.io/dynamic/ (a research-use agreement is
   required) and pass the unpacked folder as `manual_dir`. It must contain:
