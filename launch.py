@@ -7,6 +7,10 @@ r"""Trains, evaluates or summarises a model of the paper.
   python launch.py --config=configs/i3d.py:variant=original --mode=summary
 
 Rerunning ``--mode=train`` in the same workdir resumes from the latest checkpoint.
+
+A problem the user can fix (the data folder, a config value, no checkpoint, a diverging run)
+ends the program with one ``error: ...`` message on stderr and exit status 1; anything else is a
+bug and ends it with its traceback.
 """
 
 import logging as py_logging
@@ -14,6 +18,8 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from lvef_jax.errors import LvefError
 
 WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, plots).")
 MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "summary"],
@@ -29,6 +35,18 @@ class _QuietLibraries(py_logging.Filter):
         part in record.pathname for part in ("/orbax/", "/tensorflow_datasets/"))
 
 
+def _run(config, mode: str, workdir: str | None) -> None:
+  if mode == "summary":
+    from lvef_jax.reporting import summary  # JAX and Flax only: no data, no TensorFlow.
+    print(summary.parameter_table(config))
+    return
+  from lvef_jax.training import trainer  # Here so that --mode=summary never loads TensorFlow.
+  if mode == "train":
+    trainer.train_and_evaluate(config, workdir)
+  else:
+    trainer.evaluate_checkpoint(config, workdir)
+
+
 def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
@@ -36,22 +54,12 @@ def main(argv):
   config = CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/quickstart.py")
-  if MODE.value == "summary":
-    from lvef_jax.reporting import summary  # JAX and Flax only: no data, no TensorFlow.
-    print(summary.parameter_table(config))
-    return 0
-  if not WORKDIR.value:
+  if MODE.value != "summary" and not WORKDIR.value:
     raise app.UsageError(f"--workdir is required for --mode={MODE.value}")
-  # Imported here so that --mode=summary never loads TensorFlow.
-  from lvef_jax.data.echonet import EchoNetFormatError
-  from lvef_jax.training import trainer
   try:
-    if MODE.value == "train":
-      trainer.train_and_evaluate(config, WORKDIR.value)
-    else:
-      trainer.evaluate_checkpoint(config, WORKDIR.value)
-  except (EchoNetFormatError, FileNotFoundError, FloatingPointError, ValueError) as e:
-    logging.error("%s", e)
+    _run(config, MODE.value, WORKDIR.value)
+  except LvefError as e:
+    # Said once, without the log prefix: dataset errors run to many lines, one per problem.
     print(f"error: {e}", file=sys.stderr)
     return 1
   return 0

@@ -10,6 +10,8 @@ import pathlib
 
 import ml_collections
 
+from lvef_jax.errors import ConfigError
+
 # Mean EF of EchoNet-Dynamic's FileList.csv: the output layer starts there instead of at 0.
 ECHONET_EF_MEAN = 55.7
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -21,7 +23,8 @@ def parse_arg(arg: str | None, defaults: dict) -> dict:
   for item in filter(None, (arg or "").split(",")):
     key, sep, value = item.partition("=")
     if not sep or key not in defaults:
-      raise ValueError(f"config argument {item!r}: expected one of {sorted(defaults)} as key=value")
+      raise ConfigError(
+          f"config argument {item!r}: expected one of {sorted(defaults)} as key=value")
     values[key] = value
   return values
 
@@ -50,7 +53,7 @@ def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
   path = CONFIG_DIR / f"{name}.py"
   if not path.is_file():
     known = sorted(p.stem for p in CONFIG_DIR.glob("*.py"))
-    raise ValueError(f"no config {name!r} in {CONFIG_DIR}; known: {', '.join(known)}")
+    raise ConfigError(f"no config {name!r} in {CONFIG_DIR}; known: {', '.join(known)}")
   spec = importlib.util.spec_from_file_location(f"lvef_jax_configs_{name}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

@@ -137,10 +137,64 @@ def test_bad_dataset_exits_non_zero_naming_the_problem(tmp_path):
        f"--config.data.root={root}", f"--config.data.cache_dir={tmp_path / 'cache'}",
        "--config.train.batch_size=8"],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert done.returncode != 0
+  assert done.returncode == 1
   assert "FileList.csv line 3" in done.stderr and "0XBBBB" in done.stderr
   assert "0XAAAA.avi" in done.stderr  # the missing video is named
+  output = done.stdout + done.stderr
+  assert output.count("FileList.csv line 3") == 1, output  # said once, not logged and printed
+  assert "Traceback" not in output
+  # The folder is refused before TFDS starts preparing it, so TFDS has nothing to announce.
+  assert "Downloading" not in output
   assert not (tmp_path / "run" / "checkpoints").exists()
+  assert not (tmp_path / "cache").exists()
+
+
+def _run_launch(*args, timeout=300):
+  return subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def test_missing_dataset_folder_is_one_error_message(tmp_path):
+  root = tmp_path / "no" / "such" / "folder"
+  done = _run_launch("--config=configs/quickstart.py", f"--workdir={tmp_path / 'run'}",
+                     f"--config.data.root={root}", f"--config.data.cache_dir={tmp_path / 'c'}")
+  assert done.returncode == 1
+  output = done.stdout + done.stderr
+  assert output.count(f"dataset root {root} does not exist") == 1, output
+  assert "error: EchoNet-Dynamic folder" in done.stderr
+  assert "Traceback" not in output and "Downloading" not in output
+
+
+def test_bad_config_value_is_one_error_message(tmp_path):
+  # batch_size 0 used to pass the check (0 is divisible by any device count) and then divide
+  # by zero; it fails before any data is read.
+  done = _run_launch("--config=configs/quickstart.py", f"--workdir={tmp_path / 'run'}",
+                     f"--config.data.cache_dir={tmp_path / 'c'}", "--config.train.batch_size=0")
+  assert done.returncode == 1
+  output = done.stdout + done.stderr
+  assert output.count("train.batch_size must be at least 1, got 0") == 1, output
+  assert "error: train.batch_size" in done.stderr and "Traceback" not in output
+
+
+def test_unexpected_exception_keeps_its_traceback(tmp_path):
+  """A bug (here: a ValueError from inside training) is no user error: its traceback shows."""
+  script = (
+      "import sys\n"
+      "from absl import app\n"
+      "import launch\n"
+      "from lvef_jax.training import trainer\n"
+      "def train_and_evaluate(config, workdir):\n"
+      "  raise ValueError('a bug deep inside')\n"
+      "trainer.train_and_evaluate = train_and_evaluate\n"
+      "app.run(lambda argv: sys.exit(launch.main(argv)), argv=['launch.py', "
+      f"'--config=configs/quickstart.py', '--workdir={tmp_path / 'run'}'])\n")
+  done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  assert done.returncode != 0
+  assert "Traceback (most recent call last)" in done.stderr, done.stderr[-3000:]
+  assert "in train_and_evaluate" in done.stderr
+  assert "ValueError: a bug deep inside" in done.stderr
+  assert "error: a bug" not in done.stderr
 
 
 def test_summary_mode_ends_with_the_parameter_count():

@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from lvef_jax import models
-from lvef_jax.models import heads, i3d, layers
+from lvef_jax.errors import ConfigError
+from lvef_jax.models import heads, layers
 from tests.conftest import load_config
 
 # Counted with a PyTorch implementation of the same layers (PyTorch 2.13.0, CPU), built
@@ -143,7 +144,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_output():
     ("variant=huge", {}, "variant"), ("conv2=5x5x5", {}, "conv2"), ("head=d", {}, "head"),
     ("norm=group", {}, "norm"), ("", {"stem_impl": "fft"}, "stem_impl")])
 def test_bad_options_are_rejected_by_name(arg, overrides, message):
-  with pytest.raises(ValueError, match=message):
+  with pytest.raises(ConfigError, match=message):
     _model(arg, **overrides)
 
 
@@ -152,9 +153,9 @@ def test_config_argument_parsing():
   assert (config.model.variant, config.model.conv2, config.model.norm, config.model.head) == (
       "original", "3x3x3", "layer", "c")
   assert load_config("i3d", "").model.variant == "mini"
-  with pytest.raises(ValueError, match="widht"):
+  with pytest.raises(ConfigError, match="widht"):
     load_config("i3d", "widht=3")
-  with pytest.raises(ValueError, match="unknown model"):
+  with pytest.raises(ConfigError, match="unknown model"):
     models.model_class("resnet")
 
 

@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 from lvef_jax.data import echonet
 from lvef_jax.data import pipeline
 from lvef_jax.data import synthetic
+from lvef_jax.data import tfds_builder
 
 NUM_VIDEOS = 24
 
@@ -222,7 +223,7 @@ def files_under(path):
   return [p for p in path.rglob("*") if p.is_file()] if path.exists() else []
 
 
-def test_prepare_bad_root_leaves_nothing_and_then_works(data, tmp_path):
+def test_prepare_bad_root_leaves_nothing_and_then_works(data, tmp_path, capfd):
   root = tmp_path / "copy"
   shutil.copytree(data["root"], root)
   file_list = root / "FileList.csv"
@@ -236,7 +237,12 @@ def test_prepare_bad_root_leaves_nothing_and_then_works(data, tmp_path):
   assert files_under(tmp_path / "cache") == []
 
   file_list.write_text(good)
+  capfd.readouterr()
   builder = pipeline.prepare(cfg)
+  # TFDS's own "Downloading and preparing dataset Unknown size ..." and "... downloaded and
+  # prepared" go straight to stdout; the project logs what it does instead.
+  printed = capfd.readouterr().out
+  assert "Downloading" not in printed and "downloaded" not in printed
   assert sum(pipeline.num_examples(builder, s) for s in pipeline.SPLITS) == NUM_VIDEOS
   info = pathlib.Path(builder.data_dir) / "dataset_info.json"
   mtime = info.stat().st_mtime_ns
@@ -263,6 +269,23 @@ def test_prepare_missing_root_raises_format_error(tmp_path):
   with pytest.raises(echonet.EchoNetFormatError):
     pipeline.prepare(cfg)
   assert files_under(tmp_path / "cache") == []
+
+
+def test_builder_alone_validates_the_folder_itself(tmp_path, capfd):
+  """Without pipeline.prepare (and so without an index), the builder validates the folder."""
+  def prepare(root):
+    builder = tfds_builder.EchonetDynamic(data_dir=tmp_path / "tfds")
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=os.fspath(root), try_download_gcs=False))
+    return builder
+
+  with pytest.raises(echonet.EchoNetFormatError, match="does not exist"):
+    prepare(tmp_path / "nowhere")
+  root = synthetic.generate(tmp_path / "echonet", 3, 0, min_frames=4, max_frames=6, workers=1)
+  (root / "Videos" / sorted(os.listdir(root / "Videos"))[0]).write_bytes(b"not a video")
+  with pytest.raises(echonet.EchoNetFormatError, match="cannot be read"):
+    prepare(root)
+  assert "Downloading" not in capfd.readouterr().out
 
 
 def test_resolve_root_reuses_and_regenerates(tmp_path):

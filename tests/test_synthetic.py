@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from lvef_jax.data import synthetic
+from lvef_jax.errors import ConfigError
 
 FILELIST_HEADER = "FileName,EF,ESV,EDV,FrameHeight,FrameWidth,FPS,NumberOfFrames,Split"
 TRACINGS_HEADER = "FileName,X1,Y1,X2,Y2,Frame"
@@ -237,7 +238,7 @@ def test_short_videos(tmp_path):
   ],
 )
 def test_bad_arguments(tmp_path, change, message):
-  with pytest.raises(ValueError, match=message):
+  with pytest.raises(ConfigError, match=message):
     synthetic.generate(
       tmp_path / "x", **{"num_videos": 3, "seed": 0, "min_frames": 5, "max_frames": 8, **change}
     )

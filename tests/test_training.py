@@ -7,8 +7,10 @@ from flax import nnx
 
 from lvef_jax import models
 from lvef_jax.config_base import base_config
+from lvef_jax.data.echonet import EchoNetFormatError
+from lvef_jax.errors import ConfigError, LvefError, MissingCheckpointError, NonFiniteLossError
 from lvef_jax.evaluation import metrics
-from lvef_jax.training import checkpoint, sharding, state as state_lib, steps
+from lvef_jax.training import checkpoint, sharding, state as state_lib, steps, trainer
 
 
 def _config(variant="stem", norm="batch"):
@@ -123,7 +125,7 @@ def test_predictions_identical_after_checkpoint_restore(tmp_path):
   assert meta == {"epoch": 3, "note": "x"}
   np.testing.assert_array_equal(np.asarray(predict(restored, batch)), expected)
   assert int(restored.step) == 3
-  with pytest.raises(FileNotFoundError, match="best"):
+  with pytest.raises(MissingCheckpointError, match="best"):
     restorer.restore("best", fresh)
 
 
@@ -154,8 +156,18 @@ def test_learning_rate_halves_every_ten_epochs():
 
 
 def test_batch_size_must_divide_over_the_devices():
-  with pytest.raises(ValueError, match="train.batch_size 6 is not divisible by the 8 devices"):
+  with pytest.raises(ConfigError, match="train.batch_size 6 is not divisible by the 8 devices"):
     sharding.check_batch_size(6, sharding.make_mesh(), "train.batch_size")
+  with pytest.raises(ConfigError, match="eval.batch_size must be at least 1, got 0"):
+    sharding.check_batch_size(0, sharding.make_mesh(), "eval.batch_size")
+
+
+def test_user_errors_are_lvef_errors_and_keep_their_builtin_base():
+  """launch.py reports LvefErrors in one line; older `except ValueError` code still works."""
+  for error, builtin in ((ConfigError, ValueError), (EchoNetFormatError, ValueError),
+                         (NonFiniteLossError, FloatingPointError),
+                         (MissingCheckpointError, FileNotFoundError)):
+    assert issubclass(error, LvefError) and issubclass(error, builtin), error
 
 
 def test_regression_metrics_match_their_definitions():
@@ -170,3 +182,32 @@ def test_regression_metrics_match_their_definitions():
   assert metrics.regression_metrics(ef, ef)["r2"] == 1.0
   with pytest.raises(ValueError):
     metrics.regression_metrics(ef, pred[:3])
+
+
+def test_format_seconds_never_prints_a_negative_time():
+  assert trainer._format_seconds(3725.9) == "1:02:05"
+  assert trainer._format_seconds(0) == "0:00:00"
+  assert trainer._format_seconds(-7184) == "0:00:00"  # was "-2:00:16"
+
+
+@pytest.mark.parametrize("first_epoch", [0, 3])
+def test_etas_count_only_what_is_left_of_this_run(first_epoch):
+  """A simulated run: 1 s per step and 2 s of validation after each epoch, 10 steps x 5 epochs."""
+  steps_per_epoch, total_epochs, overhead = 10, 5, 2.0
+  for epoch in range(first_epoch + 1, total_epochs + 1):
+    epoch_seconds = steps_per_epoch + overhead
+    for step in range(1, steps_per_epoch + 1):
+      run_elapsed = (epoch - first_epoch - 1) * epoch_seconds + step
+      epoch_eta, run_eta = trainer._etas(
+          step=step, steps_per_epoch=steps_per_epoch, epoch=epoch, first_epoch=first_epoch,
+          total_epochs=total_epochs, epoch_elapsed=step, run_elapsed=run_elapsed)
+      assert epoch_eta == pytest.approx(steps_per_epoch - step)
+      # Validation cost is known once this run has finished an epoch.
+      later = epoch_seconds if epoch > first_epoch + 1 else steps_per_epoch
+      assert run_eta == pytest.approx(epoch_eta + (total_epochs - epoch) * later)
+  # The last step of the last epoch: nothing left (the old estimate was negative here).
+  assert trainer._etas(step=10, steps_per_epoch=10, epoch=5, first_epoch=first_epoch,
+                       total_epochs=5, epoch_elapsed=10.0, run_elapsed=60.0) == (0, 0)
+  # In the last epoch the run ETA is the epoch ETA.
+  assert trainer._etas(step=4, steps_per_epoch=10, epoch=5, first_epoch=first_epoch,
+                       total_epochs=5, epoch_elapsed=4.0, run_elapsed=100.0) == (6.0, 6.0)

@@ -25,6 +25,8 @@ from absl import logging
 import cv2
 import numpy as np
 
+from lvef_jax.errors import LvefError
+
 SPLITS = ("train", "val", "test")
 FILE_LIST_HEADER = (
   "FileName",
@@ -45,7 +47,7 @@ VIDEOS = "Videos"
 _MAX_LISTED = 20
 
 
-class EchoNetFormatError(ValueError):
+class EchoNetFormatError(LvefError, ValueError):
   """Raised for any problem with a dataset folder; message names the file(s)/row(s)."""
 
 

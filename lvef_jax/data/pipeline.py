@@ -30,8 +30,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from lvef_jax.data import echonet
 from lvef_jax.data import synthetic
 from lvef_jax.data import tfds_builder
+from lvef_jax.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
 _SOURCE_FILE = "source.json"  # Fingerprint of the folder a TFDS dir was prepared from.
@@ -76,8 +78,8 @@ class _Settings:
     casts = {"str": str, "int": int, "bool": bool}  # Field types are strings (annotations).
     s = cls(**{f.name: casts[f.type](data_cfg[f.name]) for f in dataclasses.fields(cls)})
     if s.clip_frames < 1 or s.period < 1 or s.image_size < 1 or s.augment_pad < 0:
-      raise ValueError(f"Bad clip settings: clip_frames={s.clip_frames}, period={s.period}, "
-                       f"image_size={s.image_size}, augment_pad={s.augment_pad}")
+      raise ConfigError(f"Bad clip settings: clip_frames={s.clip_frames}, period={s.period}, "
+                        f"image_size={s.image_size}, augment_pad={s.augment_pad}")
     return s
 
   @property
@@ -168,11 +170,18 @@ def _remove_empty_dirs(top: pathlib.Path) -> None:
       pass
 
 
+def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
+  # TFDS warns "Variant folder ... has no dataset_info.json" about a folder that does not
+  # exist yet, i.e. on every first preparation: ask it only about folders that exist.
+  return builder.data_path.exists() and builder.is_prepared()
+
+
 def prepare(data_cfg) -> tfds.core.DatasetBuilder:
   """Returns the builder for the configured data, preparing the TFDS files if needed.
 
   The folder is fully validated before anything is written; on any error nothing prepared is
-  left behind and the error (`echonet.EchoNetFormatError` for format problems) propagates.
+  left behind and the error (`echonet.EchoNetFormatError` for format problems, a missing
+  folder included) propagates.
   """
   s = _Settings.from_cfg(data_cfg)
   root = resolve_root(data_cfg)
@@ -180,7 +189,7 @@ def prepare(data_cfg) -> tfds.core.DatasetBuilder:
   source_file = data_dir / _SOURCE_FILE
   fingerprint = _fingerprint(root) if root.is_dir() else {}
   builder = tfds_builder.EchonetDynamic(data_dir=data_dir)
-  if builder.is_prepared():
+  if _is_prepared(builder):
     recorded = json.loads(source_file.read_text()) if source_file.is_file() else None
     # Training needs only the prepared data, so a folder moved away afterwards is no error.
     # No record: prepared by someone else into an explicit tfds_dir; trust it.
@@ -192,9 +201,12 @@ def prepare(data_cfg) -> tfds.core.DatasetBuilder:
     logging.warning("%s changed since %s was prepared: preparing it again.", root,
                     builder.data_dir)
     shutil.rmtree(builder.data_dir)
-    builder = tfds_builder.EchonetDynamic(data_dir=data_dir)
-  logging.info("Preparing %s from %s (validates the folder first, then decodes every video "
-               "once).", builder.data_dir, root)
+  # Validated here, before TFDS runs at all, so that a bad folder is refused in the reader's
+  # words (every problem listed) and nothing is created for it.
+  records = echonet.load_dataset_index(root)
+  builder = tfds_builder.EchonetDynamic(data_dir=data_dir, index=records)
+  logging.info("preparing the dataset copy of %s in %s (%s); every video is decoded once.",
+               root, builder.data_dir, tfds_builder.split_counts(records))
   start = time.perf_counter()
   try:
     builder.download_and_prepare(
@@ -275,8 +287,8 @@ def _pad_and_crop(clip: tf.Tensor, pad: int, seed: tf.Tensor) -> tf.Tensor:
 def _read(builder, split_spec, *, shuffle_seed=None) -> tf.data.Dataset:
   """The split's examples with "video" still serialized: decode with `_decode_video`.
 
-  Shuffle buffers and memory caches then hold one compact string per video (compressed, with
-  ZLIB); videos are decoded only inside the parallel map.
+  Shuffle buffers and memory caches then hold one string per video (its raw frame bytes, as
+  stored); videos are turned into tensors only inside the parallel map.
   """
   read_config = tfds.ReadConfig(
       try_autocache=False,  # Caching is our decision (cache_in_memory), made after SkipDecoding.
@@ -338,7 +350,7 @@ def train_batches(builder, data_cfg, *, batch_size: int, seed: int, shard_index:
     {"video": uint8 [B, clip_frames, S, S, 1], "ef": float32 [B]}; only full batches.
 
   Raises:
-    ValueError: the shard holds fewer than `batch_size` examples (an epoch would be empty).
+    ConfigError: the shard holds fewer than `batch_size` examples (an epoch would be empty).
   """
   s = _Settings.from_cfg(data_cfg)
   _check_shard(shard_index, num_shards, batch_size)
@@ -347,7 +359,7 @@ def train_batches(builder, data_cfg, *, batch_size: int, seed: int, shard_index:
   spec = tfds.even_splits("train", n=num_shards, drop_remainder=True)[shard_index]
   per_shard = num_examples(builder, "train") // num_shards
   if per_shard < batch_size:
-    raise ValueError(f"Train shard has {per_shard} examples, fewer than batch {batch_size}.")
+    raise ConfigError(f"Train shard has {per_shard} examples, fewer than batch {batch_size}.")
   if s.cache_in_memory:
     ds = _memo((os.fspath(builder.data_dir), "train", shard_index, num_shards),
                lambda: _read(builder, spec))

@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from lvef_jax.data import echonet
+from lvef_jax.errors import ConfigError
 
 VERSION = "lvef_jax.synthetic/1"
 SIZE = 112
@@ -305,13 +306,13 @@ def assign_splits(num_videos, seed):
 
 def _check_args(num_videos, min_frames, max_frames, workers):
   if num_videos < 3:
-    raise ValueError(f"num_videos must be >= 3 (one video per split), got {num_videos}")
+    raise ConfigError(f"num_videos must be >= 3 (one video per split), got {num_videos}")
   if min_frames < 1:
-    raise ValueError(f"min_frames must be >= 1, got {min_frames}")
+    raise ConfigError(f"min_frames must be >= 1, got {min_frames}")
   if max_frames < min_frames:
-    raise ValueError(f"max_frames ({max_frames}) must be >= min_frames ({min_frames})")
+    raise ConfigError(f"max_frames ({max_frames}) must be >= min_frames ({min_frames})")
   if workers < 0:
-    raise ValueError(f"workers must be >= 0 (0 = one per CPU), got {workers}")
+    raise ConfigError(f"workers must be >= 0 (0 = one per CPU), got {workers}")
 
 
 def _pool_context():
@@ -354,7 +355,7 @@ def generate(out_dir, num_videos: int, seed: int, *, min_frames: int = 20, max_f
     The dataset root, as a `pathlib.Path`.
 
   Raises:
-    ValueError: on invalid arguments.
+    ConfigError (a ValueError): on invalid arguments.
     FileExistsError: if `out_dir` exists, is not empty and `overwrite` is False.
   """
   _check_args(num_videos, min_frames, max_frames, workers)

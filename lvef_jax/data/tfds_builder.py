@@ -28,17 +28,24 @@ from tensorflow_datasets.core import utils as tfds_utils
 
 from lvef_jax.data import echonet
 
-# Storage encoding of the video tensor. Measured on 200 synthetic videos (2-core CPU): BYTES
-# prepares ~3x faster (TFDS zlib-compresses at level 6 in its single writer thread) and costs
-# ~2x less CPU per training clip, because ZLIB must inflate the WHOLE video to cut one clip;
-# ZLIB only halves the disk footprint (1.9x; real EchoNet ~22 GB raw). The feeding CPU is the
-# scarcer resource next to a GPU, so BYTES. Changing this needs a new VERSION: already
-# prepared data would otherwise be decoded with the wrong encoding.
+# Storage encoding of the video tensor: BYTES, the raw frames, uncompressed. Measured on 200
+# synthetic videos (2-core CPU) against ZLIB: BYTES prepares ~3x faster (with ZLIB, TFDS
+# compresses at level 6 in its single writer thread) and costs ~2x less CPU per training clip,
+# because ZLIB must inflate the WHOLE video to cut one clip; ZLIB would only halve the disk
+# footprint (1.9x; real EchoNet ~22 GB raw). The feeding CPU is the scarcer resource next to a
+# GPU, so BYTES. Changing this needs a new VERSION: already prepared data would otherwise be
+# decoded with the wrong encoding.
 VIDEO_ENCODING = tfds.features.Encoding.BYTES
 # Decoding an AVI is the slow part of preparation. OpenCV releases the GIL while decoding, so
 # a few threads decode ahead of the (single-threaded) TFDS writer.
 _DECODE_THREADS = min(8, os.cpu_count() or 1)
 _LOG_EVERY = 500
+
+
+def split_counts(records: list[echonet.VideoRecord]) -> str:
+  """``"N videos: a train, b val, c test"``, for log lines."""
+  counts = ", ".join(f"{sum(r.split == s for r in records)} {s}" for s in echonet.SPLITS)
+  return f"{len(records)} videos: {counts}"
 
 
 def _decode_in_order(records: Iterable[echonet.VideoRecord],
@@ -63,7 +70,8 @@ class EchonetDynamic(tfds.core.GeneratorBasedBuilder):
   """EchoNet-Dynamic echocardiogram videos with EF / ESV / EDV labels."""
 
   VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Grey uint8 frames (zlib), labels from FileList.csv, ED/ES frames."}
+  RELEASE_NOTES = {"1.0.0": "Grey uint8 frames (raw bytes), labels from FileList.csv, ED/ES "
+                            "frames."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Obtain EchoNet-Dynamic from https://echonet.github.io/dynamic/ (a research-use agreement is
   required) and pass the unpacked folder as `manual_dir`. It must contain:
@@ -72,6 +80,28 @@ class EchonetDynamic(tfds.core.GeneratorBasedBuilder):
     Videos/<FileName>.avi
   Any folder in this layout works, e.g. one written by lvef_jax.data.synthetic.generate.
   """
+
+  def __init__(self, *, index: list[echonet.VideoRecord] | None = None, **kwargs):
+    """Builder over the folder later passed as `manual_dir`.
+
+    Args:
+      index: `echonet.load_dataset_index` of that folder, if the caller has validated it
+        already: preparation then uses it instead of validating the folder a second time
+        (every video opened again, every warning about the folder logged twice).
+      **kwargs: As for `tfds.core.GeneratorBasedBuilder` (`data_dir`, ...).
+    """
+    super().__init__(**kwargs)
+    self._validated_index = index
+
+  def _log_download_bytes(self) -> None:
+    # TFDS prints "Downloading and preparing dataset Unknown size ..." to stdout here, bypassing
+    # logging. Nothing is downloaded, and the sizes are unknown: the caller's log says what
+    # happens instead (pipeline.prepare's "preparing the dataset copy of ...").
+    pass
+
+  def _log_download_done(self) -> None:
+    # Likewise TFDS's printed "Dataset ... downloaded and prepared to ..."; see above.
+    pass
 
   @tfds_utils.classproperty
   @classmethod
@@ -111,16 +141,17 @@ class EchonetDynamic(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    try:
-      root = dl_manager.manual_dir
-    except AssertionError as e:  # TFDS's "missing or empty manual dir" error.
-      raise echonet.EchoNetFormatError(str(e)) from e
-    # Validate the whole folder (every video opened) before TFDS writes anything, so a bad
-    # folder fails in seconds instead of after hours of writing, and leaves nothing behind.
-    records = echonet.load_dataset_index(os.fspath(root))
+    records = self._validated_index
+    if records is None:
+      try:
+        root = dl_manager.manual_dir
+      except AssertionError as e:  # TFDS's "missing or empty manual dir" error.
+        raise echonet.EchoNetFormatError(str(e)) from e
+      # Validate the whole folder (every video opened) before TFDS writes anything, so a bad
+      # folder fails in seconds instead of after hours of writing, and leaves nothing behind.
+      records = echonet.load_dataset_index(os.fspath(root))
+      logging.info("EchoNet folder %s: %s.", root, split_counts(records))
     by_split = {split: [r for r in records if r.split == split] for split in echonet.SPLITS}
-    logging.info("EchoNet folder %s: %s videos.", root,
-                 ", ".join(f"{len(v)} {k}" for k, v in by_split.items()))
     return {split: self._generate_examples(rows) for split, rows in by_split.items()}
 
   def _generate_examples(self, records: list[echonet.VideoRecord]):

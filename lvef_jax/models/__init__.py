@@ -12,13 +12,15 @@ import importlib
 import jax
 from flax import nnx
 
+from lvef_jax.errors import ConfigError
+
 MODEL_FAMILIES = ("i3d", "two_stream", "fusion", "cnn_rnn")
 
 
 def model_class(name: str) -> type[nnx.Module]:
   """Returns the ``Model`` class of family ``name``."""
   if name not in MODEL_FAMILIES:
-    raise ValueError(f"unknown model {name!r}; known: {', '.join(MODEL_FAMILIES)}")
+    raise ConfigError(f"unknown model {name!r}; known: {', '.join(MODEL_FAMILIES)}")
   return importlib.import_module(f"lvef_jax.models.{name}").Model
 
 

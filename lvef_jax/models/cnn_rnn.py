@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from absl import logging
 from flax import nnx
 
+from lvef_jax.errors import ConfigError
 from lvef_jax.models import i3d, inception_v3, layers, recurrent
 
 BACKBONES = ("inception_v3", "i3d_mini_2d")
@@ -91,17 +92,17 @@ class Model(layers.EFModel):
     for name, value, allowed in (("backbone", backbone, BACKBONES), ("norm", norm, NORMS),
                                  ("train_backbone", train_backbone, TRAIN_BACKBONE)):
       if value not in allowed:
-        raise ValueError(f"CNN-RNN {name} must be one of {sorted(allowed)}, got {value!r}")
+        raise ConfigError(f"CNN-RNN {name} must be one of {sorted(allowed)}, got {value!r}")
     self.dtype = jnp.dtype(dtype)
     self.backbone_kind, self.rate = backbone, dropout
     self.ef_offset, self.ef_scale = ef_offset, ef_scale
     cnn_norm = "batch" if norm == "mixed" else norm
     if backbone == "inception_v3":
       if cnn_norm != "batch":
-        raise ValueError(f"CNN-RNN norm={norm!r} needs backbone=i3d_mini_2d: InceptionV3's "
+        raise ConfigError(f"CNN-RNN norm={norm!r} needs backbone=i3d_mini_2d: InceptionV3's "
                          "ImageNet weights come with BatchNorm (use norm=batch or mixed)")
       if image_size < INCEPTION_MIN_SIZE:
-        raise ValueError(f"InceptionV3 needs frames of at least {INCEPTION_MIN_SIZE}x"
+        raise ConfigError(f"InceptionV3 needs frames of at least {INCEPTION_MIN_SIZE}x"
                          f"{INCEPTION_MIN_SIZE} pixels, got image_size={image_size}")
       self.trainable_blocks = TRAIN_BACKBONE[train_backbone]
       self.backbone = inception_v3.InceptionV3(bn_momentum=bn_momentum, dtype=self.dtype,
@@ -115,10 +116,10 @@ class Model(layers.EFModel):
       features = inception_v3.FEATURES
     else:
       if train_backbone != "all":
-        raise ValueError("the i3d_mini_2d backbone is trained from scratch: "
+        raise ConfigError("the i3d_mini_2d backbone is trained from scratch: "
                          f"train_backbone must be 'all', got {train_backbone!r}")
       if backbone_weights:
-        raise ValueError("backbone_weights is for backbone=inception_v3")
+        raise ConfigError("backbone_weights is for backbone=inception_v3")
       self.trainable_blocks = None
       self.backbone = MiniInception2D(norm=cnn_norm, bn_momentum=bn_momentum, dtype=self.dtype,
                                       stem_impl=stem_impl, rngs=rngs)

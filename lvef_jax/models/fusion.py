@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lvef_jax.errors import ConfigError
 from lvef_jax.models import heads, i3d, layers, streams
 
 KINDS = ("combination", "new_combination", "dual_input", "dual_input_truncated", "single_input")
@@ -67,7 +68,7 @@ class Model(layers.EFModel):
                ef_offset: float, ef_scale: float, dtype: str, stem_impl: str, clip_frames: int, image_size: int,
                rngs: nnx.Rngs):
     if kind not in KINDS:
-      raise ValueError(f"Fusion kind must be one of {KINDS}, got {kind!r}")
+      raise ConfigError(f"Fusion kind must be one of {KINDS}, got {kind!r}")
     self.kind, self.rate = kind, dropout
     self.dtype = jnp.dtype(dtype)
     self.ef_offset, self.ef_scale = ef_offset, ef_scale

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lvef_jax.errors import ConfigError
 from lvef_jax.models import layers
 
 HEADS = ("og", "a", "b", "c")
@@ -43,7 +44,7 @@ class Head(nnx.Module):
   def __init__(self, kind: str, features: int, map_shape: Sequence[int], *, dropout: float,
                hidden: int, dtype, rngs: nnx.Rngs):
     if kind not in HEADS:
-      raise ValueError(f"head must be one of {HEADS}, got {kind!r}")
+      raise ConfigError(f"head must be one of {HEADS}, got {kind!r}")
     self.kind, self.rate = kind, dropout
     if kind == "og":
       self.window = _og_window(map_shape)

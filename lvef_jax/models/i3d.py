@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lvef_jax.errors import ConfigError
 from lvef_jax.models import heads, layers
 
 # (b1, b2_reduce, b2, b3_reduce, b3, pool_proj) per Inception module.
@@ -80,7 +81,7 @@ class Inception(nnx.Module):
 def resolve_stem_impl(stem_impl: str) -> str:
   """``auto`` is im2col on the CPU backend (several times faster there) and conv elsewhere."""
   if stem_impl not in STEM_IMPLS:
-    raise ValueError(f"stem_impl must be one of {STEM_IMPLS}, got {stem_impl!r}")
+    raise ConfigError(f"stem_impl must be one of {STEM_IMPLS}, got {stem_impl!r}")
   if stem_impl == "auto":
     return "im2col" if jax.default_backend() == "cpu" else "conv"
   return stem_impl
@@ -104,7 +105,7 @@ class Body(nnx.Module):
                stem_impl: str, rngs: nnx.Rngs, in_features: int = 1):
     for name, value, allowed in (("variant", variant, VARIANTS), ("conv2", conv2, CONV2_KERNELS)):
       if value not in allowed:
-        raise ValueError(f"I3D {name} must be one of {sorted(allowed)}, got {value!r}")
+        raise ConfigError(f"I3D {name} must be one of {sorted(allowed)}, got {value!r}")
     self.stem_impl = resolve_stem_impl(stem_impl)
     conv_kwargs = dict(norm=norm, bn_momentum=bn_momentum, dtype=dtype, rngs=rngs)
     self.stem_conv = layers.conv(in_features, STEM_FEATURES, (7, 7, 7), strides=2, dtype=dtype,

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lvef_jax.errors import ConfigError
 from lvef_jax.models import layers
 
 BLOCKS = ("stem", "mixed0", "mixed1", "mixed2", "mixed3", "mixed4", "mixed5", "mixed6",
@@ -250,7 +251,7 @@ class InceptionV3(nnx.Module):
         no gradient flows back through them.
     """
     if not 0 <= trainable_blocks <= len(BLOCKS):
-      raise ValueError(f"trainable_blocks must be in [0, {len(BLOCKS)}], got {trainable_blocks}")
+      raise ConfigError(f"trainable_blocks must be in [0, {len(BLOCKS)}], got {trainable_blocks}")
     frozen = len(BLOCKS) - trainable_blocks
     x = x.astype(self.dtype)
     for i, block in enumerate(self.blocks):
@@ -317,18 +318,18 @@ def _read_keras3(f, path: str) -> tuple[_Layers, _Layers]:
       continue
     variables = group["vars"]
     if "name" not in variables.attrs:
-      raise ValueError(f"{path!r}: layers/{key}/vars has no 'name' attribute, needed to order "
+      raise ConfigError(f"{path!r}: layers/{key}/vars has no 'name' attribute, needed to order "
                        "the layers")
     name = _decode(variables.attrs["name"])
     arrays = [np.asarray(variables[str(i)]) for i in range(len(variables))]
     if is_conv:
       if len(arrays) != 1:
-        raise ValueError(f"{path!r}: layer {name} has {len(arrays)} variables, expected a kernel "
+        raise ConfigError(f"{path!r}: layer {name} has {len(arrays)} variables, expected a kernel "
                          "only (use_bias=False)")
       convs.append((name, {"kernel": arrays[0]}))
     else:
       if len(arrays) != len(_BN_VARS):
-        raise ValueError(f"{path!r}: layer {name} has {len(arrays)} variables, expected "
+        raise ConfigError(f"{path!r}: layer {name} has {len(arrays)} variables, expected "
                          f"{_BN_VARS} (scale=False)")
       # Keras 3 stores a layer's trainable variables (beta), then the non-trainable ones
       # (moving_mean, moving_variance), each in creation order.
@@ -357,7 +358,7 @@ def _read_legacy(f, path: str) -> tuple[_Layers, _Layers]:
   root = f["model_weights"] if "model_weights" in f else f
   names = _legacy_attribute(root, "layer_names")
   if not names:
-    raise ValueError(f"{path!r}: not a Keras weights file (no 'layers' group and no "
+    raise ConfigError(f"{path!r}: not a Keras weights file (no 'layers' group and no "
                      "'layer_names' attribute)")
   convs, bns = [], []
   for name in names:
@@ -365,7 +366,7 @@ def _read_legacy(f, path: str) -> tuple[_Layers, _Layers]:
     weight_names = _legacy_attribute(group, "weight_names")
     if _CONV_NAME.match(name):
       if len(weight_names) != 1:
-        raise ValueError(f"{path!r}: layer {name} has weights {weight_names}, expected a kernel "
+        raise ConfigError(f"{path!r}: layer {name} has weights {weight_names}, expected a kernel "
                          "only (use_bias=False)")
       convs.append((name, {"kernel": np.asarray(group[weight_names[0]])}))
     elif _BN_NAME.match(name):
@@ -374,7 +375,7 @@ def _read_legacy(f, path: str) -> tuple[_Layers, _Layers]:
         short = weight_name.rsplit("/", 1)[-1].split(":")[0]
         arrays[short] = np.asarray(group[weight_name])
       if set(arrays) != set(_BN_VARS):
-        raise ValueError(f"{path!r}: layer {name} has weights {sorted(arrays)}, expected "
+        raise ConfigError(f"{path!r}: layer {name} has weights {sorted(arrays)}, expected "
                          f"{sorted(_BN_VARS)} (scale=False)")
       bns.append((name, arrays))
   return convs, bns
@@ -384,12 +385,12 @@ def _in_creation_order(found: _Layers, pattern: re.Pattern, kind: str, expected:
                        path: str) -> _Layers:
   """``found`` sorted by the creation-order number of the Keras layer names."""
   if len(found) != expected:
-    raise ValueError(f"{path!r}: {len(found)} {kind} layers with weights, expected {expected} "
+    raise ConfigError(f"{path!r}: {len(found)} {kind} layers with weights, expected {expected} "
                      "(an InceptionV3 saved with include_top=False)")
   ranks = [_creation_rank(name, pattern) for name, _ in found]
   if None in ranks or len(set(ranks)) != len(ranks):
     names = [name for name, _ in found]
-    raise ValueError(f"{path!r}: cannot order the {kind} layers by their Keras names {names}")
+    raise ConfigError(f"{path!r}: cannot order the {kind} layers by their Keras names {names}")
   return [layer for _, layer in sorted(zip(ranks, found), key=lambda pair: pair[0])]
 
 
@@ -416,18 +417,18 @@ def load_keras_weights(model: InceptionV3, path: str | os.PathLike) -> None:
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
-    raise ValueError(f"Keras weights file {path!r} does not exist")
+    raise ConfigError(f"Keras weights file {path!r} does not exist")
   import h5py  # Only the loader needs it.
 
   try:
     f = h5py.File(path, "r")
   except OSError as error:
-    raise ValueError(f"Keras weights file {path!r} is not an HDF5 file: {error}") from error
+    raise ConfigError(f"Keras weights file {path!r} is not an HDF5 file: {error}") from error
   with f:
     try:
       convs, bns = _read_keras3(f, path) if "layers" in f else _read_legacy(f, path)
     except (KeyError, OSError) as error:  # h5py's errors for missing or unreadable entries
-      raise ValueError(f"{path!r}: unreadable Keras weights: {error}") from error
+      raise ConfigError(f"{path!r}: unreadable Keras weights: {error}") from error
 
   units = conv_bn_units(model)
   convs = _in_creation_order(convs, _CONV_NAME, "conv2d", len(units), path)
@@ -439,7 +440,7 @@ def load_keras_weights(model: InceptionV3, path: str | os.PathLike) -> None:
                                   (bn_name, unit.bn.mean, bn["moving_mean"]),
                                   (bn_name, unit.bn.var, bn["moving_variance"])):
       if tuple(value.shape) != tuple(variable.shape):
-        raise ValueError(f"{path!r}: layer {name} has shape {tuple(value.shape)}, expected "
+        raise ConfigError(f"{path!r}: layer {name} has shape {tuple(value.shape)}, expected "
                          f"{tuple(variable.shape)} (unit {i} of InceptionV3)")
       assignments.append((variable, value))
   # Checked everything first so that a bad file leaves the model untouched.

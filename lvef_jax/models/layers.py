@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lvef_jax.errors import ConfigError
+
 # "layer" is the paper's LayerNorm (per sample over every axis but the batch), "layer_channels"
 # the per-position reading over channels only (Keras' LayerNormalization() default axis=-1).
 NORMS = ("batch", "layer", "layer_channels")
@@ -104,7 +106,7 @@ class Norm(nnx.Module):
   def __init__(self, features: int, kind: str, *, momentum: float, dtype, rngs: nnx.Rngs,
                use_scale: bool = True):
     if kind not in NORMS:
-      raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+      raise ConfigError(f"norm must be one of {NORMS}, got {kind!r}")
     self.kind = kind
     if kind == "batch":
       self.norm = nnx.BatchNorm(features, momentum=momentum, epsilon=NORM_EPSILON,

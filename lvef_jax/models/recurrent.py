@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lvef_jax.errors import ConfigError
 from lvef_jax.models import layers
 
 CELLS = ("gru", "lstm")
@@ -47,7 +48,7 @@ class Recurrent(nnx.Module):
   def __init__(self, in_features: int, units: int, cell: str, *, layer_norm: bool, dtype,
                rngs: nnx.Rngs):
     if cell not in CELLS:
-      raise ValueError(f"rnn must be one of {CELLS}, got {cell!r}")
+      raise ConfigError(f"rnn must be one of {CELLS}, got {cell!r}")
     self.cell, self.units, self.dtype = cell, units, dtype
     gates = 3 if cell == "gru" else 4
     self.kernel = nnx.Param(layers.glorot_uniform(rngs.params(), (in_features, gates * units)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from lvef_jax.errors import ConfigError
 from lvef_jax.models import layers
 
 # "halves": the adapted code's split, the left half of each frame to the spatial stream and
@@ -31,7 +32,7 @@ def frame_differences(x: jax.Array) -> jax.Array:
 def stream_inputs(video: jax.Array, split: str, dtype) -> tuple[jax.Array, jax.Array]:
   """``(spatial, temporal)`` inputs of a uint8 or [0, 1] clip batch for ``split``."""
   if split not in SPLITS:
-    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
   x = layers.to_unit_range(video, dtype)
   if split == "full":
     return x, frame_differences(x)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lvef_jax.errors import ConfigError
 from lvef_jax.models import layers, streams
 
 
@@ -28,7 +29,7 @@ class Stream(nnx.Module):
     self.norm = layers.Norm(features, norm, momentum=bn_momentum, dtype=dtype, rngs=rngs)
     flat = flat_features(frames, height, width, features)
     if flat == 0:
-      raise ValueError(f"Two-Stream input {frames}x{height}x{width} is too small for the "
+      raise ConfigError(f"Two-Stream input {frames}x{height}x{width} is too small for the "
                        "2x2x2 pooling")
     self.hidden = layers.dense(flat, hidden, dtype=dtype, rngs=rngs)
     self.out = layers.dense(hidden, 1, dtype=dtype, rngs=rngs)
@@ -67,7 +68,7 @@ class Model(layers.EFModel):
                ef_offset: float, ef_scale: float, dtype: str, clip_frames: int, image_size: int,
                rngs: nnx.Rngs):
     if split not in streams.SPLITS:
-      raise ValueError(f"Two-Stream split must be one of {streams.SPLITS}, got {split!r}")
+      raise ConfigError(f"Two-Stream split must be one of {streams.SPLITS}, got {split!r}")
     self.dtype = jnp.dtype(dtype)
     self.split, self.rate, self.l1, self.l2 = split, dropout, l1, l2
     self.ef_offset, self.ef_scale = ef_offset, ef_scale

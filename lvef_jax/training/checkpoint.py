@@ -7,6 +7,7 @@ import pathlib
 import jax
 import orbax.checkpoint as ocp
 
+from lvef_jax.errors import MissingCheckpointError
 from lvef_jax.training.state import TrainState
 
 KINDS = ("latest", "best")
@@ -37,7 +38,7 @@ class Checkpoints:
     """Restores ``kind`` into arrays shaped and sharded like ``template``."""
     epoch = self.epoch(kind)
     if epoch is None:
-      raise FileNotFoundError(f"no {kind!r} checkpoint in {self._managers[kind].directory}")
+      raise MissingCheckpointError(f"no {kind!r} checkpoint in {self._managers[kind].directory}")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     restored = self._managers[kind].restore(epoch, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))

@@ -8,6 +8,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from lvef_jax.errors import ConfigError
+
 DATA_AXIS = "data"
 
 
@@ -29,8 +31,11 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def check_batch_size(batch_size: int, mesh: Mesh, what: str) -> int:
   """Returns this process's share of a global batch, or explains why it cannot be split."""
   devices = mesh.devices.size
+  if batch_size < 1:  # 0 would pass the divisibility test and divide by zero later.
+    raise ConfigError(f"{what} must be at least 1, got {batch_size}")
   if batch_size % devices:
-    raise ValueError(f"{what} {batch_size} is not divisible by the {devices} devices of the mesh")
+    raise ConfigError(
+        f"{what} {batch_size} is not divisible by the {devices} devices of the mesh")
   return batch_size // jax.process_count()
 
 

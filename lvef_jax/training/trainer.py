@@ -20,6 +20,7 @@ import numpy as np
 from absl import logging
 
 from lvef_jax.data import pipeline
+from lvef_jax.errors import ConfigError, MissingCheckpointError, NonFiniteLossError
 from lvef_jax.evaluation import evaluator, metrics
 from lvef_jax.reporting import tensorboard
 from lvef_jax.training import checkpoint, sharding, state as state_lib, steps
@@ -75,7 +76,7 @@ def build_experiment(config, workdir: str | pathlib.Path) -> Experiment:
   if steps_per_epoch <= 0:
     steps_per_epoch = num_train // config.train.batch_size
     if steps_per_epoch == 0:
-      raise ValueError(f"the train split has {num_train} videos, fewer than one batch of "
+      raise ConfigError(f"the train split has {num_train} videos, fewer than one batch of "
                        f"train.batch_size={config.train.batch_size}")
   graphdef, state, tx = state_lib.create(config, steps_per_epoch)
   state = jax.device_put(state, sharding.replicated(mesh))
@@ -122,8 +123,38 @@ def _write_history(path: pathlib.Path, records: list[dict]) -> None:
 
 
 def _format_seconds(seconds: float) -> str:
-  seconds = int(seconds)
+  """``H:MM:SS``; an estimate below zero (clock jitter, a bad guess) reads as ``0:00:00``."""
+  seconds = max(0, int(seconds))
   return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _etas(*, step: int, steps_per_epoch: int, epoch: int, first_epoch: int, total_epochs: int,
+          epoch_elapsed: float, run_elapsed: float) -> tuple[float, float]:
+  """Seconds left in the current epoch's training and in the whole run (before early stopping).
+
+  Args:
+    step: Train steps done in this epoch (1-based).
+    steps_per_epoch: Train steps per epoch.
+    epoch: The current epoch (1-based).
+    first_epoch: The epoch this run resumed from (0 for a fresh run); this run trains epochs
+      ``first_epoch + 1`` to ``total_epochs``.
+    total_epochs: The last epoch.
+    epoch_elapsed: Seconds since this epoch started.
+    run_elapsed: Seconds since this run started, so only epochs trained by this process count.
+
+  Returns:
+    ``(epoch_seconds, run_seconds)``, never negative. Later epochs count whole (validation
+    included, once this run has timed one), the validation after this epoch not at all, so in
+    the last epoch both are the same.
+  """
+  epoch_seconds = epoch_elapsed / step * (steps_per_epoch - step)
+  finished = epoch - first_epoch - 1  # whole epochs this run trained before the current one
+  if finished > 0:
+    # Whole epochs include validation, BN recalibration and checkpointing, not just steps.
+    per_epoch = (run_elapsed - epoch_elapsed) / finished
+  else:
+    per_epoch = epoch_elapsed / step * steps_per_epoch
+  return epoch_seconds, epoch_seconds + (total_epochs - epoch) * per_epoch
 
 
 def _train_epoch(exp: Experiment, epoch: int, total_epochs: int, first_epoch: int,
@@ -142,20 +173,20 @@ def _train_epoch(exp: Experiment, epoch: int, total_epochs: int, first_epoch: in
       recent = np.asarray(jax.device_get(losses[logged:]))
       logged = len(losses)
       if not np.all(np.isfinite(recent)):
-        raise FloatingPointError(f"non-finite training loss at epoch {epoch} step {index}: "
+        raise NonFiniteLossError(f"non-finite training loss at epoch {epoch} step {index}: "
                                  f"{recent.tolist()}; lower train.learning_rate or set "
                                  "train.grad_clip_norm")
-      elapsed = time.perf_counter() - start
+      now = time.perf_counter()
+      elapsed = now - start
       clips_per_s = index * config.train.batch_size / elapsed
-      done = (epoch - first_epoch) * exp.steps_per_epoch + index
-      remaining = (total_epochs - first_epoch) * exp.steps_per_epoch - done
-      run_elapsed = time.perf_counter() - run_start
+      epoch_eta, run_eta = _etas(step=index, steps_per_epoch=exp.steps_per_epoch, epoch=epoch,
+                                 first_epoch=first_epoch, total_epochs=total_epochs,
+                                 epoch_elapsed=elapsed, run_elapsed=now - run_start)
       logging.info("epoch %d/%d step %d/%d loss %.2f grad_norm %.2f | %.1f clips/s | "
                    "epoch ETA %s | run ETA %s (before early stopping)", epoch, total_epochs,
                    index, exp.steps_per_epoch, float(recent.mean()),
-                   float(step_metrics["grad_norm"]), clips_per_s,
-                   _format_seconds(elapsed / index * (exp.steps_per_epoch - index)),
-                   _format_seconds(run_elapsed / done * remaining))
+                   float(step_metrics["grad_norm"]), clips_per_s, _format_seconds(epoch_eta),
+                   _format_seconds(run_eta))
   seconds = time.perf_counter() - start
   mean_loss = float(np.mean(jax.device_get(losses)))
   return mean_loss, exp.steps_per_epoch * config.train.batch_size / seconds
@@ -241,6 +272,7 @@ def evaluate_checkpoint(config, workdir: str | pathlib.Path) -> dict:
   """``--mode=eval``: scores the best checkpoint of an existing run without training."""
   exp = build_experiment(config, workdir)
   if exp.checkpoints.epoch("latest") is None and exp.checkpoints.epoch("best") is None:
-    raise FileNotFoundError(f"no checkpoint under {exp.workdir / 'checkpoints'}: train first")
+    raise MissingCheckpointError(
+        f"no checkpoint under {exp.workdir / 'checkpoints'}: train first")
   history = _read_history(exp.workdir / METRICS_FILE, up_to_epoch=config.train.num_epochs)
   return evaluator.evaluate_best(exp, history)
