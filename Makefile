@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test lint format clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,17 @@ install: $(INSTALLED)
 demo: install
 	$(PY) launch.py --config=configs/quickstart.py --workdir=runs/quickstart
 
+# One style: the formatter and linter configured in pyproject.toml ([tool.ruff]).
+lint: install
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
+
+format: install
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
 # Eight fake CPU devices, so the sharded code paths run as they do on a multi-GPU machine.
-test: install
+test: install lint
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q
 
 clean:

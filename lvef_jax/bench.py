@@ -3,10 +3,12 @@ r"""Train-step throughput of a model config, JAX only (no TensorFlow, no data on
   python -m lvef_jax.bench --config=configs/i3d.py:variant=mini --batch=4 --steps=5
   python -m lvef_jax.bench --config=configs/quickstart.py --batch=16
 
-Prints one JSON line per run, in the same shape as the PyTorch reference implementation of
-the I3D layers used in ``docs/benchmarks.md``, so the two can be compared on the same machine. Random uint8 clips are placed on the devices
-once; what is timed is the jitted, sharded train step (forward, backward, Adam), the part
-``launch.py`` repeats. Record results in ``docs/benchmarks.md`` with the machine.
+Prints one JSON line per run, in the same shape as the PyTorch implementation of the I3D
+layers that ``docs/benchmarks.md`` compares with, so the two can be compared on the same
+machine. Random uint8 clips are placed on the devices once; what is timed is the jitted,
+sharded train step (forward, backward, Adam), the part ``launch.py`` repeats. Record results
+in ``docs/benchmarks.md`` with the machine. Every model family works (``--config`` any
+``configs/<family>.py``).
 """
 
 from __future__ import annotations
