@@ -22,9 +22,15 @@ from ml_collections import config_flags
 from lvef_jax.errors import LvefError
 
 WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, plots).")
-MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "summary"],
-                         "train (then evaluate), eval (best checkpoint of workdir), summary.")
-CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/i3d.py:variant=mini.")
+MODE = flags.DEFINE_enum(
+  "mode",
+  "train",
+  ["train", "eval", "summary"],
+  "train (then evaluate), eval (best checkpoint of workdir), summary.",
+)
+CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Config file, e.g. configs/i3d.py:variant=mini."
+)
 
 
 class _QuietLibraries(py_logging.Filter):
@@ -32,15 +38,18 @@ class _QuietLibraries(py_logging.Filter):
 
   def filter(self, record):
     return record.levelno >= py_logging.WARNING or not any(
-        part in record.pathname for part in ("/orbax/", "/tensorflow_datasets/"))
+      part in record.pathname for part in ("/orbax/", "/tensorflow_datasets/")
+    )
 
 
 def _run(config, mode: str, workdir: str | None) -> None:
   if mode == "summary":
     from lvef_jax.reporting import summary  # JAX and Flax only: no data, no TensorFlow.
+
     print(summary.parameter_table(config))
     return
   from lvef_jax.training import trainer  # Here so that --mode=summary never loads TensorFlow.
+
   if mode == "train":
     trainer.train_and_evaluate(config, workdir)
   else:

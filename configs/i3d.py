@@ -18,9 +18,11 @@ DEFAULTS = dict(variant="mini", conv2="1x1x1", norm="batch", head="a")
 def get_config(arg: str | None = None):
   config = base_config()
   config.model = model_config(
-      "i3d", **parse_arg(arg, DEFAULTS),
-      dropout=0.5,
-      head_hidden=256,     # head C's hidden Dense width (the paper does not give it)
-      stem_impl="auto")    # im2col on CPUs, the XLA convolution elsewhere
+    "i3d",
+    **parse_arg(arg, DEFAULTS),
+    dropout=0.5,
+    head_hidden=256,  # head C's hidden Dense width (the paper does not give it)
+    stem_impl="auto",
+  )  # im2col on CPUs, the XLA convolution elsewhere
   config.train.update(batch_size=4, learning_rate=1e-3)
   return config

@@ -24,10 +24,22 @@ def get_config(arg: str | None = None):
       items.remove(item)
   config = load_config(family, ",".join(items))
   config.data.update(
-      synthetic_num_videos=800, synthetic_min_frames=20, synthetic_max_frames=96,
-      clip_frames=16, period=4, image_size=32, augment_pad=3, cache_in_memory=True)
-  config.train.update(batch_size=16, num_epochs=10, lr_decay_epochs=4,
-                      early_stopping_patience=6, log_every_steps=10,
-                      bn_recalibration_batches=16)
+    synthetic_num_videos=800,
+    synthetic_min_frames=20,
+    synthetic_max_frames=96,
+    clip_frames=16,
+    period=4,
+    image_size=32,
+    augment_pad=3,
+    cache_in_memory=True,
+  )
+  config.train.update(
+    batch_size=16,
+    num_epochs=10,
+    lr_decay_epochs=4,
+    early_stopping_patience=6,
+    log_every_steps=10,
+    bn_recalibration_batches=16,
+  )
   config.eval.update(batch_size=32)
   return config

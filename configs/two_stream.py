@@ -20,9 +20,14 @@ DEFAULTS = dict(norm="batch", split="halves")
 def get_config(arg: str | None = None):
   config = base_config()
   config.model = model_config(
-      "two_stream", **parse_arg(arg, DEFAULTS),
-      stream_features=32, stream_hidden=64, fusion_hidden=1024,
-      dropout=0.05,
-      l1=0.0, l2=0.05)     # kernel penalties added to the loss (Keras convention)
+    "two_stream",
+    **parse_arg(arg, DEFAULTS),
+    stream_features=32,
+    stream_hidden=64,
+    fusion_hidden=1024,
+    dropout=0.05,
+    l1=0.0,
+    l2=0.05,
+  )  # kernel penalties added to the loss (Keras convention)
   config.train.update(batch_size=16, learning_rate=5e-4)
   return config

@@ -24,7 +24,9 @@ from ml_collections import config_flags
 from lvef_jax.training import sharding, state as state_lib, steps
 
 CONFIG = config_flags.DEFINE_config_file("config", "configs/i3d.py", "Model config.")
-BATCH = flags.DEFINE_integer("batch", None, "Global batch (default: the config's train.batch_size).")
+BATCH = flags.DEFINE_integer(
+  "batch", None, "Global batch (default: the config's train.batch_size)."
+)
 STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after the compiling one.")
 
 
@@ -37,10 +39,15 @@ def benchmark(config, batch_size: int, num_steps: int) -> dict:
   state = jax.device_put(state, sharding.replicated(mesh))
   train_step = steps.make_train_step(graphdef, tx, mesh)
   rng = np.random.default_rng(0)
-  batch = sharding.shard_batch({
-      "video": rng.integers(0, 256, (batch_size, data.clip_frames, data.image_size,
-                                     data.image_size, 1), dtype=np.uint8),
-      "ef": rng.uniform(10, 80, batch_size).astype(np.float32)}, mesh)
+  batch = sharding.shard_batch(
+    {
+      "video": rng.integers(
+        0, 256, (batch_size, data.clip_frames, data.image_size, data.image_size, 1), dtype=np.uint8
+      ),
+      "ef": rng.uniform(10, 80, batch_size).astype(np.float32),
+    },
+    mesh,
+  )
 
   start = time.perf_counter()
   state, out = train_step(state, batch)
@@ -54,14 +61,20 @@ def benchmark(config, batch_size: int, num_steps: int) -> dict:
     times.append(time.perf_counter() - start)
   step = float(np.median(times))
   m = config.model
-  return {"framework": f"jax-{jax.__version__}", "device": jax.devices()[0].device_kind,
-          "devices": jax.device_count(),
-          "variant": f"i3d_{m.variant}_conv2_{m.conv2}" if m.name == "i3d" else m.name,
-          "model": {k: v for k, v in m.items() if k != "name"},
-          "norm": m.norm, "dtype": m.dtype, "batch": batch_size,
-          "shape": [data.clip_frames, data.image_size, data.image_size, 1],
-          "first_step_s": round(first, 3), "step_s": round(step, 4),
-          "clips_per_s": round(batch_size / step, 3)}
+  return {
+    "framework": f"jax-{jax.__version__}",
+    "device": jax.devices()[0].device_kind,
+    "devices": jax.device_count(),
+    "variant": f"i3d_{m.variant}_conv2_{m.conv2}" if m.name == "i3d" else m.name,
+    "model": {k: v for k, v in m.items() if k != "name"},
+    "norm": m.norm,
+    "dtype": m.dtype,
+    "batch": batch_size,
+    "shape": [data.clip_frames, data.image_size, data.image_size, 1],
+    "first_step_s": round(first, 3),
+    "step_s": round(step, 4),
+    "clips_per_s": round(batch_size / step, 3),
+  }
 
 
 def main(argv):

@@ -24,7 +24,8 @@ def parse_arg(arg: str | None, defaults: dict) -> dict:
     key, sep, value = item.partition("=")
     if not sep or key not in defaults:
       raise ConfigError(
-          f"config argument {item!r}: expected one of {sorted(defaults)} as key=value")
+        f"config argument {item!r}: expected one of {sorted(defaults)} as key=value"
+      )
     values[key] = value
   return values
 
@@ -35,13 +36,16 @@ def model_config(name: str, **family_keys) -> ml_collections.ConfigDict:
   The family's config file (``configs/<name>.py``) passes its keys and their defaults, so each
   family's ``Model`` is handed exactly the keys it takes.
   """
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       name=name,
       ef_offset=ECHONET_EF_MEAN,  # the output starts at the mean EF rather than 0
-      ef_scale=1.0,               # the output layer's result is multiplied by this
-      dtype="float32",            # computation dtype; "bfloat16" keeps float32 parameters
-      bn_momentum=0.99,           # Keras' BatchNormalization default, as in the paper's code
-      **family_keys))
+      ef_scale=1.0,  # the output layer's result is multiplied by this
+      dtype="float32",  # computation dtype; "bfloat16" keeps float32 parameters
+      bn_momentum=0.99,  # Keras' BatchNormalization default, as in the paper's code
+      **family_keys,
+    )
+  )
 
 
 def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -70,31 +74,44 @@ def base_config() -> ml_collections.ConfigDict:
   config.seed = 0
   config.model = ml_collections.ConfigDict(dict(name=""))
 
-  config.data = ml_collections.ConfigDict(dict(
-      root="",               # EchoNet-Dynamic folder; "" uses the built-in synthetic dataset
-      cache_dir="data",      # synthetic dataset and prepared TFDS data live here
-      tfds_dir="",           # "" derives a folder under cache_dir from the root
-      synthetic_num_videos=1000, synthetic_seed=0,
-      synthetic_min_frames=20, synthetic_max_frames=160,
-      clip_frames=28, period=1, image_size=112,
-      augment_pad=12,        # EchoNet-Dynamic's pad-and-random-crop; 0 disables augmentation
-      shuffle_buffer=1000, cache_in_memory=False, num_parallel_calls=-1, prefetch=2))
+  config.data = ml_collections.ConfigDict(
+    dict(
+      root="",  # EchoNet-Dynamic folder; "" uses the built-in synthetic dataset
+      cache_dir="data",  # synthetic dataset and prepared TFDS data live here
+      tfds_dir="",  # "" derives a folder under cache_dir from the root
+      synthetic_num_videos=1000,
+      synthetic_seed=0,
+      synthetic_min_frames=20,
+      synthetic_max_frames=160,
+      clip_frames=28,
+      period=1,
+      image_size=112,
+      augment_pad=12,  # EchoNet-Dynamic's pad-and-random-crop; 0 disables augmentation
+      shuffle_buffer=1000,
+      cache_in_memory=False,
+      num_parallel_calls=-1,
+      prefetch=2,
+    )
+  )
 
-  config.train = ml_collections.ConfigDict(dict(
-      batch_size=4,          # global batch, split over the `data` mesh axis
+  config.train = ml_collections.ConfigDict(
+    dict(
+      batch_size=4,  # global batch, split over the `data` mesh axis
       num_epochs=50,
-      steps_per_epoch=-1,    # -1: one pass over the train split (drop_remainder)
+      steps_per_epoch=-1,  # -1: one pass over the train split (drop_remainder)
       learning_rate=1e-3,
-      lr_decay_epochs=10, lr_decay_factor=0.5,  # paper: halved every 10 epochs
-      grad_clip_norm=0.0,    # 0 disables clipping
-      weight_decay=0.0,      # decoupled (AdamW) when > 0
+      lr_decay_epochs=10,
+      lr_decay_factor=0.5,  # paper: halved every 10 epochs
+      grad_clip_norm=0.0,  # 0 disables clipping
+      weight_decay=0.0,  # decoupled (AdamW) when > 0
       early_stopping_patience=20,
       # After each epoch, BatchNorm running averages are replaced by the mean statistics of
       # this many train batches under the final weights ("precise BN"); 0 keeps the
       # exponential averages of training, as Keras (and so the paper) did.
       bn_recalibration_batches=50,
-      log_every_steps=50))
+      log_every_steps=50,
+    )
+  )
 
-  config.eval = ml_collections.ConfigDict(dict(
-      batch_size=16, splits=("train", "val", "test")))
+  config.eval = ml_collections.ConfigDict(dict(batch_size=16, splits=("train", "val", "test")))
   return config

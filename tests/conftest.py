@@ -24,11 +24,22 @@ def load_config(name: str, arg: str | None = None):
 
 def shrink(config, cache_dir: pathlib.Path):
   """The same config on a 24-video synthetic dataset, 8-frame 16x16 clips, 2 short epochs."""
-  config.data.update(cache_dir=str(cache_dir), synthetic_num_videos=24, synthetic_seed=3,
-                     synthetic_min_frames=10, synthetic_max_frames=40, clip_frames=8, period=2,
-                     image_size=16, augment_pad=2, shuffle_buffer=64, prefetch=1)
-  config.train.update(batch_size=8, num_epochs=2, steps_per_epoch=2, log_every_steps=1,
-                      bn_recalibration_batches=2)
+  config.data.update(
+    cache_dir=str(cache_dir),
+    synthetic_num_videos=24,
+    synthetic_seed=3,
+    synthetic_min_frames=10,
+    synthetic_max_frames=40,
+    clip_frames=8,
+    period=2,
+    image_size=16,
+    augment_pad=2,
+    shuffle_buffer=64,
+    prefetch=1,
+  )
+  config.train.update(
+    batch_size=8, num_epochs=2, steps_per_epoch=2, log_every_steps=1, bn_recalibration_batches=2
+  )
   config.eval.update(batch_size=8)
   return config
 

@@ -21,9 +21,12 @@ def test_benchmark_times_the_sharded_train_step():
 
 def test_model_step_and_bench_code_never_import_tensorflow():
   """GPU machines have JAX but no TensorFlow: these modules must run there."""
-  code = ("import sys, lvef_jax.bench, lvef_jax.models.i3d, lvef_jax.training.steps, "
-          "lvef_jax.training.checkpoint, lvef_jax.reporting.summary; "
-          "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
-  done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                        timeout=120)
+  code = (
+    "import sys, lvef_jax.bench, lvef_jax.models.i3d, lvef_jax.training.steps, "
+    "lvef_jax.training.checkpoint, lvef_jax.reporting.summary; "
+    "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'"
+  )
+  done = subprocess.run(
+    [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+  )
   assert done.returncode == 0, done.stderr[-2000:]

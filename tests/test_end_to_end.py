@@ -16,8 +16,18 @@ from lvef_jax.data import echonet, pipeline
 from lvef_jax.training import trainer
 from tests.conftest import ROOT, load_config, shrink
 
-REQUIRED_METRICS = {"epoch", "step", "train_loss", "val_loss", "val_rmse", "val_mae", "val_r2",
-                    "lr", "clips_per_s", "seconds"}
+REQUIRED_METRICS = {
+  "epoch",
+  "step",
+  "train_loss",
+  "val_loss",
+  "val_rmse",
+  "val_mae",
+  "val_r2",
+  "lr",
+  "clips_per_s",
+  "seconds",
+}
 
 
 def _records(workdir):
@@ -65,7 +75,8 @@ def test_run_directory_has_every_file(finished_run):
     assert set(scores) == {"rmse", "mae", "r2", "n"} and scores["n"] == len(expected)
     assert scores["rmse"] == pytest.approx(np.sqrt(np.mean((pred - ef) ** 2)), abs=1e-3)
     assert scores["r2"] == pytest.approx(
-        1 - np.sum((pred - ef) ** 2) / np.sum((ef - ef.mean()) ** 2), abs=1e-3)
+      1 - np.sum((pred - ef) ** 2) / np.sum((ef - ef.mean()) ** 2), abs=1e-3
+    )
     for plot in (f"scatter_{split}.png", f"bland_altman_{split}.png"):
       assert (workdir / "plots" / plot).read_bytes()[:4] == b"\x89PNG"
   assert (workdir / "plots" / "history.png").read_bytes()[:4] == b"\x89PNG"
@@ -89,11 +100,20 @@ def test_rerun_resumes_and_matches_an_uninterrupted_run(finished_run, tmp_path):
 def _launch(workdir, config, *extra):
   """The launch.py command line that runs ``config``: every key that differs from the file."""
   defaults = load_config("quickstart")
-  flags = [f"--config.{section}.{key}={value}"
-           for section in ("model", "data", "train", "eval")
-           for key, value in config[section].items() if value != defaults[section][key]]
-  return [sys.executable, str(ROOT / "launch.py"), "--config=configs/quickstart.py",
-          f"--workdir={workdir}", *flags, *extra]
+  flags = [
+    f"--config.{section}.{key}={value}"
+    for section in ("model", "data", "train", "eval")
+    for key, value in config[section].items()
+    if value != defaults[section][key]
+  ]
+  return [
+    sys.executable,
+    str(ROOT / "launch.py"),
+    "--config=configs/quickstart.py",
+    f"--workdir={workdir}",
+    *flags,
+    *extra,
+  ]
 
 
 def test_killed_run_resumes_where_it_stopped(finished_run, tmp_path):
@@ -101,8 +121,13 @@ def test_killed_run_resumes_where_it_stopped(finished_run, tmp_path):
   config = shrink(load_config("quickstart"), pathlib.Path(config.data.cache_dir))
   config.train.num_epochs = 3
   env = dict(os.environ, PYTHONPATH=str(ROOT))
-  process = subprocess.Popen(_launch(tmp_path, config), cwd=ROOT, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  process = subprocess.Popen(
+    _launch(tmp_path, config),
+    cwd=ROOT,
+    env=env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   first = tmp_path / "checkpoints" / "latest" / "1"
   deadline = time.time() + 300
   while not first.is_dir() and process.poll() is None and time.time() < deadline:
@@ -112,8 +137,9 @@ def test_killed_run_resumes_where_it_stopped(finished_run, tmp_path):
   assert first.is_dir() or (tmp_path / "checkpoints" / "latest" / "2").is_dir()
   assert not (tmp_path / "results.json").exists()
 
-  done = subprocess.run(_launch(tmp_path, config), cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=600)
+  done = subprocess.run(
+    _launch(tmp_path, config), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   assert "resuming" in done.stderr
   records = _records(tmp_path)
@@ -129,14 +155,25 @@ def test_bad_dataset_exits_non_zero_naming_the_problem(tmp_path):
   root = tmp_path / "EchoNet"
   (root / "Videos").mkdir(parents=True)
   (root / "FileList.csv").write_text(
-      "FileName,EF,ESV,EDV,FrameHeight,FrameWidth,FPS,NumberOfFrames,Split\n"
-      "0XAAAA,55.0,40,90,112,112,50,30,TRAIN\n"
-      "0XBBBB,nan,40,90,112,112,50,30,VAL\n")
+    "FileName,EF,ESV,EDV,FrameHeight,FrameWidth,FPS,NumberOfFrames,Split\n"
+    "0XAAAA,55.0,40,90,112,112,50,30,TRAIN\n"
+    "0XBBBB,nan,40,90,112,112,50,30,VAL\n"
+  )
   done = subprocess.run(
-      [sys.executable, "launch.py", "--config=configs/i3d.py", f"--workdir={tmp_path / 'run'}",
-       f"--config.data.root={root}", f"--config.data.cache_dir={tmp_path / 'cache'}",
-       "--config.train.batch_size=8"],
-      cwd=ROOT, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "launch.py",
+      "--config=configs/i3d.py",
+      f"--workdir={tmp_path / 'run'}",
+      f"--config.data.root={root}",
+      f"--config.data.cache_dir={tmp_path / 'cache'}",
+      "--config.train.batch_size=8",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert done.returncode == 1
   assert "FileList.csv line 3" in done.stderr and "0XBBBB" in done.stderr
   assert "0XAAAA.avi" in done.stderr  # the missing video is named
@@ -150,14 +187,19 @@ def test_bad_dataset_exits_non_zero_naming_the_problem(tmp_path):
 
 
 def _run_launch(*args, timeout=300):
-  return subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT, capture_output=True,
-                        text=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, "launch.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+  )
 
 
 def test_missing_dataset_folder_is_one_error_message(tmp_path):
   root = tmp_path / "no" / "such" / "folder"
-  done = _run_launch("--config=configs/quickstart.py", f"--workdir={tmp_path / 'run'}",
-                     f"--config.data.root={root}", f"--config.data.cache_dir={tmp_path / 'c'}")
+  done = _run_launch(
+    "--config=configs/quickstart.py",
+    f"--workdir={tmp_path / 'run'}",
+    f"--config.data.root={root}",
+    f"--config.data.cache_dir={tmp_path / 'c'}",
+  )
   assert done.returncode == 1
   output = done.stdout + done.stderr
   assert output.count(f"dataset root {root} does not exist") == 1, output
@@ -168,8 +210,12 @@ def test_missing_dataset_folder_is_one_error_message(tmp_path):
 def test_bad_config_value_is_one_error_message(tmp_path):
   # batch_size 0 used to pass the check (0 is divisible by any device count) and then divide
   # by zero; it fails before any data is read.
-  done = _run_launch("--config=configs/quickstart.py", f"--workdir={tmp_path / 'run'}",
-                     f"--config.data.cache_dir={tmp_path / 'c'}", "--config.train.batch_size=0")
+  done = _run_launch(
+    "--config=configs/quickstart.py",
+    f"--workdir={tmp_path / 'run'}",
+    f"--config.data.cache_dir={tmp_path / 'c'}",
+    "--config.train.batch_size=0",
+  )
   assert done.returncode == 1
   output = done.stdout + done.stderr
   assert output.count("train.batch_size must be at least 1, got 0") == 1, output
@@ -179,17 +225,24 @@ def test_bad_config_value_is_one_error_message(tmp_path):
 def test_unexpected_exception_keeps_its_traceback(tmp_path):
   """A bug (here: a ValueError from inside training) is no user error: its traceback shows."""
   script = (
-      "import sys\n"
-      "from absl import app\n"
-      "import launch\n"
-      "from lvef_jax.training import trainer\n"
-      "def train_and_evaluate(config, workdir):\n"
-      "  raise ValueError('a bug deep inside')\n"
-      "trainer.train_and_evaluate = train_and_evaluate\n"
-      "app.run(lambda argv: sys.exit(launch.main(argv)), argv=['launch.py', "
-      f"'--config=configs/quickstart.py', '--workdir={tmp_path / 'run'}'])\n")
-  done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
-                        timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    "import sys\n"
+    "from absl import app\n"
+    "import launch\n"
+    "from lvef_jax.training import trainer\n"
+    "def train_and_evaluate(config, workdir):\n"
+    "  raise ValueError('a bug deep inside')\n"
+    "trainer.train_and_evaluate = train_and_evaluate\n"
+    "app.run(lambda argv: sys.exit(launch.main(argv)), argv=['launch.py', "
+    f"'--config=configs/quickstart.py', '--workdir={tmp_path / 'run'}'])\n"
+  )
+  done = subprocess.run(
+    [sys.executable, "-c", script],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(os.environ, PYTHONPATH=str(ROOT)),
+  )
   assert done.returncode != 0
   assert "Traceback (most recent call last)" in done.stderr, done.stderr[-3000:]
   assert "in train_and_evaluate" in done.stderr
@@ -198,25 +251,46 @@ def test_unexpected_exception_keeps_its_traceback(tmp_path):
 
 
 def test_summary_mode_ends_with_the_parameter_count():
-  done = subprocess.run([sys.executable, "launch.py", "--config=configs/i3d.py:variant=mini",
-                         "--mode=summary"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  done = subprocess.run(
+    [sys.executable, "launch.py", "--config=configs/i3d.py:variant=mini", "--mode=summary"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert done.returncode == 0, done.stderr[-2000:]
   assert done.stdout.strip().splitlines()[-1] == "trainable_params: 1536001"
   assert "stem_conv.kernel" in done.stdout
 
 
-@pytest.mark.parametrize("arg,count", [
-    ("two_stream.py:norm=layer", 86710403), ("fusion.py:kind=dual_input,conv2=3x3x3", 6058785),
-    ("cnn_rnn.py:backbone=inception_v3,rnn=lstm", 133041)])
+@pytest.mark.parametrize(
+  "arg,count",
+  [
+    ("two_stream.py:norm=layer", 86710403),
+    ("fusion.py:kind=dual_input,conv2=3x3x3", 6058785),
+    ("cnn_rnn.py:backbone=inception_v3,rnn=lstm", 133041),
+  ],
+)
 def test_summary_of_every_family(arg, count):
-  done = subprocess.run([sys.executable, "launch.py", f"--config=configs/{arg}", "--mode=summary"],
-                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  done = subprocess.run(
+    [sys.executable, "launch.py", f"--config=configs/{arg}", "--mode=summary"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert done.returncode == 0, done.stderr[-2000:]
   assert done.stdout.strip().splitlines()[-1] == f"trainable_params: {count}"
 
 
-@pytest.mark.parametrize("arg", ["model=two_stream,norm=layer", "model=fusion,kind=dual_input",
-                                 "model=cnn_rnn,rnn=lstm,norm=mixed"])
+@pytest.mark.parametrize(
+  "arg",
+  [
+    "model=two_stream,norm=layer",
+    "model=fusion,kind=dual_input",
+    "model=cnn_rnn,rnn=lstm,norm=mixed",
+  ],
+)
 def test_every_family_trains_into_a_full_run_directory(arg, data_cache, tmp_path):
   config = shrink(load_config("quickstart", arg), data_cache)
   config.train.num_epochs = 1
@@ -225,6 +299,10 @@ def test_every_family_trains_into_a_full_run_directory(arg, data_cache, tmp_path
   assert [r["epoch"] for r in _records(tmp_path)] == [1]
   assert set(results["splits"]) == {"train", "val", "test"}
   assert all(np.isfinite(s["rmse"]) for s in results["splits"].values())
-  for name in ("predictions_test.csv", "plots/scatter_test.png", "plots/history.png",
-               "checkpoints/best/1"):
+  for name in (
+    "predictions_test.csv",
+    "plots/scatter_test.png",
+    "plots/history.png",
+    "checkpoints/best/1",
+  ):
     assert (tmp_path / name).exists(), name

@@ -14,39 +14,52 @@ from tests.conftest import load_config
 
 # Trainable parameters at the paper's input (28x112x112x1 clips), as listed in docs/models.md.
 PAPER_SHAPE_COUNTS = {
-    "i3d:variant=mini": 1536001,
-    "i3d:variant=mini,head=og": 1536001 - 481 + 13 * 11 * 11 * 480 + 1,
-    "two_stream:norm=batch": 86710403,
-    "two_stream:norm=layer": 86710403,
-    "two_stream:split=full": 173414531,
-    "fusion:kind=combination": 3076099,
-    "fusion:kind=combination,norm=layer": 3076099,
-    "fusion:kind=new_combination": 3072001,
-    "fusion:kind=new_combination,conv2=3x3x3,norm=layer": 3710977,
-    "fusion:kind=dual_input": 5739297,
-    "fusion:kind=dual_input,conv2=3x3x3": 6058785,
-    "fusion:kind=dual_input_truncated": 1536481,
-    "fusion:kind=single_input": 4080417,
-    "fusion:kind=single_input,conv2=3x3x3,norm=layer": 4399905,
-    "cnn_rnn:backbone=i3d_mini_2d,rnn=gru": 628929,
-    "cnn_rnn:backbone=i3d_mini_2d,rnn=lstm": 637009,
-    "cnn_rnn:backbone=i3d_mini_2d,rnn=gru,norm=layer": 628929,
-    "cnn_rnn:backbone=i3d_mini_2d,rnn=gru,norm=mixed": 629217,
-    "cnn_rnn:backbone=i3d_mini_2d,rnn=lstm,norm=mixed": 637441,
-    "cnn_rnn:backbone=inception_v3,rnn=gru": 99873,
-    "cnn_rnn:backbone=inception_v3,rnn=lstm": 133041,
-    "cnn_rnn:backbone=inception_v3,rnn=gru,train_backbone=last5": 16741089,
-    "cnn_rnn:backbone=inception_v3,rnn=gru,train_backbone=last7": 19726241,
-    "cnn_rnn:backbone=inception_v3,rnn=gru,train_backbone=all": 21868225,
+  "i3d:variant=mini": 1536001,
+  "i3d:variant=mini,head=og": 1536001 - 481 + 13 * 11 * 11 * 480 + 1,
+  "two_stream:norm=batch": 86710403,
+  "two_stream:norm=layer": 86710403,
+  "two_stream:split=full": 173414531,
+  "fusion:kind=combination": 3076099,
+  "fusion:kind=combination,norm=layer": 3076099,
+  "fusion:kind=new_combination": 3072001,
+  "fusion:kind=new_combination,conv2=3x3x3,norm=layer": 3710977,
+  "fusion:kind=dual_input": 5739297,
+  "fusion:kind=dual_input,conv2=3x3x3": 6058785,
+  "fusion:kind=dual_input_truncated": 1536481,
+  "fusion:kind=single_input": 4080417,
+  "fusion:kind=single_input,conv2=3x3x3,norm=layer": 4399905,
+  "cnn_rnn:backbone=i3d_mini_2d,rnn=gru": 628929,
+  "cnn_rnn:backbone=i3d_mini_2d,rnn=lstm": 637009,
+  "cnn_rnn:backbone=i3d_mini_2d,rnn=gru,norm=layer": 628929,
+  "cnn_rnn:backbone=i3d_mini_2d,rnn=gru,norm=mixed": 629217,
+  "cnn_rnn:backbone=i3d_mini_2d,rnn=lstm,norm=mixed": 637441,
+  "cnn_rnn:backbone=inception_v3,rnn=gru": 99873,
+  "cnn_rnn:backbone=inception_v3,rnn=lstm": 133041,
+  "cnn_rnn:backbone=inception_v3,rnn=gru,train_backbone=last5": 16741089,
+  "cnn_rnn:backbone=inception_v3,rnn=gru,train_backbone=last7": 19726241,
+  "cnn_rnn:backbone=inception_v3,rnn=gru,train_backbone=all": 21868225,
 }
 # Every variant the configs offer, built at a tiny clip shape (InceptionV3 needs >= 75 px).
 TINY_VARIANTS = [
-    "i3d:variant=mini,norm=layer", "two_stream:norm=batch", "two_stream:norm=layer,split=full",
-    *(f"fusion:kind={kind},norm={norm}" for kind in
-      ("combination", "new_combination", "dual_input", "dual_input_truncated", "single_input")
-      for norm in ("batch", "layer")),
-    *(f"cnn_rnn:backbone=i3d_mini_2d,rnn={rnn},norm={norm}" for rnn in ("gru", "lstm")
-      for norm in ("batch", "layer", "mixed")),
+  "i3d:variant=mini,norm=layer",
+  "two_stream:norm=batch",
+  "two_stream:norm=layer,split=full",
+  *(
+    f"fusion:kind={kind},norm={norm}"
+    for kind in (
+      "combination",
+      "new_combination",
+      "dual_input",
+      "dual_input_truncated",
+      "single_input",
+    )
+    for norm in ("batch", "layer")
+  ),
+  *(
+    f"cnn_rnn:backbone=i3d_mini_2d,rnn={rnn},norm={norm}"
+    for rnn in ("gru", "lstm")
+    for norm in ("batch", "layer", "mixed")
+  ),
 ]
 
 
@@ -86,9 +99,15 @@ def _fixed_batch(batch_size, frames, size):
   return {"video": video, "ef": ef}
 
 
-@pytest.mark.parametrize("spec", ["two_stream:norm=layer", "fusion:kind=single_input",
-                                  "fusion:kind=new_combination,norm=layer",
-                                  "cnn_rnn:backbone=i3d_mini_2d,rnn=lstm,norm=mixed"])
+@pytest.mark.parametrize(
+  "spec",
+  [
+    "two_stream:norm=layer",
+    "fusion:kind=single_input",
+    "fusion:kind=new_combination,norm=layer",
+    "cnn_rnn:backbone=i3d_mini_2d,rnn=lstm,norm=mixed",
+  ],
+)
 def test_train_steps_lower_the_loss_on_a_fixed_batch(spec):
   config = _config(spec)
   config.train.update(learning_rate=3e-3, grad_clip_norm=0.0)
@@ -112,15 +131,16 @@ def test_two_stream_inputs_and_penalty():
   x = clips.astype(jnp.float32) / 255
   np.testing.assert_allclose(spatial, x[:, :, :, :4], rtol=1e-6)
   diff = np.asarray(x[:, 1:, :, 4:] - x[:, :-1, :, 4:])
-  expected = (diff - diff.mean(axis=(2, 3, 4), keepdims=True)) / diff.std(axis=(2, 3, 4),
-                                                                          keepdims=True)
+  expected = (diff - diff.mean(axis=(2, 3, 4), keepdims=True)) / diff.std(
+    axis=(2, 3, 4), keepdims=True
+  )
   np.testing.assert_allclose(temporal, expected, rtol=1e-4, atol=1e-4)
   full_spatial, full_temporal = streams.stream_inputs(clips, "full", jnp.float32)
   assert full_spatial.shape == (2, 6, 8, 8, 1) and full_temporal.shape == (2, 5, 8, 8, 1)
 
   model = models.create_model(_config("two_stream:norm=layer"))
   kernels = model.spatial.kernels() + model.temporal.kernels() + [model.fusion.kernel[...]]
-  expected_penalty = 0.05 * sum(float(jnp.sum(k ** 2)) for k in kernels)
+  expected_penalty = 0.05 * sum(float(jnp.sum(k**2)) for k in kernels)
   assert float(model.regularization_loss()) == pytest.approx(expected_penalty, rel=1e-5)
   with pytest.raises(ValueError, match="split"):
     models.create_model(_config("two_stream:split=thirds"))
@@ -137,20 +157,25 @@ def test_dual_input_shares_one_body_and_single_input_splits_its_map():
   assert single.first_convs.blocks[0].conv.kernel.shape == (3, 3, 3, 240, 128)
 
 
-@pytest.mark.parametrize("rnn,units,expected", [
+@pytest.mark.parametrize(
+  "rnn,units,expected",
+  [
     # Keras: GRU(reset_after) 3 * (in*u + u*u + 2u); LSTM 4 * (in*u + u*u + u).
-    ("gru", 16, 3 * (480 * 16 + 16 * 16 + 2 * 16)), ("lstm", 16, 4 * (480 * 16 + 16 * 16 + 16))])
+    ("gru", 16, 3 * (480 * 16 + 16 * 16 + 2 * 16)),
+    ("lstm", 16, 4 * (480 * 16 + 16 * 16 + 16)),
+  ],
+)
 def test_recurrent_layers_match_keras_parameter_counts(rnn, units, expected):
-  layer = recurrent.Recurrent(480, units, rnn, layer_norm=False, dtype=jnp.float32,
-                              rngs=nnx.Rngs(0))
+  layer = recurrent.Recurrent(
+    480, units, rnn, layer_norm=False, dtype=jnp.float32, rngs=nnx.Rngs(0)
+  )
   assert models.count_params(layer) == expected
   out = layer(jnp.ones((2, 5, 480)))
   assert out.shape == (2, 5, units)
 
 
 def test_gru_follows_the_keras_equations():
-  layer = recurrent.Recurrent(3, 2, "gru", layer_norm=False, dtype=jnp.float32,
-                              rngs=nnx.Rngs(1))
+  layer = recurrent.Recurrent(3, 2, "gru", layer_norm=False, dtype=jnp.float32, rngs=nnx.Rngs(1))
   layer.bias[...] = jax.random.normal(jax.random.key(3), (2, 6))
   x = np.asarray(jax.random.normal(jax.random.key(4), (1, 4, 3)))
   w, u, b = (np.asarray(v[...]) for v in (layer.kernel, layer.recurrent_kernel, layer.bias))
@@ -164,16 +189,18 @@ def test_gru_follows_the_keras_equations():
 
 
 @pytest.mark.parametrize("train_backbone,trainable_blocks", [("frozen", 0), ("last5", 5)])
-def test_frozen_backbone_weights_stay_bit_identical_after_a_step(train_backbone,
-                                                                 trainable_blocks):
-  config = _config(f"cnn_rnn:backbone=inception_v3,train_backbone={train_backbone}",
-                   clip_frames=2, image_size=75)
+def test_frozen_backbone_weights_stay_bit_identical_after_a_step(train_backbone, trainable_blocks):
+  config = _config(
+    f"cnn_rnn:backbone=inception_v3,train_backbone={train_backbone}", clip_frames=2, image_size=75
+  )
   mesh = sharding.make_mesh(jax.devices()[:1])
   graphdef, state, tx = state_lib.create(config, steps_per_epoch=10)
   model = nnx.merge(graphdef, state.params, state.batch_stats)
   # Host copies: the step donates (and so deletes) the state's device buffers.
-  before = [(path, np.array(value))
-            for path, value in nnx.to_flat_state(nnx.as_pure(nnx.state(model, nnx.Param)))]
+  before = [
+    (path, np.array(value))
+    for path, value in nnx.to_flat_state(nnx.as_pure(nnx.state(model, nnx.Param)))
+  ]
   train_step = steps.make_train_step(graphdef, tx, mesh)
   batch = sharding.shard_batch(_fixed_batch(2, 2, 75), mesh)
   state, out = train_step(jax.device_put(state, sharding.replicated(mesh)), batch)
@@ -198,9 +225,15 @@ def test_summary_marks_frozen_parameters():
   assert "frozen_params: 21768352" in table
 
 
-@pytest.mark.parametrize("arg,message", [
-    ("backbone=inception_v3,norm=layer", "norm"), ("backbone=vgg", "backbone"),
-    ("backbone=i3d_mini_2d,train_backbone=frozen", "train_backbone"), ("rnn=rnn", "rnn")])
+@pytest.mark.parametrize(
+  "arg,message",
+  [
+    ("backbone=inception_v3,norm=layer", "norm"),
+    ("backbone=vgg", "backbone"),
+    ("backbone=i3d_mini_2d,train_backbone=frozen", "train_backbone"),
+    ("rnn=rnn", "rnn"),
+  ],
+)
 def test_cnn_rnn_rejects_bad_options_by_name(arg, message):
   with pytest.raises(ValueError, match=message):
     models.create_model(_config(f"cnn_rnn:{arg}", image_size=80))

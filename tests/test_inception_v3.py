@@ -24,8 +24,9 @@ def keras_model():
   """Keras' InceptionV3 with random weights, BatchNorm state included (fixed seed)."""
   keras = pytest.importorskip("keras")
   keras.utils.set_random_seed(0)
-  model = keras.applications.InceptionV3(weights=None, include_top=False, pooling="avg",
-                                         input_shape=(FRAME_SIZE, FRAME_SIZE, 3))
+  model = keras.applications.InceptionV3(
+    weights=None, include_top=False, pooling="avg", input_shape=(FRAME_SIZE, FRAME_SIZE, 3)
+  )
   rng = np.random.default_rng(0)
   for layer in model.layers:
     if isinstance(layer, keras.layers.BatchNormalization):
@@ -68,6 +69,7 @@ def test_keras_import_gives_the_same_features(keras_model, keras_weights):
 def test_keras2_hdf5_layout_loads_the_same_weights(keras_model, keras_weights, tmp_path):
   # The layout of the distributed `..._notop.h5` files, written by Keras' own legacy writer.
   from keras.src.legacy.saving import legacy_h5_format
+
   legacy_path = tmp_path / "inception_notop.h5"
   with h5py.File(legacy_path, "w") as f:
     legacy_h5_format.save_weights_to_hdf5_group(f, keras_model)
@@ -144,8 +146,11 @@ def test_block_index():
 
 def test_model_code_never_imports_tensorflow_keras_or_h5py():
   """GPU machines have JAX but no TensorFlow; h5py is needed only to load weights."""
-  code = ("import sys, lvef_jax.models.inception_v3; "
-          "bad = {'tensorflow', 'keras', 'h5py'} & set(sys.modules); assert not bad, bad")
-  done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                        timeout=120)
+  code = (
+    "import sys, lvef_jax.models.inception_v3; "
+    "bad = {'tensorflow', 'keras', 'h5py'} & set(sys.modules); assert not bad, bad"
+  )
+  done = subprocess.run(
+    [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+  )
   assert done.returncode == 0, done.stderr[-2000:]

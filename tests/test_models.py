@@ -14,14 +14,14 @@ from tests.conftest import load_config
 # Counted with a PyTorch implementation of the same layers (PyTorch 2.13.0, CPU), built
 # independently of this code base; head A (GAP-Dropout-Dense), BatchNorm.
 TORCH_PEER_COUNTS = {
-    ("original", "1x1x1"): 13919617,
-    ("original", "3x3x3"): 14239105,
-    ("mini", "1x1x1"): 1536001,
-    ("mini", "3x3x3"): 1855489,
-    ("mini", "3x1x1"): 1560577,
-    ("mini", "2x3x3x3"): 2851009,
-    ("stem", "1x1x1"): 34817,
-    ("stem_im3_im4", "1x1x1"): 8275169,
+  ("original", "1x1x1"): 13919617,
+  ("original", "3x3x3"): 14239105,
+  ("mini", "1x1x1"): 1536001,
+  ("mini", "3x3x3"): 1855489,
+  ("mini", "3x1x1"): 1560577,
+  ("mini", "2x3x3x3"): 2851009,
+  ("stem", "1x1x1"): 34817,
+  ("stem_im3_im4", "1x1x1"): 8275169,
 }
 
 
@@ -45,8 +45,10 @@ def test_parameter_counts_match_the_pytorch_peer(variant, conv2):
 
 
 def test_every_norm_has_the_same_parameter_count():
-  counts = {norm: models.count_params(jax.eval_shape(lambda n=norm: _model(f"norm={n}")))
-            for norm in layers.NORMS}
+  counts = {
+    norm: models.count_params(jax.eval_shape(lambda n=norm: _model(f"norm={n}")))
+    for norm in layers.NORMS
+  }
   assert len(set(counts.values())) == 1, counts
   layer_model = jax.eval_shape(lambda: _model("norm=layer"))
   assert not jax.tree.leaves(nnx.state(layer_model, nnx.BatchStat))
@@ -60,17 +62,23 @@ def test_paper_layer_norm_normalises_each_sample_over_every_axis():
   np.testing.assert_allclose(y.mean(axis=(1, 2, 3, 4)), 0, atol=1e-4)
   np.testing.assert_allclose(y.std(axis=(1, 2, 3, 4)), 1, atol=1e-3)
   assert np.abs(y.mean(axis=-1)).max() > 0.1  # positions are not normalised one by one
-  channels = layers.Norm(6, "layer_channels", momentum=0.99, dtype=jnp.float32,
-                         rngs=nnx.Rngs(0))
+  channels = layers.Norm(6, "layer_channels", momentum=0.99, dtype=jnp.float32, rngs=nnx.Rngs(0))
   np.testing.assert_allclose(np.asarray(channels(x, train=True)).mean(axis=-1), 0, atol=1e-4)
   assert paper.norm.scale.shape == (6,)
   # The sample statistics do not depend on the rest of the batch (unlike BatchNorm).
   np.testing.assert_allclose(np.asarray(paper(x[:1], train=True)), y[:1], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("head,extra", [
+@pytest.mark.parametrize(
+  "head,extra",
+  [
     # OG: AveragePooling(2x4x4, stride 1, valid) on the 8x4x4 map of 16x16x16 clips -> 7x1x1.
-    ("og", 7 * 1 * 1 * 192), ("a", 192), ("b", 192), ("c", 192 * 256 + 256 + 256)])
+    ("og", 7 * 1 * 1 * 192),
+    ("a", 192),
+    ("b", 192),
+    ("c", 192 * 256 + 256 + 256),
+  ],
+)
 def test_heads(head, extra):
   """Heads follow paper Table 2; OG pools then flattens, so its size depends on the clip."""
   model = _model(f"variant=stem,head={head}", clip_frames=16, image_size=16)
@@ -116,15 +124,17 @@ def test_im2col_stem_equals_the_xla_convolution(shape):
   conv = _model("variant=stem", shape[1], shape[2], stem_impl="conv")
   im2col = _model("variant=stem", shape[1], shape[2], stem_impl="im2col")
   clips = jax.random.uniform(jax.random.key(1), shape)
-  np.testing.assert_allclose(conv.features_map(clips), im2col.features_map(clips),
-                             atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(
+    conv.features_map(clips), im2col.features_map(clips), atol=1e-5, rtol=1e-5
+  )
 
 
 def test_im2col_equals_the_xla_convolution_in_2d():
   conv = layers.conv(1, 8, (7, 7), strides=2, dtype=jnp.float32, rngs=nnx.Rngs(0))
   frames = jax.random.uniform(jax.random.key(2), (3, 15, 12, 1))
-  np.testing.assert_allclose(conv(frames), layers.conv_im2col(frames, conv, (2, 2)),
-                             atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(
+    conv(frames), layers.conv_im2col(frames, conv, (2, 2)), atol=1e-5, rtol=1e-5
+  )
 
 
 def test_unit_range_input():
@@ -140,9 +150,16 @@ def test_bfloat16_compute_keeps_float32_parameters_and_output():
   assert model(jnp.zeros((2, 8, 16, 16, 1), jnp.uint8)).dtype == jnp.float32
 
 
-@pytest.mark.parametrize("arg,overrides,message", [
-    ("variant=huge", {}, "variant"), ("conv2=5x5x5", {}, "conv2"), ("head=d", {}, "head"),
-    ("norm=group", {}, "norm"), ("", {"stem_impl": "fft"}, "stem_impl")])
+@pytest.mark.parametrize(
+  "arg,overrides,message",
+  [
+    ("variant=huge", {}, "variant"),
+    ("conv2=5x5x5", {}, "conv2"),
+    ("head=d", {}, "head"),
+    ("norm=group", {}, "norm"),
+    ("", {"stem_impl": "fft"}, "stem_impl"),
+  ],
+)
 def test_bad_options_are_rejected_by_name(arg, overrides, message):
   with pytest.raises(ConfigError, match=message):
     _model(arg, **overrides)
@@ -151,7 +168,11 @@ def test_bad_options_are_rejected_by_name(arg, overrides, message):
 def test_config_argument_parsing():
   config = load_config("i3d", "variant=original,conv2=3x3x3,norm=layer,head=c")
   assert (config.model.variant, config.model.conv2, config.model.norm, config.model.head) == (
-      "original", "3x3x3", "layer", "c")
+    "original",
+    "3x3x3",
+    "layer",
+    "c",
+  )
   assert load_config("i3d", "").model.variant == "mini"
   with pytest.raises(ConfigError, match="widht"):
     load_config("i3d", "widht=3")

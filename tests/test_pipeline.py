@@ -25,11 +25,25 @@ NUM_VIDEOS = 24
 
 
 def make_cfg(**overrides):
-  cfg = ml_collections.ConfigDict(dict(
-      root="", cache_dir="", synthetic_num_videos=3, synthetic_seed=0, synthetic_min_frames=4,
-      synthetic_max_frames=6, tfds_dir="", clip_frames=8, period=2, image_size=112,
-      augment_pad=0, shuffle_buffer=64, cache_in_memory=False, num_parallel_calls=2,
-      prefetch=1))
+  cfg = ml_collections.ConfigDict(
+    dict(
+      root="",
+      cache_dir="",
+      synthetic_num_videos=3,
+      synthetic_seed=0,
+      synthetic_min_frames=4,
+      synthetic_max_frames=6,
+      tfds_dir="",
+      clip_frames=8,
+      period=2,
+      image_size=112,
+      augment_pad=0,
+      shuffle_buffer=64,
+      cache_in_memory=False,
+      num_parallel_calls=2,
+      prefetch=1,
+    )
+  )
   cfg.update(overrides)
   return cfg
 
@@ -38,13 +52,15 @@ def make_cfg(**overrides):
 def data(tmp_path_factory):
   base = tmp_path_factory.mktemp("pipeline")
   # workers=1: a process pool costs more than it saves for 24 short videos.
-  root = synthetic.generate(base / "echonet", NUM_VIDEOS, 3, min_frames=10, max_frames=40,
-                            workers=1)
+  root = synthetic.generate(
+    base / "echonet", NUM_VIDEOS, 3, min_frames=10, max_frames=40, workers=1
+  )
   cfg = make_cfg(root=str(root), cache_dir=str(base / "cache"))
   builder = pipeline.prepare(cfg)
-  stored = {split: {ex["file_name"].decode(): ex
-                    for ex in tfds.as_numpy(builder.as_dataset(split=split))}
-            for split in pipeline.SPLITS}
+  stored = {
+    split: {ex["file_name"].decode(): ex for ex in tfds.as_numpy(builder.as_dataset(split=split))}
+    for split in pipeline.SPLITS
+  }
   records = echonet.load_dataset_index(root)
   efs = [r.ef for r in records]
   assert len(set(np.float32(efs))) == len(efs), "EF identifies videos in these tests"
@@ -108,12 +124,13 @@ def test_train_clips_are_cut_from_stored_videos(data, clip_frames, period):
       video = videos[ef.item()]["video"]
       starts = range(pipeline.max_clip_start(len(video), clip_frames, period) + 1)
       # The clip must be frames start + period * k of its video, zeros past the end.
-      assert any(np.array_equal(clip, reference_clip(video, s, clip_frames, period))
-                 for s in starts)
+      assert any(
+        np.array_equal(clip, reference_clip(video, s, clip_frames, period)) for s in starts
+      )
       if len(video) < (clip_frames - 1) * period + 1:
         padded += 1
         last = (len(video) - 1) // period  # Last clip position still inside the video.
-        assert not clip[last + 1:].any()
+        assert not clip[last + 1 :].any()
       used.append(ef.item())
   assert len(set(used)) == len(used)  # Each example at most once per epoch.
   if clip_frames == 12:
@@ -122,15 +139,20 @@ def test_train_clips_are_cut_from_stored_videos(data, clip_frames, period):
 
 def test_augmentation_reproducible_and_one_offset_per_clip(data):
   cfg = make_cfg(**{**data["cfg"], "augment_pad": 4, "clip_frames": 4, "period": 3})
-  run = lambda seed: all_batches(
-      pipeline.train_batches(data["builder"], cfg, batch_size=4, seed=seed))
+
+  def run(seed):
+    return all_batches(pipeline.train_batches(data["builder"], cfg, batch_size=4, seed=seed))
+
   first, again, other = run(7), run(7), run(8)
   for a, b in zip(first, again, strict=True):
     np.testing.assert_array_equal(a["video"], b["video"])
     np.testing.assert_array_equal(a["ef"], b["ef"])
   assert first[0]["video"].shape == (4, 4, 112, 112, 1)
+
   # Another seed re-draws start and crop for the same video, not only the order.
-  clips = lambda batches: {ef.item(): c for b in batches for c, ef in zip(b["video"], b["ef"])}
+  def clips(batches):
+    return {ef.item(): c for b in batches for c, ef in zip(b["video"], b["ef"])}
+
   clips_7, clips_8 = clips(first), clips(other)
   assert any(not np.array_equal(clips_7[k], clips_8[k]) for k in clips_7.keys() & clips_8)
   # Each augmented clip is its un-augmented clip shifted by ONE offset in [-4, 4]^2 for all
@@ -138,10 +160,16 @@ def test_augmentation_reproducible_and_one_offset_per_clip(data):
   videos = by_ef(data["stored"]["train"])
   for clip, ef in zip(first[0]["video"], first[0]["ef"]):
     video = videos[ef.item()]["video"]
-    padded = [np.pad(reference_clip(video, s, 4, 3), ((0, 0), (4, 4), (4, 4), (0, 0)))
-              for s in range(pipeline.max_clip_start(len(video), 4, 3) + 1)]
-    assert any(np.array_equal(clip, p[:, i:i + 112, j:j + 112])
-               for p in padded for i in range(9) for j in range(9))
+    padded = [
+      np.pad(reference_clip(video, s, 4, 3), ((0, 0), (4, 4), (4, 4), (0, 0)))
+      for s in range(pipeline.max_clip_start(len(video), 4, 3) + 1)
+    ]
+    assert any(
+      np.array_equal(clip, p[:, i : i + 112, j : j + 112])
+      for p in padded
+      for i in range(9)
+      for j in range(9)
+    )
 
 
 def check_eval(data, split, batches, batch_size, num_batches, clip_frames, period):
@@ -188,8 +216,11 @@ def test_eval_two_shards_cover_split_once_in_step(data, split, batch):
   num_batches = math.ceil(math.ceil(n / 2) / batch)
   names = []
   for shard in range(2):
-    batches = all_batches(pipeline.eval_batches(data["builder"], split, cfg, batch_size=batch,
-                                                shard_index=shard, num_shards=2))
+    batches = all_batches(
+      pipeline.eval_batches(
+        data["builder"], split, cfg, batch_size=batch, shard_index=shard, num_shards=2
+      )
+    )
     names += check_eval(data, split, batches, batch, num_batches, 5, 3)
   assert sorted(names) == sorted(data["stored"][split])
 
@@ -197,8 +228,11 @@ def test_eval_two_shards_cover_split_once_in_step(data, split, batch):
 def test_train_two_shards_same_batch_count_disjoint(data):
   per_shard = []
   for shard in range(2):
-    batches = all_batches(pipeline.train_batches(data["builder"], data["cfg"], batch_size=3,
-                                                 seed=5, shard_index=shard, num_shards=2))
+    batches = all_batches(
+      pipeline.train_batches(
+        data["builder"], data["cfg"], batch_size=3, seed=5, shard_index=shard, num_shards=2
+      )
+    )
     per_shard.append([ef.item() for b in batches for ef in b["ef"]])
   n = pipeline.num_examples(data["builder"], "train")
   assert len(per_shard[0]) == len(per_shard[1]) == (n // 2) // 3 * 3
@@ -215,7 +249,10 @@ def test_resize_to_32(data):
     full = reference_clip(data["stored"]["val"][name]["video"], 0, 8, 2).astype(np.float32)
     # Resizing keeps the picture: mean brightness and a coarse 4x4 layout agree.
     assert abs(clip.mean() - full.mean()) < 2.0
-    coarse = lambda x, s: x[..., 0].reshape(8, 4, s // 4, 4, s // 4).mean(axis=(2, 4))
+
+    def coarse(x, s):
+      return x[..., 0].reshape(8, 4, s // 4, 4, s // 4).mean(axis=(2, 4))
+
     assert np.abs(coarse(clip.astype(np.float32), 32) - coarse(full, 112)).max() < 12.0
 
 
@@ -259,8 +296,11 @@ def test_prepare_bad_root_leaves_nothing_and_then_works(data, tmp_path, capfd):
   name, ef = lines[1].split(",")[:2]
   file_list.write_text(good.replace(f"{name},{ef},", f"{name},12.5,", 1))
   rebuilt = pipeline.prepare(cfg)
-  efs = {ex["file_name"].decode(): ex["ef"] for s in pipeline.SPLITS
-         for ex in tfds.as_numpy(rebuilt.as_dataset(split=s))}
+  efs = {
+    ex["file_name"].decode(): ex["ef"]
+    for s in pipeline.SPLITS
+    for ex in tfds.as_numpy(rebuilt.as_dataset(split=s))
+  }
   assert efs[name] == np.float32(12.5)
 
 
@@ -273,10 +313,14 @@ def test_prepare_missing_root_raises_format_error(tmp_path):
 
 def test_builder_alone_validates_the_folder_itself(tmp_path, capfd):
   """Without pipeline.prepare (and so without an index), the builder validates the folder."""
+
   def prepare(root):
     builder = tfds_builder.EchonetDynamic(data_dir=tmp_path / "tfds")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=os.fspath(root), try_download_gcs=False))
+    builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(
+        manual_dir=os.fspath(root), try_download_gcs=False
+      )
+    )
     return builder
 
   with pytest.raises(echonet.EchoNetFormatError, match="does not exist"):
@@ -311,8 +355,10 @@ def test_resolve_root_reuses_and_regenerates(tmp_path):
 
 def test_tfds_dir_depends_on_root_path(tmp_path):
   a, b = tmp_path / "x" / "EchoNet", tmp_path / "y" / "EchoNet"
-  dirs = {pipeline._tfds_dir(pipeline._Settings.from_cfg(make_cfg(root=str(r), cache_dir="c")), r)
-          for r in (a, b)}
+  dirs = {
+    pipeline._tfds_dir(pipeline._Settings.from_cfg(make_cfg(root=str(r), cache_dir="c")), r)
+    for r in (a, b)
+  }
   assert len(dirs) == 2 and all(d.name.startswith("EchoNet-") for d in dirs)
 
 
@@ -325,7 +371,9 @@ def test_cache_in_memory_gives_same_batches(data):
     for a, b in zip(cached, reference, strict=True):
       for key in a:
         np.testing.assert_array_equal(a[key], b[key])
-    runs = [all_batches(pipeline.train_batches(data["builder"], cfg, batch_size=4, seed=3))
-            for _ in range(2)]
+    runs = [
+      all_batches(pipeline.train_batches(data["builder"], cfg, batch_size=4, seed=3))
+      for _ in range(2)
+    ]
     for a, b in zip(*runs, strict=True):
       np.testing.assert_array_equal(a["video"], b["video"])

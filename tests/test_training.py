@@ -77,9 +77,14 @@ def test_one_and_eight_devices_give_the_same_step(norm):
     # The batch really is split: each device holds 1/len(devices) of it.
     sharded = sharding.shard_batch(probe, mesh)["video"]
     assert sharded.addressable_shards[0].data.shape[0] == 8 // len(devices)
-    results.append((outputs, first_stats,
-                    np.asarray(predict(state, sharding.shard_batch(probe, mesh))),
-                    jax.device_get(state)))
+    results.append(
+      (
+        outputs,
+        first_stats,
+        np.asarray(predict(state, sharding.shard_batch(probe, mesh))),
+        jax.device_get(state),
+      )
+    )
   (out_1, stats_1, pred_1, state_1), (out_8, stats_8, pred_8, state_8) = results
   # Step 1 starts from identical states: loss, gradient norm and the updated BatchNorm
   # statistics agree to rounding. Step 2 inherits the rounding noise that Adam amplifies in
@@ -164,9 +169,12 @@ def test_batch_size_must_divide_over_the_devices():
 
 def test_user_errors_are_lvef_errors_and_keep_their_builtin_base():
   """launch.py reports LvefErrors in one line; older `except ValueError` code still works."""
-  for error, builtin in ((ConfigError, ValueError), (EchoNetFormatError, ValueError),
-                         (NonFiniteLossError, FloatingPointError),
-                         (MissingCheckpointError, FileNotFoundError)):
+  for error, builtin in (
+    (ConfigError, ValueError),
+    (EchoNetFormatError, ValueError),
+    (NonFiniteLossError, FloatingPointError),
+    (MissingCheckpointError, FileNotFoundError),
+  ):
     assert issubclass(error, LvefError) and issubclass(error, builtin), error
 
 
@@ -199,15 +207,35 @@ def test_etas_count_only_what_is_left_of_this_run(first_epoch):
     for step in range(1, steps_per_epoch + 1):
       run_elapsed = (epoch - first_epoch - 1) * epoch_seconds + step
       epoch_eta, run_eta = trainer._etas(
-          step=step, steps_per_epoch=steps_per_epoch, epoch=epoch, first_epoch=first_epoch,
-          total_epochs=total_epochs, epoch_elapsed=step, run_elapsed=run_elapsed)
+        step=step,
+        steps_per_epoch=steps_per_epoch,
+        epoch=epoch,
+        first_epoch=first_epoch,
+        total_epochs=total_epochs,
+        epoch_elapsed=step,
+        run_elapsed=run_elapsed,
+      )
       assert epoch_eta == pytest.approx(steps_per_epoch - step)
       # Validation cost is known once this run has finished an epoch.
       later = epoch_seconds if epoch > first_epoch + 1 else steps_per_epoch
       assert run_eta == pytest.approx(epoch_eta + (total_epochs - epoch) * later)
   # The last step of the last epoch: nothing left (the old estimate was negative here).
-  assert trainer._etas(step=10, steps_per_epoch=10, epoch=5, first_epoch=first_epoch,
-                       total_epochs=5, epoch_elapsed=10.0, run_elapsed=60.0) == (0, 0)
+  assert trainer._etas(
+    step=10,
+    steps_per_epoch=10,
+    epoch=5,
+    first_epoch=first_epoch,
+    total_epochs=5,
+    epoch_elapsed=10.0,
+    run_elapsed=60.0,
+  ) == (0, 0)
   # In the last epoch the run ETA is the epoch ETA.
-  assert trainer._etas(step=4, steps_per_epoch=10, epoch=5, first_epoch=first_epoch,
-                       total_epochs=5, epoch_elapsed=4.0, run_elapsed=100.0) == (6.0, 6.0)
+  assert trainer._etas(
+    step=4,
+    steps_per_epoch=10,
+    epoch=5,
+    first_epoch=first_epoch,
+    total_epochs=5,
+    epoch_elapsed=4.0,
+    run_elapsed=100.0,
+  ) == (6.0, 6.0)

@@ -19,12 +19,17 @@ def regression_metrics(ef: np.ndarray, ef_pred: np.ndarray) -> dict[str, float]:
   if ef.size == 0:
     raise ValueError("no examples to score")
   error = ef_pred - ef
-  mse = float(np.mean(error ** 2))
+  mse = float(np.mean(error**2))
   total = float(np.sum((ef - ef.mean()) ** 2))
   # As sklearn: a constant target scores 1 when predicted exactly, 0 otherwise.
   if total == 0.0:
     r2 = 1.0 if mse == 0.0 else 0.0
   else:
-    r2 = 1.0 - float(np.sum(error ** 2)) / total
-  return {"rmse": mse ** 0.5, "mae": float(np.mean(np.abs(error))), "r2": r2, "mse": mse,
-          "n": int(ef.size)}
+    r2 = 1.0 - float(np.sum(error**2)) / total
+  return {
+    "rmse": mse**0.5,
+    "mae": float(np.mean(np.abs(error))),
+    "r2": r2,
+    "mse": mse,
+    "n": int(ef.size),
+  }

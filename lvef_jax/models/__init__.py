@@ -28,12 +28,15 @@ def create_model(config, seed: int = 0) -> nnx.Module:
   """Builds ``config.model`` for clips of ``config.data.clip_frames`` x ``image_size``^2."""
   kwargs = {k: v for k, v in config.model.to_dict().items() if k != "name"}
   return model_class(config.model.name)(
-      clip_frames=config.data.clip_frames, image_size=config.data.image_size,
-      rngs=nnx.Rngs(params=jax.random.key(seed)), **kwargs)
+    clip_frames=config.data.clip_frames,
+    image_size=config.data.image_size,
+    rngs=nnx.Rngs(params=jax.random.key(seed)),
+    **kwargs,
+  )
 
 
 def path_keys(path) -> tuple:
-  """A pytree path (``jax.tree_util`` key entries) as plain keys, as ``nnx.to_flat_state`` gives them."""
+  """A pytree path (``jax.tree_util`` key entries) as plain keys, as in ``nnx.to_flat_state``."""
   keys = []
   for entry in path:
     for attr in ("key", "idx", "name"):

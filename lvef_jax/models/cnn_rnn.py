@@ -42,11 +42,11 @@ class MiniInception2D(nnx.Module):
   def __init__(self, *, norm: str, bn_momentum: float, dtype, stem_impl: str, rngs: nnx.Rngs):
     self.stem_impl = i3d.resolve_stem_impl(stem_impl)
     self.stem_conv = layers.conv(1, i3d.STEM_FEATURES, (7, 7), strides=2, dtype=dtype, rngs=rngs)
-    self.stem_norm = layers.Norm(i3d.STEM_FEATURES, norm, momentum=bn_momentum, dtype=dtype,
-                                 rngs=rngs)
+    self.stem_norm = layers.Norm(
+      i3d.STEM_FEATURES, norm, momentum=bn_momentum, dtype=dtype, rngs=rngs
+    )
     # conv2 stays 1x1: the paper kept the original kernel for its 2-D CNN-RNN models.
-    self.conv2 = layers.conv(i3d.STEM_FEATURES, i3d.CONV2_FEATURES, (1, 1), dtype=dtype,
-                             rngs=rngs)
+    self.conv2 = layers.conv(i3d.STEM_FEATURES, i3d.CONV2_FEATURES, (1, 1), dtype=dtype, rngs=rngs)
     conv_kwargs = dict(norm=norm, bn_momentum=bn_momentum, dtype=dtype, rngs=rngs)
     features, modules = i3d.CONV2_FEATURES, []
     for name in i3d.STAGES["im3"][1]:
@@ -84,13 +84,32 @@ class Model(layers.EFModel):
     clip_frames, image_size: input clip shape.
   """
 
-  def __init__(self, *, backbone: str, rnn: str, norm: str, train_backbone: str,
-               backbone_weights: str, rnn_features, head_hidden: int, dropout: float,
-               bn_momentum: float, ef_offset: float, ef_scale: float, dtype: str, stem_impl: str,
-               clip_frames: int, image_size: int, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    backbone: str,
+    rnn: str,
+    norm: str,
+    train_backbone: str,
+    backbone_weights: str,
+    rnn_features,
+    head_hidden: int,
+    dropout: float,
+    bn_momentum: float,
+    ef_offset: float,
+    ef_scale: float,
+    dtype: str,
+    stem_impl: str,
+    clip_frames: int,
+    image_size: int,
+    rngs: nnx.Rngs,
+  ):
     del clip_frames  # the recurrent layers take any number of frames
-    for name, value, allowed in (("backbone", backbone, BACKBONES), ("norm", norm, NORMS),
-                                 ("train_backbone", train_backbone, TRAIN_BACKBONE)):
+    for name, value, allowed in (
+      ("backbone", backbone, BACKBONES),
+      ("norm", norm, NORMS),
+      ("train_backbone", train_backbone, TRAIN_BACKBONE),
+    ):
       if value not in allowed:
         raise ConfigError(f"CNN-RNN {name} must be one of {sorted(allowed)}, got {value!r}")
     self.dtype = jnp.dtype(dtype)
@@ -99,35 +118,46 @@ class Model(layers.EFModel):
     cnn_norm = "batch" if norm == "mixed" else norm
     if backbone == "inception_v3":
       if cnn_norm != "batch":
-        raise ConfigError(f"CNN-RNN norm={norm!r} needs backbone=i3d_mini_2d: InceptionV3's "
-                         "ImageNet weights come with BatchNorm (use norm=batch or mixed)")
+        raise ConfigError(
+          f"CNN-RNN norm={norm!r} needs backbone=i3d_mini_2d: InceptionV3's "
+          "ImageNet weights come with BatchNorm (use norm=batch or mixed)"
+        )
       if image_size < INCEPTION_MIN_SIZE:
-        raise ConfigError(f"InceptionV3 needs frames of at least {INCEPTION_MIN_SIZE}x"
-                         f"{INCEPTION_MIN_SIZE} pixels, got image_size={image_size}")
+        raise ConfigError(
+          f"InceptionV3 needs frames of at least {INCEPTION_MIN_SIZE}x"
+          f"{INCEPTION_MIN_SIZE} pixels, got image_size={image_size}"
+        )
       self.trainable_blocks = TRAIN_BACKBONE[train_backbone]
-      self.backbone = inception_v3.InceptionV3(bn_momentum=bn_momentum, dtype=self.dtype,
-                                               rngs=rngs)
+      self.backbone = inception_v3.InceptionV3(bn_momentum=bn_momentum, dtype=self.dtype, rngs=rngs)
       if backbone_weights:
         inception_v3.load_keras_weights(self.backbone, backbone_weights)
         logging.info("InceptionV3 weights imported from %s", backbone_weights)
       else:
-        logging.warning("InceptionV3 starts from random weights: set "
-                        "config.model.backbone_weights to a Keras ImageNet weights file")
+        logging.warning(
+          "InceptionV3 starts from random weights: set "
+          "config.model.backbone_weights to a Keras ImageNet weights file"
+        )
       features = inception_v3.FEATURES
     else:
       if train_backbone != "all":
-        raise ConfigError("the i3d_mini_2d backbone is trained from scratch: "
-                         f"train_backbone must be 'all', got {train_backbone!r}")
+        raise ConfigError(
+          "the i3d_mini_2d backbone is trained from scratch: "
+          f"train_backbone must be 'all', got {train_backbone!r}"
+        )
       if backbone_weights:
         raise ConfigError("backbone_weights is for backbone=inception_v3")
       self.trainable_blocks = None
-      self.backbone = MiniInception2D(norm=cnn_norm, bn_momentum=bn_momentum, dtype=self.dtype,
-                                      stem_impl=stem_impl, rngs=rngs)
+      self.backbone = MiniInception2D(
+        norm=cnn_norm, bn_momentum=bn_momentum, dtype=self.dtype, stem_impl=stem_impl, rngs=rngs
+      )
       features = self.backbone.out_features
     rnns = []
     for units in rnn_features:
-      rnns.append(recurrent.Recurrent(features, units, rnn, layer_norm=norm == "mixed",
-                                      dtype=self.dtype, rngs=rngs))
+      rnns.append(
+        recurrent.Recurrent(
+          features, units, rnn, layer_norm=norm == "mixed", dtype=self.dtype, rngs=rngs
+        )
+      )
       features = units
     self.rnns = nnx.List(rnns)
     self.hidden = layers.dense(features, head_hidden, dtype=self.dtype, rngs=rngs)
@@ -144,8 +174,9 @@ class Model(layers.EFModel):
       x = self.backbone(x, train=train)
     return x.reshape(batch, frames, -1)
 
-  def __call__(self, video: jax.Array, *, train: bool = False,
-               dropout_key: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self, video: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None
+  ) -> jax.Array:
     """Predicts EF (%) for each clip; ``dropout_key`` is required when ``train`` is True."""
     x = self.frame_features(video, train=train)
     for layer in self.rnns:

@@ -39,8 +39,12 @@ class TaskConvs(nnx.Module):
   """Stream-specific convolutions between the shared body and the head."""
 
   def __init__(self, in_features: int, features: int, **conv_kwargs):
-    self.blocks = nnx.List([layers.ConvNormAct(in_features, features, 3, **conv_kwargs),
-                            layers.ConvNormAct(features, features, 3, **conv_kwargs)])
+    self.blocks = nnx.List(
+      [
+        layers.ConvNormAct(in_features, features, 3, **conv_kwargs),
+        layers.ConvNormAct(features, features, 3, **conv_kwargs),
+      ]
+    )
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     for block in self.blocks:
@@ -63,19 +67,44 @@ class Model(layers.EFModel):
     clip_frames, image_size: input clip shape.
   """
 
-  def __init__(self, *, kind: str, conv2: str, norm: str, head: str, dropout: float,
-               head_hidden: int, task_features: int, fusion_hidden: int, bn_momentum: float,
-               ef_offset: float, ef_scale: float, dtype: str, stem_impl: str, clip_frames: int, image_size: int,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    kind: str,
+    conv2: str,
+    norm: str,
+    head: str,
+    dropout: float,
+    head_hidden: int,
+    task_features: int,
+    fusion_hidden: int,
+    bn_momentum: float,
+    ef_offset: float,
+    ef_scale: float,
+    dtype: str,
+    stem_impl: str,
+    clip_frames: int,
+    image_size: int,
+    rngs: nnx.Rngs,
+  ):
     if kind not in KINDS:
       raise ConfigError(f"Fusion kind must be one of {KINDS}, got {kind!r}")
     self.kind, self.rate = kind, dropout
     self.dtype = jnp.dtype(dtype)
     self.ef_offset, self.ef_scale = ef_offset, ef_scale
     self.split = "halves" if kind in HALF_WIDTH_KINDS else "full"
-    body = lambda: i3d.Body(variant="mini", conv2=conv2, norm=norm,  # noqa: E731
-                            bn_momentum=bn_momentum, dtype=self.dtype, stem_impl=stem_impl,
-                            rngs=rngs)
+
+    def body():
+      return i3d.Body(
+        variant="mini",
+        conv2=conv2,
+        norm=norm,
+        bn_momentum=bn_momentum,
+        dtype=self.dtype,
+        stem_impl=stem_impl,
+        rngs=rngs,
+      )
+
     conv_kwargs = dict(norm=norm, bn_momentum=bn_momentum, dtype=self.dtype, rngs=rngs)
     head_kwargs = dict(dropout=dropout, hidden=head_hidden, dtype=self.dtype, rngs=rngs)
     width = streams.stream_width(image_size, self.split)
@@ -108,17 +137,23 @@ class Model(layers.EFModel):
       head_features = 2 * features
     self.head = heads.Head(head, head_features, map_shape, **head_kwargs)
 
-  def __call__(self, video: jax.Array, *, train: bool = False,
-               dropout_key: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self, video: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None
+  ) -> jax.Array:
     """Predicts EF (%) for each clip; ``dropout_key`` is required when ``train`` is True."""
     keys = jax.random.split(dropout_key, 3) if dropout_key is not None else [None] * 3
     frames, diffs = streams.stream_inputs(video, self.split, self.dtype)
     if self.kind == "combination":
-      spatial, temporal = streams.align_time(self.spatial_body(frames, train=train),
-                                             self.temporal_body(diffs, train=train))
-      scores = jnp.stack([
+      spatial, temporal = streams.align_time(
+        self.spatial_body(frames, train=train), self.temporal_body(diffs, train=train)
+      )
+      scores = jnp.stack(
+        [
           self.spatial_head(spatial, train=train, dropout_key=keys[0]),
-          self.temporal_head(temporal, train=train, dropout_key=keys[1])], axis=-1)
+          self.temporal_head(temporal, train=train, dropout_key=keys[1]),
+        ],
+        axis=-1,
+      )
       x = jax.nn.relu(self.fusion(scores.astype(self.dtype)))
       y = self.out(layers.dropout(x, self.rate, train=train, key=keys[2]))[:, 0]
       return self.to_ef(y)
@@ -127,8 +162,10 @@ class Model(layers.EFModel):
     elif self.kind == "single_input":
       x = self.body(frames, train=train)
       half = x.shape[-1] // 2
-      maps = [self.first_convs(x[..., :half], train=train),
-              self.second_convs(x[..., half:], train=train)]
+      maps = [
+        self.first_convs(x[..., :half], train=train),
+        self.second_convs(x[..., half:], train=train),
+      ]
     else:
       # One pass of the shared body over both inputs stacked on the batch axis, so that its
       # BatchNorms see (and keep running averages of) one joint distribution, the same in
@@ -136,7 +173,6 @@ class Model(layers.EFModel):
       both = self.body(jnp.concatenate([frames[:, 1:], diffs], axis=0), train=train)
       maps = jnp.split(both, 2, axis=0)
       if self.kind == "dual_input":
-        maps = [self.spatial_convs(maps[0], train=train),
-                self.temporal_convs(maps[1], train=train)]
+        maps = [self.spatial_convs(maps[0], train=train), self.temporal_convs(maps[1], train=train)]
     x = jnp.concatenate(streams.align_time(*maps), axis=-1)
     return self.to_ef(self.head(x, train=train, dropout_key=keys[0]))

@@ -26,7 +26,7 @@ OG_POOL = (2, 4, 4)
 
 def _og_window(map_shape: Sequence[int]) -> tuple[int, ...]:
   """The OG average-pooling window, cut to the map where the map is smaller (tiny test clips)."""
-  window = OG_POOL[-len(map_shape):]
+  window = OG_POOL[-len(map_shape) :]
   return tuple(min(w, s) for w, s in zip(window, map_shape))
 
 
@@ -41,8 +41,17 @@ class Head(nnx.Module):
     hidden: width of head C's hidden layer.
   """
 
-  def __init__(self, kind: str, features: int, map_shape: Sequence[int], *, dropout: float,
-               hidden: int, dtype, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    kind: str,
+    features: int,
+    map_shape: Sequence[int],
+    *,
+    dropout: float,
+    hidden: int,
+    dtype,
+    rngs: nnx.Rngs,
+  ):
     if kind not in HEADS:
       raise ConfigError(f"head must be one of {HEADS}, got {kind!r}")
     self.kind, self.rate = kind, dropout
@@ -61,8 +70,9 @@ class Head(nnx.Module):
   def __call__(self, x: jax.Array, *, train: bool, dropout_key: jax.Array | None) -> jax.Array:
     drop = lambda h: layers.dropout(h, self.rate, train=train, key=dropout_key)  # noqa: E731
     if self.kind == "og":
-      pooled = nnx.avg_pool(x, window_shape=self.window, strides=(1,) * len(self.window),
-                            padding="VALID")
+      pooled = nnx.avg_pool(
+        x, window_shape=self.window, strides=(1,) * len(self.window), padding="VALID"
+      )
       y = self.out(drop(pooled).reshape(x.shape[0], -1))
     elif self.kind == "a":
       y = self.out(drop(layers.global_average_pool(x)))

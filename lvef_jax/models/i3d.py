@@ -20,35 +20,35 @@ from lvef_jax.models import heads, layers
 
 # (b1, b2_reduce, b2, b3_reduce, b3, pool_proj) per Inception module.
 INCEPTION_WIDTHS = {
-    "3a": (64, 96, 128, 16, 32, 32),
-    "3b": (128, 128, 192, 32, 96, 64),
-    "4a": (192, 96, 208, 16, 48, 64),
-    "4b": (160, 112, 224, 24, 64, 64),
-    "4c": (128, 128, 256, 24, 64, 64),
-    "4d": (112, 144, 288, 32, 64, 64),
-    "4e": (256, 160, 320, 32, 128, 128),
-    "5a": (256, 160, 320, 32, 128, 128),
-    "5b": (384, 192, 384, 48, 128, 128),
+  "3a": (64, 96, 128, 16, 32, 32),
+  "3b": (128, 128, 192, 32, 96, 64),
+  "4a": (192, 96, 208, 16, 48, 64),
+  "4b": (160, 112, 224, 24, 64, 64),
+  "4c": (128, 128, 256, 24, 64, 64),
+  "4d": (112, 144, 288, 32, 64, 64),
+  "4e": (256, 160, 320, 32, 128, 128),
+  "5a": (256, 160, 320, 32, 128, 128),
+  "5b": (384, 192, 384, 48, 128, 128),
 }
 # Each Inception stage: (pooling window, pooling stride) applied before it, then its modules.
 STAGES = {
-    "im3": (None, ("3a", "3b")),
-    "im4": (((3, 3, 3), (2, 2, 2)), ("4a", "4b", "4c", "4d", "4e")),
-    "im5": (((2, 3, 3), (2, 2, 2)), ("5a", "5b")),
+  "im3": (None, ("3a", "3b")),
+  "im4": (((3, 3, 3), (2, 2, 2)), ("4a", "4b", "4c", "4d", "4e")),
+  "im5": (((2, 3, 3), (2, 2, 2)), ("5a", "5b")),
 }
 VARIANTS = {
-    "original": ("im3", "im4", "im5"),
-    "mini": ("im3",),
-    "stem": (),
-    "stem_im3_im4": ("im3", "im4"),
+  "original": ("im3", "im4", "im5"),
+  "mini": ("im3",),
+  "stem": (),
+  "stem_im3_im4": ("im3", "im4"),
 }
 # The adapted Keras code has the 1x1x1 conv2 only; the paper's stacked variant is two
 # convolutions with nothing between them (as conv2 itself has no norm and no activation).
 CONV2_KERNELS = {
-    "1x1x1": ((1, 1, 1),),
-    "3x3x3": ((3, 3, 3),),
-    "3x1x1": ((3, 1, 1),),
-    "2x3x3x3": ((3, 3, 3), (3, 3, 3)),
+  "1x1x1": ((1, 1, 1),),
+  "3x3x3": ((3, 3, 3),),
+  "3x1x1": ((3, 1, 1),),
+  "2x3x3x3": ((3, 3, 3), (3, 3, 3)),
 }
 STEM_IMPLS = ("auto", "conv", "im2col")
 STEM_FEATURES, CONV2_FEATURES = 64, 192
@@ -63,8 +63,9 @@ class Inception(nnx.Module):
     self.ndim = ndim
     self.branch1 = block(in_features, b1, 1)
     self.branch2 = nnx.List([block(in_features, b2_reduce, 1), block(b2_reduce, b2, 3)])
-    self.branch3 = nnx.List([block(in_features, b3_reduce, 1), block(b3_reduce, b3, 3),
-                             block(b3, b3, 3)])
+    self.branch3 = nnx.List(
+      [block(in_features, b3_reduce, 1), block(b3_reduce, b3, 3), block(b3, b3, 3)]
+    )
     self.branch4 = block(in_features, pool_proj, 1)
     self.out_features = b1 + b2 + b3 + pool_proj
 
@@ -101,17 +102,27 @@ class Body(nnx.Module):
     in_features: channels of the input (1 for grey clips).
   """
 
-  def __init__(self, *, variant: str, conv2: str, norm: str, bn_momentum: float, dtype,
-               stem_impl: str, rngs: nnx.Rngs, in_features: int = 1):
+  def __init__(
+    self,
+    *,
+    variant: str,
+    conv2: str,
+    norm: str,
+    bn_momentum: float,
+    dtype,
+    stem_impl: str,
+    rngs: nnx.Rngs,
+    in_features: int = 1,
+  ):
     for name, value, allowed in (("variant", variant, VARIANTS), ("conv2", conv2, CONV2_KERNELS)):
       if value not in allowed:
         raise ConfigError(f"I3D {name} must be one of {sorted(allowed)}, got {value!r}")
     self.stem_impl = resolve_stem_impl(stem_impl)
     conv_kwargs = dict(norm=norm, bn_momentum=bn_momentum, dtype=dtype, rngs=rngs)
-    self.stem_conv = layers.conv(in_features, STEM_FEATURES, (7, 7, 7), strides=2, dtype=dtype,
-                                 rngs=rngs)
-    self.stem_norm = layers.Norm(STEM_FEATURES, norm, momentum=bn_momentum, dtype=dtype,
-                                 rngs=rngs)
+    self.stem_conv = layers.conv(
+      in_features, STEM_FEATURES, (7, 7, 7), strides=2, dtype=dtype, rngs=rngs
+    )
+    self.stem_norm = layers.Norm(STEM_FEATURES, norm, momentum=bn_momentum, dtype=dtype, rngs=rngs)
     conv2_layers, features = [], STEM_FEATURES
     for kernel in CONV2_KERNELS[conv2]:
       # No norm and no activation after conv2: as in the adapted Keras code.
@@ -137,12 +148,17 @@ class Body(nnx.Module):
 
   def map_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
     """Spatial shape ``(T', H', W')`` of the feature map of a ``frames x height x width`` clip."""
+
     def pooled(size, strides):
       for stride in strides:
         size = math.ceil(size / stride)  # SAME padding
       return size
-    return (pooled(frames, self.time_strides), pooled(height, self.space_strides),
-            pooled(width, self.space_strides))
+
+    return (
+      pooled(frames, self.time_strides),
+      pooled(height, self.space_strides),
+      pooled(width, self.space_strides),
+    )
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """``x``: a float clip batch (see ``layers.to_unit_range``)."""
@@ -178,23 +194,52 @@ class Model(layers.EFModel):
     dtype: computation dtype (``"float32"`` or ``"bfloat16"``); parameters stay float32.
   """
 
-  def __init__(self, *, variant: str, conv2: str, norm: str, head: str, dropout: float,
-               head_hidden: int, bn_momentum: float, ef_offset: float, ef_scale: float, dtype: str,
-               stem_impl: str, clip_frames: int, image_size: int, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    variant: str,
+    conv2: str,
+    norm: str,
+    head: str,
+    dropout: float,
+    head_hidden: int,
+    bn_momentum: float,
+    ef_offset: float,
+    ef_scale: float,
+    dtype: str,
+    stem_impl: str,
+    clip_frames: int,
+    image_size: int,
+    rngs: nnx.Rngs,
+  ):
     self.dtype = jnp.dtype(dtype)
     self.ef_offset, self.ef_scale = ef_offset, ef_scale
-    self.body = Body(variant=variant, conv2=conv2, norm=norm, bn_momentum=bn_momentum,
-                     dtype=self.dtype, stem_impl=stem_impl, rngs=rngs)
-    self.head = heads.Head(head, self.body.out_features,
-                           self.body.map_shape(clip_frames, image_size, image_size),
-                           dropout=dropout, hidden=head_hidden, dtype=self.dtype, rngs=rngs)
+    self.body = Body(
+      variant=variant,
+      conv2=conv2,
+      norm=norm,
+      bn_momentum=bn_momentum,
+      dtype=self.dtype,
+      stem_impl=stem_impl,
+      rngs=rngs,
+    )
+    self.head = heads.Head(
+      head,
+      self.body.out_features,
+      self.body.map_shape(clip_frames, image_size, image_size),
+      dropout=dropout,
+      hidden=head_hidden,
+      dtype=self.dtype,
+      rngs=rngs,
+    )
 
   def features_map(self, video: jax.Array, *, train: bool = False) -> jax.Array:
     """The body's ``[B, T', H', W', C]`` features of a clip batch."""
     return self.body(layers.to_unit_range(video, self.dtype), train=train)
 
-  def __call__(self, video: jax.Array, *, train: bool = False,
-               dropout_key: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self, video: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None
+  ) -> jax.Array:
     """Predicts EF (%) for each clip; ``dropout_key`` is required when ``train`` is True."""
     x = self.features_map(video, train=train)
     return self.to_ef(self.head(x, train=train, dropout_key=dropout_key))

@@ -25,8 +25,20 @@ from flax import nnx
 from lvef_jax.errors import ConfigError
 from lvef_jax.models import layers
 
-BLOCKS = ("stem", "mixed0", "mixed1", "mixed2", "mixed3", "mixed4", "mixed5", "mixed6",
-          "mixed7", "mixed8", "mixed9", "mixed10")
+BLOCKS = (
+  "stem",
+  "mixed0",
+  "mixed1",
+  "mixed2",
+  "mixed3",
+  "mixed4",
+  "mixed5",
+  "mixed6",
+  "mixed7",
+  "mixed8",
+  "mixed9",
+  "mixed10",
+)
 FEATURES = 2048
 BN_EPSILON = 1e-3  # Keras' BatchNormalization default, which InceptionV3 uses
 
@@ -38,12 +50,33 @@ class ConvBN(nnx.Module):
   ``batch_normalization_<i>``), which is how :func:`load_keras_weights` pairs layers.
   """
 
-  def __init__(self, in_features: int, features: int, kernel: Sequence[int], *, strides: int,
-               padding: str, keras_index: int, bn_momentum: float, dtype, rngs: nnx.Rngs):
-    self.conv = nnx.Conv(in_features, features, tuple(kernel), strides=strides, padding=padding,
-                         use_bias=False, kernel_init=layers.KERNEL_INIT, dtype=dtype, rngs=rngs)
-    self.bn = nnx.BatchNorm(features, use_scale=False, momentum=bn_momentum, epsilon=BN_EPSILON,
-                            dtype=dtype, rngs=rngs)
+  def __init__(
+    self,
+    in_features: int,
+    features: int,
+    kernel: Sequence[int],
+    *,
+    strides: int,
+    padding: str,
+    keras_index: int,
+    bn_momentum: float,
+    dtype,
+    rngs: nnx.Rngs,
+  ):
+    self.conv = nnx.Conv(
+      in_features,
+      features,
+      tuple(kernel),
+      strides=strides,
+      padding=padding,
+      use_bias=False,
+      kernel_init=layers.KERNEL_INIT,
+      dtype=dtype,
+      rngs=rngs,
+    )
+    self.bn = nnx.BatchNorm(
+      features, use_scale=False, momentum=bn_momentum, epsilon=BN_EPSILON, dtype=dtype, rngs=rngs
+    )
     self.keras_index = keras_index
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -61,10 +94,24 @@ class _ConvBNFactory:
     self._kwargs = dict(bn_momentum=bn_momentum, dtype=dtype, rngs=rngs)
     self._count = itertools.count()
 
-  def __call__(self, in_features: int, features: int, kernel: Sequence[int], *, strides: int = 1,
-               padding: str = "SAME") -> ConvBN:
-    return ConvBN(in_features, features, kernel, strides=strides, padding=padding,
-                  keras_index=next(self._count), **self._kwargs)
+  def __call__(
+    self,
+    in_features: int,
+    features: int,
+    kernel: Sequence[int],
+    *,
+    strides: int = 1,
+    padding: str = "SAME",
+  ) -> ConvBN:
+    return ConvBN(
+      in_features,
+      features,
+      kernel,
+      strides=strides,
+      padding=padding,
+      keras_index=next(self._count),
+      **self._kwargs,
+    )
 
 
 def _max_pool(x: jax.Array) -> jax.Array:
@@ -155,8 +202,13 @@ class InceptionC(nnx.Module):
     for unit in (self.branch7x7_1, self.branch7x7_2, self.branch7x7_3):
       b7 = unit(b7, train=train)
     bd = x
-    for unit in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3,
-                 self.branch7x7dbl_4, self.branch7x7dbl_5):
+    for unit in (
+      self.branch7x7dbl_1,
+      self.branch7x7dbl_2,
+      self.branch7x7dbl_3,
+      self.branch7x7dbl_4,
+      self.branch7x7dbl_5,
+    ):
       bd = unit(bd, train=train)
     bp = self.branch_pool(_avg_pool(x), train=train)
     return jnp.concatenate([b1, b7, bd, bp], axis=-1)
@@ -177,8 +229,7 @@ class InceptionD(nnx.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     b3 = self.branch3x3_2(self.branch3x3_1(x, train=train), train=train)
     b7 = x
-    for unit in (self.branch7x7x3_1, self.branch7x7x3_2, self.branch7x7x3_3,
-                 self.branch7x7x3_4):
+    for unit in (self.branch7x7x3_1, self.branch7x7x3_2, self.branch7x7x3_3, self.branch7x7x3_4):
       b7 = unit(b7, train=train)
     return jnp.concatenate([b3, b7, _max_pool(x)], axis=-1)
 
@@ -201,11 +252,13 @@ class InceptionE(nnx.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     b1 = self.branch1x1(x, train=train)
     b3 = self.branch3x3_1(x, train=train)
-    b3 = jnp.concatenate([self.branch3x3_2a(b3, train=train),
-                          self.branch3x3_2b(b3, train=train)], axis=-1)
+    b3 = jnp.concatenate(
+      [self.branch3x3_2a(b3, train=train), self.branch3x3_2b(b3, train=train)], axis=-1
+    )
     bd = self.branch3x3dbl_2(self.branch3x3dbl_1(x, train=train), train=train)
-    bd = jnp.concatenate([self.branch3x3dbl_3a(bd, train=train),
-                          self.branch3x3dbl_3b(bd, train=train)], axis=-1)
+    bd = jnp.concatenate(
+      [self.branch3x3dbl_3a(bd, train=train), self.branch3x3dbl_3b(bd, train=train)], axis=-1
+    )
     bp = self.branch_pool(_avg_pool(x), train=train)
     return jnp.concatenate([b1, b3, bd, bp], axis=-1)
 
@@ -238,8 +291,9 @@ class InceptionV3(nnx.Module):
     assert len(blocks) == len(BLOCKS) and blocks[-1].out_features == FEATURES
     self.blocks = nnx.List(blocks)
 
-  def __call__(self, x: jax.Array, *, train: bool,
-               trainable_blocks: int = len(BLOCKS)) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, *, train: bool, trainable_blocks: int = len(BLOCKS)
+  ) -> jax.Array:
     """Global-average-pooled features ``[N, 2048]`` (float32) of frames ``x``.
 
     Args:
@@ -318,19 +372,23 @@ def _read_keras3(f, path: str) -> tuple[_Layers, _Layers]:
       continue
     variables = group["vars"]
     if "name" not in variables.attrs:
-      raise ConfigError(f"{path!r}: layers/{key}/vars has no 'name' attribute, needed to order "
-                       "the layers")
+      raise ConfigError(
+        f"{path!r}: layers/{key}/vars has no 'name' attribute, needed to order the layers"
+      )
     name = _decode(variables.attrs["name"])
     arrays = [np.asarray(variables[str(i)]) for i in range(len(variables))]
     if is_conv:
       if len(arrays) != 1:
-        raise ConfigError(f"{path!r}: layer {name} has {len(arrays)} variables, expected a kernel "
-                         "only (use_bias=False)")
+        raise ConfigError(
+          f"{path!r}: layer {name} has {len(arrays)} variables, expected a kernel "
+          "only (use_bias=False)"
+        )
       convs.append((name, {"kernel": arrays[0]}))
     else:
       if len(arrays) != len(_BN_VARS):
-        raise ConfigError(f"{path!r}: layer {name} has {len(arrays)} variables, expected "
-                         f"{_BN_VARS} (scale=False)")
+        raise ConfigError(
+          f"{path!r}: layer {name} has {len(arrays)} variables, expected {_BN_VARS} (scale=False)"
+        )
       # Keras 3 stores a layer's trainable variables (beta), then the non-trainable ones
       # (moving_mean, moving_variance), each in creation order.
       bns.append((name, dict(zip(_BN_VARS, arrays))))
@@ -358,16 +416,19 @@ def _read_legacy(f, path: str) -> tuple[_Layers, _Layers]:
   root = f["model_weights"] if "model_weights" in f else f
   names = _legacy_attribute(root, "layer_names")
   if not names:
-    raise ConfigError(f"{path!r}: not a Keras weights file (no 'layers' group and no "
-                     "'layer_names' attribute)")
+    raise ConfigError(
+      f"{path!r}: not a Keras weights file (no 'layers' group and no 'layer_names' attribute)"
+    )
   convs, bns = [], []
   for name in names:
     group = root[name]
     weight_names = _legacy_attribute(group, "weight_names")
     if _CONV_NAME.match(name):
       if len(weight_names) != 1:
-        raise ConfigError(f"{path!r}: layer {name} has weights {weight_names}, expected a kernel "
-                         "only (use_bias=False)")
+        raise ConfigError(
+          f"{path!r}: layer {name} has weights {weight_names}, expected a kernel "
+          "only (use_bias=False)"
+        )
       convs.append((name, {"kernel": np.asarray(group[weight_names[0]])}))
     elif _BN_NAME.match(name):
       arrays = {}
@@ -375,18 +436,23 @@ def _read_legacy(f, path: str) -> tuple[_Layers, _Layers]:
         short = weight_name.rsplit("/", 1)[-1].split(":")[0]
         arrays[short] = np.asarray(group[weight_name])
       if set(arrays) != set(_BN_VARS):
-        raise ConfigError(f"{path!r}: layer {name} has weights {sorted(arrays)}, expected "
-                         f"{sorted(_BN_VARS)} (scale=False)")
+        raise ConfigError(
+          f"{path!r}: layer {name} has weights {sorted(arrays)}, expected "
+          f"{sorted(_BN_VARS)} (scale=False)"
+        )
       bns.append((name, arrays))
   return convs, bns
 
 
-def _in_creation_order(found: _Layers, pattern: re.Pattern, kind: str, expected: int,
-                       path: str) -> _Layers:
+def _in_creation_order(
+  found: _Layers, pattern: re.Pattern, kind: str, expected: int, path: str
+) -> _Layers:
   """``found`` sorted by the creation-order number of the Keras layer names."""
   if len(found) != expected:
-    raise ConfigError(f"{path!r}: {len(found)} {kind} layers with weights, expected {expected} "
-                     "(an InceptionV3 saved with include_top=False)")
+    raise ConfigError(
+      f"{path!r}: {len(found)} {kind} layers with weights, expected {expected} "
+      "(an InceptionV3 saved with include_top=False)"
+    )
   ranks = [_creation_rank(name, pattern) for name, _ in found]
   if None in ranks or len(set(ranks)) != len(ranks):
     names = [name for name, _ in found]
@@ -435,13 +501,17 @@ def load_keras_weights(model: InceptionV3, path: str | os.PathLike) -> None:
   bns = _in_creation_order(bns, _BN_NAME, "batch_normalization", len(units), path)
   assignments = []
   for i, (unit, (conv_name, conv), (bn_name, bn)) in enumerate(zip(units, convs, bns)):
-    for name, variable, value in ((conv_name, unit.conv.kernel, conv["kernel"]),
-                                  (bn_name, unit.bn.bias, bn["beta"]),
-                                  (bn_name, unit.bn.mean, bn["moving_mean"]),
-                                  (bn_name, unit.bn.var, bn["moving_variance"])):
+    for name, variable, value in (
+      (conv_name, unit.conv.kernel, conv["kernel"]),
+      (bn_name, unit.bn.bias, bn["beta"]),
+      (bn_name, unit.bn.mean, bn["moving_mean"]),
+      (bn_name, unit.bn.var, bn["moving_variance"]),
+    ):
       if tuple(value.shape) != tuple(variable.shape):
-        raise ConfigError(f"{path!r}: layer {name} has shape {tuple(value.shape)}, expected "
-                         f"{tuple(variable.shape)} (unit {i} of InceptionV3)")
+        raise ConfigError(
+          f"{path!r}: layer {name} has shape {tuple(value.shape)}, expected "
+          f"{tuple(variable.shape)} (unit {i} of InceptionV3)"
+        )
       assignments.append((variable, value))
   # Checked everything first so that a bad file leaves the model untouched.
   for variable, value in assignments:

@@ -103,14 +103,28 @@ class Norm(nnx.Module):
   demo data).
   """
 
-  def __init__(self, features: int, kind: str, *, momentum: float, dtype, rngs: nnx.Rngs,
-               use_scale: bool = True):
+  def __init__(
+    self,
+    features: int,
+    kind: str,
+    *,
+    momentum: float,
+    dtype,
+    rngs: nnx.Rngs,
+    use_scale: bool = True,
+  ):
     if kind not in NORMS:
       raise ConfigError(f"norm must be one of {NORMS}, got {kind!r}")
     self.kind = kind
     if kind == "batch":
-      self.norm = nnx.BatchNorm(features, momentum=momentum, epsilon=NORM_EPSILON,
-                                use_scale=use_scale, dtype=dtype, rngs=rngs)
+      self.norm = nnx.BatchNorm(
+        features,
+        momentum=momentum,
+        epsilon=NORM_EPSILON,
+        use_scale=use_scale,
+        dtype=dtype,
+        rngs=rngs,
+      )
     elif kind == "layer":
       self.norm = SampleLayerNorm(features, dtype=dtype, rngs=rngs)
     else:
@@ -122,11 +136,29 @@ class Norm(nnx.Module):
     return self.norm(x)
 
 
-def conv(in_features: int, features: int, kernel: Sequence[int], *, dtype, rngs: nnx.Rngs,
-         strides: int | Sequence[int] = 1, use_bias: bool = True, padding="SAME") -> nnx.Conv:
+def conv(
+  in_features: int,
+  features: int,
+  kernel: Sequence[int],
+  *,
+  dtype,
+  rngs: nnx.Rngs,
+  strides: int | Sequence[int] = 1,
+  use_bias: bool = True,
+  padding="SAME",
+) -> nnx.Conv:
   """A Keras-initialised (Glorot-uniform kernel, zero bias) convolution of any dimension."""
-  return nnx.Conv(in_features, features, tuple(kernel), strides=strides, padding=padding,
-                  use_bias=use_bias, kernel_init=KERNEL_INIT, dtype=dtype, rngs=rngs)
+  return nnx.Conv(
+    in_features,
+    features,
+    tuple(kernel),
+    strides=strides,
+    padding=padding,
+    use_bias=use_bias,
+    kernel_init=KERNEL_INIT,
+    dtype=dtype,
+    rngs=rngs,
+  )
 
 
 def dense(in_features: int, features: int, *, dtype, rngs: nnx.Rngs) -> nnx.Linear:
@@ -137,8 +169,18 @@ def dense(in_features: int, features: int, *, dtype, rngs: nnx.Rngs) -> nnx.Line
 class ConvNormAct(nnx.Module):
   """Convolution (stride 1, SAME, no bias) -> norm -> ReLU; ``ndim`` spatial axes (default 3)."""
 
-  def __init__(self, in_features: int, features: int, kernel: int | Sequence[int], *, norm: str,
-               bn_momentum: float, dtype, rngs: nnx.Rngs, ndim: int = 3):
+  def __init__(
+    self,
+    in_features: int,
+    features: int,
+    kernel: int | Sequence[int],
+    *,
+    norm: str,
+    bn_momentum: float,
+    dtype,
+    rngs: nnx.Rngs,
+    ndim: int = 3,
+  ):
     kernel = (kernel,) * ndim if isinstance(kernel, int) else tuple(kernel)
     self.conv = conv(in_features, features, kernel, use_bias=False, dtype=dtype, rngs=rngs)
     self.norm = Norm(features, norm, momentum=bn_momentum, dtype=dtype, rngs=rngs)
@@ -147,8 +189,9 @@ class ConvNormAct(nnx.Module):
     return jax.nn.relu(self.norm(self.conv(x), train=train))
 
 
-def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int],
-             padding: str = "SAME") -> jax.Array:
+def max_pool(
+  x: jax.Array, window: Sequence[int], strides: Sequence[int], padding: str = "SAME"
+) -> jax.Array:
   """TF-style max pooling over the spatial axes of a channels-last tensor."""
   return nnx.max_pool(x, window_shape=tuple(window), strides=tuple(strides), padding=padding)
 
@@ -180,7 +223,7 @@ def conv_im2col(x: jax.Array, conv_layer: nnx.Conv, strides: Sequence[int]) -> j
   window = kernel.shape[:-2]
   ndim = len(window)
   pads, outs = [(0, 0)], []
-  for size, k, stride in zip(x.shape[1:1 + ndim], window, strides):
+  for size, k, stride in zip(x.shape[1 : 1 + ndim], window, strides):
     out = -(-size // stride)
     total = max((out - 1) * stride + k - size, 0)
     pads.append((total // 2, total - total // 2))  # SAME puts the odd pixel at the end, as XLA
@@ -190,8 +233,10 @@ def conv_im2col(x: jax.Array, conv_layer: nnx.Conv, strides: Sequence[int]) -> j
   # (d_1, ..., d_n, c_in) like the kernel's (*window, I, O) layout: 21 slices instead of 343.
   for axis in range(ndim, 0, -1):
     k, stride, out = window[axis - 1], strides[axis - 1], outs[axis - 1]
-    x = jnp.concatenate([jax.lax.slice_in_dim(x, d, d + stride * (out - 1) + 1, stride, axis)
-                         for d in range(k)], axis=-1)
+    x = jnp.concatenate(
+      [jax.lax.slice_in_dim(x, d, d + stride * (out - 1) + 1, stride, axis) for d in range(k)],
+      axis=-1,
+    )
   y = x @ kernel.reshape(-1, kernel.shape[-1])
   if conv_layer.bias is not None:
     y = y + conv_layer.bias[...].astype(y.dtype)
@@ -204,6 +249,7 @@ class EFModel(nnx.Module):
   Subclasses implement ``__call__(video, *, train=False, dropout_key=None) -> EF [B]`` and
   set ``ef_offset`` and ``ef_scale`` (shared config keys) for :meth:`to_ef`.
   """
+
   ef_offset: float = 0.0
   ef_scale: float = 1.0
 

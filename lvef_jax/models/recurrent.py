@@ -43,10 +43,11 @@ class LayerNormParams(nnx.Module):
 
 
 class Recurrent(nnx.Module):
-  """A GRU or LSTM layer over ``[B, T, in_features]``; returns every step's state ``[B, T, units]``."""
+  """A GRU or LSTM layer over ``[B, T, in_features]``; returns every step's state ``[B, T, U]``."""
 
-  def __init__(self, in_features: int, units: int, cell: str, *, layer_norm: bool, dtype,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, in_features: int, units: int, cell: str, *, layer_norm: bool, dtype, rngs: nnx.Rngs
+  ):
     if cell not in CELLS:
       raise ConfigError(f"rnn must be one of {CELLS}, got {cell!r}")
     self.cell, self.units, self.dtype = cell, units, dtype
@@ -56,7 +57,7 @@ class Recurrent(nnx.Module):
     if cell == "gru":  # reset_after: one input bias and one recurrent bias per gate
       self.bias = nnx.Param(jnp.zeros((2, gates * units), jnp.float32))
     else:
-      self.bias = nnx.Param(jnp.zeros((gates * units,), jnp.float32).at[units:2 * units].set(1.0))
+      self.bias = nnx.Param(jnp.zeros((gates * units,), jnp.float32).at[units : 2 * units].set(1.0))
     self.layer_norm = layer_norm
     if layer_norm:
       self.input_norm = LayerNormParams(gates * units)
@@ -84,17 +85,17 @@ class Recurrent(nnx.Module):
     def gru_step(h, x_t):
       r_all = recur(h)
       z = jax.nn.sigmoid(x_t[:, :units] + r_all[:, :units])
-      reset = jax.nn.sigmoid(x_t[:, units:2 * units] + r_all[:, units:2 * units])
-      candidate = jnp.tanh(x_t[:, 2 * units:] + reset * r_all[:, 2 * units:])
+      reset = jax.nn.sigmoid(x_t[:, units : 2 * units] + r_all[:, units : 2 * units])
+      candidate = jnp.tanh(x_t[:, 2 * units :] + reset * r_all[:, 2 * units :])
       h = z * h + (1.0 - z) * candidate
       return h, h
 
     def lstm_step(carry, x_t):
       h, c = carry
       g = x_t + recur(h)
-      i, f = jax.nn.sigmoid(g[:, :units]), jax.nn.sigmoid(g[:, units:2 * units])
-      c = f * c + i * jnp.tanh(g[:, 2 * units:3 * units])
-      o = jax.nn.sigmoid(g[:, 3 * units:])
+      i, f = jax.nn.sigmoid(g[:, :units]), jax.nn.sigmoid(g[:, units : 2 * units])
+      c = f * c + i * jnp.tanh(g[:, 2 * units : 3 * units])
+      o = jax.nn.sigmoid(g[:, 3 * units :])
       h = o * jnp.tanh(_layer_norm(c, *cell_ln) if self.layer_norm else c)
       return (h, c), h
 

@@ -23,14 +23,27 @@ from lvef_jax.models import layers, streams
 class Stream(nnx.Module):
   """One stream: ``[B, T, H, W, 1]`` float input -> one intermediate prediction ``[B, 1]``."""
 
-  def __init__(self, frames: int, height: int, width: int, *, features: int, hidden: int,
-               norm: str, bn_momentum: float, dropout: float, dtype, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    frames: int,
+    height: int,
+    width: int,
+    *,
+    features: int,
+    hidden: int,
+    norm: str,
+    bn_momentum: float,
+    dropout: float,
+    dtype,
+    rngs: nnx.Rngs,
+  ):
     self.conv = layers.conv(1, features, (3, 3, 3), dtype=dtype, rngs=rngs)
     self.norm = layers.Norm(features, norm, momentum=bn_momentum, dtype=dtype, rngs=rngs)
     flat = flat_features(frames, height, width, features)
     if flat == 0:
-      raise ConfigError(f"Two-Stream input {frames}x{height}x{width} is too small for the "
-                       "2x2x2 pooling")
+      raise ConfigError(
+        f"Two-Stream input {frames}x{height}x{width} is too small for the 2x2x2 pooling"
+      )
     self.hidden = layers.dense(flat, hidden, dtype=dtype, rngs=rngs)
     self.out = layers.dense(hidden, 1, dtype=dtype, rngs=rngs)
     self.rate = dropout
@@ -63,31 +76,58 @@ class Model(layers.EFModel):
     clip_frames, image_size: input clip shape (the Flatten layers depend on it).
   """
 
-  def __init__(self, *, norm: str, split: str, stream_features: int, stream_hidden: int,
-               fusion_hidden: int, dropout: float, l1: float, l2: float, bn_momentum: float,
-               ef_offset: float, ef_scale: float, dtype: str, clip_frames: int, image_size: int,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    norm: str,
+    split: str,
+    stream_features: int,
+    stream_hidden: int,
+    fusion_hidden: int,
+    dropout: float,
+    l1: float,
+    l2: float,
+    bn_momentum: float,
+    ef_offset: float,
+    ef_scale: float,
+    dtype: str,
+    clip_frames: int,
+    image_size: int,
+    rngs: nnx.Rngs,
+  ):
     if split not in streams.SPLITS:
       raise ConfigError(f"Two-Stream split must be one of {streams.SPLITS}, got {split!r}")
     self.dtype = jnp.dtype(dtype)
     self.split, self.rate, self.l1, self.l2 = split, dropout, l1, l2
     self.ef_offset, self.ef_scale = ef_offset, ef_scale
     width = streams.stream_width(image_size, split)
-    kwargs = dict(features=stream_features, hidden=stream_hidden, norm=norm,
-                  bn_momentum=bn_momentum, dropout=dropout, dtype=self.dtype, rngs=rngs)
+    kwargs = dict(
+      features=stream_features,
+      hidden=stream_hidden,
+      norm=norm,
+      bn_momentum=bn_momentum,
+      dropout=dropout,
+      dtype=self.dtype,
+      rngs=rngs,
+    )
     self.spatial = Stream(clip_frames, image_size, width, **kwargs)
     self.temporal = Stream(clip_frames - 1, image_size, width, **kwargs)
     self.fusion = layers.dense(2, fusion_hidden, dtype=self.dtype, rngs=rngs)
     self.out = layers.dense(fusion_hidden, 1, dtype=self.dtype, rngs=rngs)
 
-  def __call__(self, video: jax.Array, *, train: bool = False,
-               dropout_key: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self, video: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None
+  ) -> jax.Array:
     """Predicts EF (%) for each clip; ``dropout_key`` is required when ``train`` is True."""
-    keys = (jax.random.split(dropout_key, 3) if dropout_key is not None else [None] * 3)
+    keys = jax.random.split(dropout_key, 3) if dropout_key is not None else [None] * 3
     spatial, temporal = streams.stream_inputs(video, self.split, self.dtype)
-    scores = jnp.concatenate([
+    scores = jnp.concatenate(
+      [
         self.spatial(spatial, train=train, dropout_key=keys[0]),
-        self.temporal(temporal, train=train, dropout_key=keys[1])], axis=-1)
+        self.temporal(temporal, train=train, dropout_key=keys[1]),
+      ],
+      axis=-1,
+    )
     x = jax.nn.relu(self.fusion(scores))
     y = self.out(layers.dropout(x, self.rate, train=train, key=keys[2]))
     return self.to_ef(y[:, 0])

@@ -33,8 +33,9 @@ def scatter(ef: np.ndarray, ef_pred: np.ndarray, title: str, path: pathlib.Path)
     ax.axhline(threshold, color="0.85", lw=0.8, zorder=0)
   ax.plot([low, high], [low, high], "k--", lw=1, label="identity")
   ax.scatter(ef, ef_pred, s=8, alpha=0.6)
-  ax.set(xlim=(low, high), ylim=(low, high), xlabel="true EF (%)", ylabel="predicted EF (%)",
-         title=title)
+  ax.set(
+    xlim=(low, high), ylim=(low, high), xlabel="true EF (%)", ylabel="predicted EF (%)", title=title
+  )
   ax.set_aspect("equal")
   ax.legend(loc="upper left")
   _save(fig, path)
@@ -50,8 +51,9 @@ def bland_altman(ef: np.ndarray, ef_pred: np.ndarray, title: str, path: pathlib.
   ax.axhline(bias, color="k", lw=1, label=f"mean difference {bias:+.2f}")
   for sign in (-1, 1):
     limit = bias + sign * 1.96 * sd
-    ax.axhline(limit, color="r", ls="--", lw=1,
-               label=f"{'+' if sign > 0 else '-'}1.96 SD {limit:+.2f}")
+    ax.axhline(
+      limit, color="r", ls="--", lw=1, label=f"{'+' if sign > 0 else '-'}1.96 SD {limit:+.2f}"
+    )
   ax.set(xlabel="mean of true and predicted EF (%)", ylabel="predicted - true EF (%)", title=title)
   ax.legend(loc="best", fontsize=8)
   _save(fig, path)
@@ -64,8 +66,9 @@ def history(records: Sequence[dict], path: pathlib.Path) -> None:
   ax_loss.plot(epochs, [r["train_loss"] for r in records], "o-", label="train")
   ax_loss.plot(epochs, [r["val_loss"] for r in records], "o-", label="val")
   ax_loss.set(xlabel="epoch", ylabel="MSE loss", title="loss", yscale="log")
-  ax_rmse.plot(epochs, [r["train_loss"] ** 0.5 for r in records], "o-",
-               label="train (sqrt of mean batch loss)")
+  ax_rmse.plot(
+    epochs, [r["train_loss"] ** 0.5 for r in records], "o-", label="train (sqrt of mean batch loss)"
+  )
   ax_rmse.plot(epochs, [r["val_rmse"] for r in records], "o-", label="val")
   ax_rmse.set(xlabel="epoch", ylabel="RMSE (EF %)", title="RMSE")
   for ax in (ax_loss, ax_rmse):

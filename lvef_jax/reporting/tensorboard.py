@@ -10,12 +10,13 @@ import pathlib
 
 
 class SummaryWriter:
-  """Scalar summaries for one run directory; a no-op when ``enabled`` is False (non-zero processes)."""
+  """Scalar summaries for one run directory; a no-op when ``enabled`` is False (other processes)."""
 
   def __init__(self, logdir: pathlib.Path, enabled: bool = True):
     self._writer = None
     if enabled:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
       self._tf = tf
       self._writer = tf.summary.create_file_writer(str(logdir))
 

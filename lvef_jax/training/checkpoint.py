@@ -23,16 +23,20 @@ class Checkpoints:
 
   def __init__(self, directory: pathlib.Path):
     options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-    self._managers = {kind: ocp.CheckpointManager(pathlib.Path(directory).absolute() / kind,
-                                                  options=options) for kind in KINDS}
+    self._managers = {
+      kind: ocp.CheckpointManager(pathlib.Path(directory).absolute() / kind, options=options)
+      for kind in KINDS
+    }
 
   def epoch(self, kind: str) -> int | None:
     """The epoch stored as ``kind``, or None."""
     return self._managers[kind].latest_step()
 
   def save(self, kind: str, epoch: int, state: TrainState, meta: dict) -> None:
-    self._managers[kind].save(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    self._managers[kind].save(
+      epoch,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+    )
 
   def restore(self, kind: str, template: TrainState) -> tuple[TrainState, dict]:
     """Restores ``kind`` into arrays shaped and sharded like ``template``."""
@@ -40,8 +44,12 @@ class Checkpoints:
     if epoch is None:
       raise MissingCheckpointError(f"no {kind!r} checkpoint in {self._managers[kind].directory}")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    restored = self._managers[kind].restore(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    restored = self._managers[kind].restore(
+      epoch,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+      ),
+    )
     return restored.state, dict(restored.meta)
 
   def wait(self) -> None:

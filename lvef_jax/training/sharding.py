@@ -34,20 +34,22 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str) -> int:
   if batch_size < 1:  # 0 would pass the divisibility test and divide by zero later.
     raise ConfigError(f"{what} must be at least 1, got {batch_size}")
   if batch_size % devices:
-    raise ConfigError(
-        f"{what} {batch_size} is not divisible by the {devices} devices of the mesh")
+    raise ConfigError(f"{what} {batch_size} is not divisible by the {devices} devices of the mesh")
   return batch_size // jax.process_count()
 
 
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Puts this process's numpy batch on the devices as one global array per key."""
   sharding = batch_sharding(mesh)
-  return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-          for key, value in batch.items()}
+  return {
+    key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+    for key, value in batch.items()
+  }
 
 
-def device_prefetch(batches: Iterable[Mapping[str, np.ndarray]], mesh: Mesh, *,
-                    keys: tuple[str, ...], size: int = 2) -> Iterator[tuple[dict, dict]]:
+def device_prefetch(
+  batches: Iterable[Mapping[str, np.ndarray]], mesh: Mesh, *, keys: tuple[str, ...], size: int = 2
+) -> Iterator[tuple[dict, dict]]:
   """Yields ``(host_batch, device_batch)`` with ``size`` batches already in flight to devices.
 
   The transfers are asynchronous, so the next batches travel while the current step runs.

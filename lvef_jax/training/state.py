@@ -1,4 +1,4 @@
-"""Train state as a plain pytree of arrays, and the optimizer (paper: Adam, lr halved every 10 epochs)."""
+"""Train state as a plain pytree of arrays, and the optimizer (paper: Adam, halving the rate)."""
 
 from __future__ import annotations
 
@@ -16,23 +16,25 @@ class TrainState:
 
   The model's structure (``graphdef``) and the optimizer stay outside, in the step's closure.
   """
+
   step: jax.Array
   params: nnx.State
-  batch_stats: nnx.State   # BatchNorm running averages (empty for LayerNorm models)
+  batch_stats: nnx.State  # BatchNorm running averages (empty for LayerNorm models)
   opt_state: optax.OptState
-  rng: jax.Array           # dropout key; each step folds in its step number
+  rng: jax.Array  # dropout key; each step folds in its step number
 
 
 def learning_rate_schedule(train_cfg, steps_per_epoch: int) -> optax.Schedule:
   """Step-wise schedule equal to the paper's per-epoch staircase decay."""
   return optax.exponential_decay(
-      init_value=train_cfg.learning_rate,
-      transition_steps=max(1, train_cfg.lr_decay_epochs * steps_per_epoch),
-      decay_rate=train_cfg.lr_decay_factor, staircase=True)
+    init_value=train_cfg.learning_rate,
+    transition_steps=max(1, train_cfg.lr_decay_epochs * steps_per_epoch),
+    decay_rate=train_cfg.lr_decay_factor,
+    staircase=True,
+  )
 
 
-def make_optimizer(train_cfg, steps_per_epoch: int,
-                   trainable=None) -> optax.GradientTransformation:
+def make_optimizer(train_cfg, steps_per_epoch: int, trainable=None) -> optax.GradientTransformation:
   """Adam (AdamW when weight_decay > 0), optionally after global-norm gradient clipping.
 
   Args:
@@ -54,21 +56,27 @@ def make_optimizer(train_cfg, steps_per_epoch: int,
   return tx
 
 
-def create_train_state(model: nnx.Module, tx: optax.GradientTransformation,
-                       seed: int) -> tuple[nnx.GraphDef, TrainState]:
+def create_train_state(
+  model: nnx.Module, tx: optax.GradientTransformation, seed: int
+) -> tuple[nnx.GraphDef, TrainState]:
   """Splits ``model`` into its graph definition and a fresh :class:`TrainState`."""
   # Pure states (plain arrays, no Variable objects): every trace level gets fresh Variables
   # when ``nnx.merge`` rebuilds the model inside the step.
   graphdef, params, batch_stats = nnx.split(model, nnx.Param, ...)
   params, batch_stats = nnx.as_pure(params), nnx.as_pure(batch_stats)
-  state = TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                     batch_stats=batch_stats, opt_state=tx.init(params),
-                     rng=jax.random.key_data(jax.random.key(seed + 1)))
+  state = TrainState(
+    step=jax.numpy.zeros((), jax.numpy.int32),
+    params=params,
+    batch_stats=batch_stats,
+    opt_state=tx.init(params),
+    rng=jax.random.key_data(jax.random.key(seed + 1)),
+  )
   return graphdef, state
 
 
-def create(config, steps_per_epoch: int) -> tuple[nnx.GraphDef, TrainState,
-                                                  optax.GradientTransformation]:
+def create(
+  config, steps_per_epoch: int
+) -> tuple[nnx.GraphDef, TrainState, optax.GradientTransformation]:
   """The one way to build a run's model, optimizer and fresh state from its config.
 
   Used by the trainer, the benchmark and the tests. Returns ``(graphdef, state, tx)``; the

@@ -21,8 +21,9 @@ from lvef_jax.training import sharding
 from lvef_jax.training.state import TrainState
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                    mesh: Mesh) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+def make_train_step(
+  graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Returns ``step(state, batch) -> (state, metrics)``, jitted with ``state`` donated.
 
   ``batch`` holds ``video`` (uint8 ``[B, T, H, W, 1]``) and ``ef`` (``[B]``). The model's
@@ -42,31 +43,42 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
       return mse + penalty, (mse, penalty, nnx.as_pure(nnx.state(model, nnx.BatchStat)))
 
     (_, (mse, penalty, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.batch_stats)
+      state.params, state.batch_stats
+    )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state)
+    new_state = state.replace(
+      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    )
     return new_state, {"loss": mse, "penalty": penalty, "grad_norm": optax.tree.norm(grads)}
 
   replicated = sharding.replicated(mesh)
-  return jax.jit(step, in_shardings=(replicated, sharding.batch_sharding(mesh)),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+  return jax.jit(
+    step,
+    in_shardings=(replicated, sharding.batch_sharding(mesh)),
+    out_shardings=(replicated, replicated),
+    donate_argnums=0,
+  )
 
 
-def make_predict_step(graphdef: nnx.GraphDef, mesh: Mesh) -> Callable[[TrainState, dict], jax.Array]:
-  """Returns ``predict(state, batch) -> EF [B]`` in inference mode (frozen BatchNorm, no dropout)."""
+def make_predict_step(
+  graphdef: nnx.GraphDef, mesh: Mesh
+) -> Callable[[TrainState, dict], jax.Array]:
+  """Returns ``predict(state, batch) -> EF [B]``: running BatchNorm averages, no dropout."""
 
   def predict(state: TrainState, batch: dict) -> jax.Array:
     model = nnx.merge(graphdef, state.params, state.batch_stats)
     return model(batch["video"], train=False)
 
   batch_sharding = sharding.batch_sharding(mesh)
-  return jax.jit(predict, in_shardings=(sharding.replicated(mesh), batch_sharding),
-                 out_shardings=batch_sharding)
+  return jax.jit(
+    predict, in_shardings=(sharding.replicated(mesh), batch_sharding), out_shardings=batch_sharding
+  )
 
 
-def make_batch_stats_step(graphdef: nnx.GraphDef, mesh: Mesh) -> Callable[[TrainState, dict], nnx.State]:
+def make_batch_stats_step(
+  graphdef: nnx.GraphDef, mesh: Mesh
+) -> Callable[[TrainState, dict], nnx.State]:
   """Returns ``stats(state, batch)``: the BatchNorm statistics of ``batch`` alone, as a state.
 
   Used to recalibrate the running averages with the final weights (``precise BN``): the
@@ -83,5 +95,8 @@ def make_batch_stats_step(graphdef: nnx.GraphDef, mesh: Mesh) -> Callable[[Train
     model(batch["video"], train=True, dropout_key=jax.random.wrap_key_data(state.rng))
     return nnx.as_pure(nnx.state(model, nnx.BatchStat))
 
-  return jax.jit(stats, in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
-                 out_shardings=sharding.replicated(mesh))
+  return jax.jit(
+    stats,
+    in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
+    out_shardings=sharding.replicated(mesh),
+  )

@@ -31,6 +31,7 @@ METRICS_FILE = "metrics.jsonl"
 @dataclasses.dataclass
 class EarlyStopping:
   """Validation-RMSE bookkeeping; saved in each checkpoint's meta so a resumed run continues it."""
+
   best_val_rmse: float = math.inf
   best_epoch: int = 0
   epochs_without_improvement: int = 0
@@ -50,6 +51,7 @@ class EarlyStopping:
 @dataclasses.dataclass
 class Experiment:
   """What both training and checkpoint evaluation need: data, mesh, model structure, steps."""
+
   config: object
   workdir: pathlib.Path
   builder: object
@@ -57,7 +59,7 @@ class Experiment:
   graphdef: object
   state: state_lib.TrainState
   steps_per_epoch: int
-  local_batch_size: int    # this process's share of train.batch_size
+  local_batch_size: int  # this process's share of train.batch_size
   train_step: object
   predict_step: object
   batch_stats_step: object
@@ -76,17 +78,26 @@ def build_experiment(config, workdir: str | pathlib.Path) -> Experiment:
   if steps_per_epoch <= 0:
     steps_per_epoch = num_train // config.train.batch_size
     if steps_per_epoch == 0:
-      raise ConfigError(f"the train split has {num_train} videos, fewer than one batch of "
-                       f"train.batch_size={config.train.batch_size}")
+      raise ConfigError(
+        f"the train split has {num_train} videos, fewer than one batch of "
+        f"train.batch_size={config.train.batch_size}"
+      )
   graphdef, state, tx = state_lib.create(config, steps_per_epoch)
   state = jax.device_put(state, sharding.replicated(mesh))
   return Experiment(
-      config=config, workdir=workdir, builder=builder, mesh=mesh, graphdef=graphdef, state=state,
-      steps_per_epoch=steps_per_epoch, local_batch_size=local_batch_size,
-      train_step=steps.make_train_step(graphdef, tx, mesh),
-      predict_step=steps.make_predict_step(graphdef, mesh),
-      batch_stats_step=steps.make_batch_stats_step(graphdef, mesh),
-      checkpoints=checkpoint.Checkpoints(workdir / "checkpoints"))
+    config=config,
+    workdir=workdir,
+    builder=builder,
+    mesh=mesh,
+    graphdef=graphdef,
+    state=state,
+    steps_per_epoch=steps_per_epoch,
+    local_batch_size=local_batch_size,
+    train_step=steps.make_train_step(graphdef, tx, mesh),
+    predict_step=steps.make_predict_step(graphdef, mesh),
+    batch_stats_step=steps.make_batch_stats_step(graphdef, mesh),
+    checkpoints=checkpoint.Checkpoints(workdir / "checkpoints"),
+  )
 
 
 def _train_stream(exp: Experiment, epoch: int, num_batches: int, salt: int = 0) -> Iterator[dict]:
@@ -102,8 +113,13 @@ def _train_stream(exp: Experiment, epoch: int, num_batches: int, salt: int = 0) 
       # A distinct, reproducible shuffle and clip sampling for every epoch (and repeat).
       seed = ((config.seed * 100_003 + epoch) * 1_009 + repeat) * 7 + salt
       yield from pipeline.train_batches(
-          exp.builder, config.data, batch_size=exp.local_batch_size, seed=seed,
-          shard_index=jax.process_index(), num_shards=jax.process_count())
+        exp.builder,
+        config.data,
+        batch_size=exp.local_batch_size,
+        seed=seed,
+        shard_index=jax.process_index(),
+        num_shards=jax.process_count(),
+      )
 
   return itertools.islice(passes(), num_batches)
 
@@ -128,8 +144,16 @@ def _format_seconds(seconds: float) -> str:
   return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def _etas(*, step: int, steps_per_epoch: int, epoch: int, first_epoch: int, total_epochs: int,
-          epoch_elapsed: float, run_elapsed: float) -> tuple[float, float]:
+def _etas(
+  *,
+  step: int,
+  steps_per_epoch: int,
+  epoch: int,
+  first_epoch: int,
+  total_epochs: int,
+  epoch_elapsed: float,
+  run_elapsed: float,
+) -> tuple[float, float]:
   """Seconds left in the current epoch's training and in the whole run (before early stopping).
 
   Args:
@@ -157,14 +181,19 @@ def _etas(*, step: int, steps_per_epoch: int, epoch: int, first_epoch: int, tota
   return epoch_seconds, epoch_seconds + (total_epochs - epoch) * per_epoch
 
 
-def _train_epoch(exp: Experiment, epoch: int, total_epochs: int, first_epoch: int,
-                 run_start: float) -> tuple[float, float]:
+def _train_epoch(
+  exp: Experiment, epoch: int, total_epochs: int, first_epoch: int, run_start: float
+) -> tuple[float, float]:
   """Runs one epoch of train steps; returns (mean train loss, clips per second)."""
   config = exp.config
   log_every = max(1, config.train.log_every_steps)
   losses, logged, start = [], 0, time.perf_counter()
-  batches = sharding.device_prefetch(_train_stream(exp, epoch, exp.steps_per_epoch), exp.mesh,
-                                     keys=("video", "ef"), size=config.data.prefetch)
+  batches = sharding.device_prefetch(
+    _train_stream(exp, epoch, exp.steps_per_epoch),
+    exp.mesh,
+    keys=("video", "ef"),
+    size=config.data.prefetch,
+  )
   for index, (_, batch) in enumerate(batches, start=1):
     exp.state, step_metrics = exp.train_step(exp.state, batch)
     losses.append(step_metrics["loss"])
@@ -173,20 +202,36 @@ def _train_epoch(exp: Experiment, epoch: int, total_epochs: int, first_epoch: in
       recent = np.asarray(jax.device_get(losses[logged:]))
       logged = len(losses)
       if not np.all(np.isfinite(recent)):
-        raise NonFiniteLossError(f"non-finite training loss at epoch {epoch} step {index}: "
-                                 f"{recent.tolist()}; lower train.learning_rate or set "
-                                 "train.grad_clip_norm")
+        raise NonFiniteLossError(
+          f"non-finite training loss at epoch {epoch} step {index}: "
+          f"{recent.tolist()}; lower train.learning_rate or set "
+          "train.grad_clip_norm"
+        )
       now = time.perf_counter()
       elapsed = now - start
       clips_per_s = index * config.train.batch_size / elapsed
-      epoch_eta, run_eta = _etas(step=index, steps_per_epoch=exp.steps_per_epoch, epoch=epoch,
-                                 first_epoch=first_epoch, total_epochs=total_epochs,
-                                 epoch_elapsed=elapsed, run_elapsed=now - run_start)
-      logging.info("epoch %d/%d step %d/%d loss %.2f grad_norm %.2f | %.1f clips/s | "
-                   "epoch ETA %s | run ETA %s (before early stopping)", epoch, total_epochs,
-                   index, exp.steps_per_epoch, float(recent.mean()),
-                   float(step_metrics["grad_norm"]), clips_per_s, _format_seconds(epoch_eta),
-                   _format_seconds(run_eta))
+      epoch_eta, run_eta = _etas(
+        step=index,
+        steps_per_epoch=exp.steps_per_epoch,
+        epoch=epoch,
+        first_epoch=first_epoch,
+        total_epochs=total_epochs,
+        epoch_elapsed=elapsed,
+        run_elapsed=now - run_start,
+      )
+      logging.info(
+        "epoch %d/%d step %d/%d loss %.2f grad_norm %.2f | %.1f clips/s | "
+        "epoch ETA %s | run ETA %s (before early stopping)",
+        epoch,
+        total_epochs,
+        index,
+        exp.steps_per_epoch,
+        float(recent.mean()),
+        float(step_metrics["grad_norm"]),
+        clips_per_s,
+        _format_seconds(epoch_eta),
+        _format_seconds(run_eta),
+      )
   seconds = time.perf_counter() - start
   mean_loss = float(np.mean(jax.device_get(losses)))
   return mean_loss, exp.steps_per_epoch * config.train.batch_size / seconds
@@ -198,9 +243,12 @@ def _recalibrate_batch_norm(exp: Experiment, epoch: int) -> None:
   if num_batches <= 0 or not jax.tree.leaves(exp.state.batch_stats):
     return  # disabled, or a model without BatchNorm
   total, count = None, 0
-  for _, batch in sharding.device_prefetch(_train_stream(exp, epoch, num_batches, salt=1),
-                                           exp.mesh, keys=("video",),
-                                           size=exp.config.data.prefetch):
+  for _, batch in sharding.device_prefetch(
+    _train_stream(exp, epoch, num_batches, salt=1),
+    exp.mesh,
+    keys=("video",),
+    size=exp.config.data.prefetch,
+  ):
     stats = exp.batch_stats_step(exp.state, batch)
     total = stats if total is None else jax.tree.map(jnp.add, total, stats)
     count += 1
@@ -223,21 +271,35 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     exp.state, meta = exp.checkpoints.restore("latest", exp.state)
     first_epoch = meta["epoch"]
     stopping = EarlyStopping(**meta["early_stopping"])
-    logging.info("resuming %s from epoch %d (best val RMSE %.3f at epoch %d)", exp.workdir,
-                 first_epoch, stopping.best_val_rmse, stopping.best_epoch)
+    logging.info(
+      "resuming %s from epoch %d (best val RMSE %.3f at epoch %d)",
+      exp.workdir,
+      first_epoch,
+      stopping.best_val_rmse,
+      stopping.best_epoch,
+    )
   history_path = exp.workdir / METRICS_FILE
   history = _read_history(history_path, first_epoch)
   writer = tensorboard.SummaryWriter(exp.workdir, enabled=is_main)
   schedule = state_lib.learning_rate_schedule(config.train, exp.steps_per_epoch)
   total_epochs, run_start = config.train.num_epochs, time.perf_counter()
-  logging.info("training %s: %d epochs x %d steps of %d clips on %d devices", config.model.name,
-               total_epochs, exp.steps_per_epoch, config.train.batch_size, exp.mesh.devices.size)
+  logging.info(
+    "training %s: %d epochs x %d steps of %d clips on %d devices",
+    config.model.name,
+    total_epochs,
+    exp.steps_per_epoch,
+    config.train.batch_size,
+    exp.mesh.devices.size,
+  )
 
   for epoch in range(first_epoch + 1, total_epochs + 1):
     if stopping.should_stop(config.train.early_stopping_patience):
-      logging.info("early stopping: no better val RMSE for %d epochs (best %.3f at epoch %d)",
-                   stopping.epochs_without_improvement, stopping.best_val_rmse,
-                   stopping.best_epoch)
+      logging.info(
+        "early stopping: no better val RMSE for %d epochs (best %.3f at epoch %d)",
+        stopping.epochs_without_improvement,
+        stopping.best_val_rmse,
+        stopping.best_epoch,
+      )
       break
     epoch_start = time.perf_counter()
     train_loss, clips_per_s = _train_epoch(exp, epoch, total_epochs, first_epoch, run_start)
@@ -245,10 +307,18 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     val_predictions = evaluator.predict_split(exp, "val")
     val = metrics.regression_metrics(val_predictions["ef"], val_predictions["ef_pred"])
     step = int(jax.device_get(exp.state.step))
-    record = {"epoch": epoch, "step": step, "train_loss": train_loss, "val_loss": val["mse"],
-              "val_rmse": val["rmse"], "val_mae": val["mae"], "val_r2": val["r2"],
-              "lr": float(schedule(step)), "clips_per_s": clips_per_s,
-              "seconds": time.perf_counter() - epoch_start}
+    record = {
+      "epoch": epoch,
+      "step": step,
+      "train_loss": train_loss,
+      "val_loss": val["mse"],
+      "val_rmse": val["rmse"],
+      "val_mae": val["mae"],
+      "val_r2": val["r2"],
+      "lr": float(schedule(step)),
+      "clips_per_s": clips_per_s,
+      "seconds": time.perf_counter() - epoch_start,
+    }
     improved = stopping.update(epoch, val["rmse"])
     meta = {"epoch": epoch, "early_stopping": dataclasses.asdict(stopping)}
     # History first, checkpoint second: a crash in between leaves a record that resuming drops.
@@ -259,20 +329,25 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     exp.checkpoints.save("latest", epoch, exp.state, meta)
     if improved:
       exp.checkpoints.save("best", epoch, exp.state, meta)
-    logging.info("epoch %d: train_loss %.2f val_rmse %.3f val_mae %.3f val_r2 %.3f%s (%.0f s)",
-                 epoch, train_loss, val["rmse"], val["mae"], val["r2"],
-                 " *best*" if improved else "", record["seconds"])
+    logging.info(
+      "epoch %d: train_loss %.2f val_rmse %.3f val_mae %.3f val_r2 %.3f%s (%.0f s)",
+      epoch,
+      train_loss,
+      val["rmse"],
+      val["mae"],
+      val["r2"],
+      " *best*" if improved else "",
+      record["seconds"],
+    )
   exp.checkpoints.wait()
   writer.close()
   return evaluator.evaluate_best(exp, history)
-
 
 
 def evaluate_checkpoint(config, workdir: str | pathlib.Path) -> dict:
   """``--mode=eval``: scores the best checkpoint of an existing run without training."""
   exp = build_experiment(config, workdir)
   if exp.checkpoints.epoch("latest") is None and exp.checkpoints.epoch("best") is None:
-    raise MissingCheckpointError(
-        f"no checkpoint under {exp.workdir / 'checkpoints'}: train first")
+    raise MissingCheckpointError(f"no checkpoint under {exp.workdir / 'checkpoints'}: train first")
   history = _read_history(exp.workdir / METRICS_FILE, up_to_epoch=config.train.num_epochs)
   return evaluator.evaluate_best(exp, history)
