@@ -5,17 +5,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lvef_jax import models
 from lvef_jax.config_base import base_config
 from lvef_jax.data.echonet import EchoNetFormatError
 from lvef_jax.errors import ConfigError, LvefError, MissingCheckpointError, NonFiniteLossError
 from lvef_jax.evaluation import metrics
 from lvef_jax.training import checkpoint, sharding, state as state_lib, steps, trainer
+from tests.conftest import load_config
 
 
 def _config(variant="stem", norm="batch"):
-  config = base_config()
-  config.model.update(variant=variant, norm=norm)
+  config = load_config("i3d", f"variant={variant},norm={norm}")
   config.data.update(clip_frames=8, image_size=16)
   config.train.update(batch_size=8)
   return config
@@ -30,9 +29,7 @@ def _batch(seed=0, batch_size=8):
 
 
 def _setup(config, mesh, steps_per_epoch=10):
-  model = models.create_model(config, seed=0)
-  tx = state_lib.make_optimizer(config.train, steps_per_epoch)
-  graphdef, state = state_lib.create_train_state(model, tx, seed=0)
+  graphdef, state, tx = state_lib.create(config, steps_per_epoch)
   state = jax.device_put(state, sharding.replicated(mesh))
   return graphdef, tx, state
 
