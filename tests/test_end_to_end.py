@@ -306,3 +306,20 @@ def test_every_family_trains_into_a_full_run_directory(arg, data_cache, tmp_path
     "checkpoints/best/1",
   ):
     assert (tmp_path / name).exists(), name
+
+
+def test_layer_norm_learns_a_shrunk_quickstart(tmp_path_factory):
+  """The paper's LayerNorm trains (no collapse to the mean) on a shrunk demo dataset.
+
+  Fusion New Combination with norm=layer, the quickstart's clips and model on 400 synthetic
+  videos for 10 epochs at a constant learning rate. On the development machine the best epoch
+  reached train R² 0.54 and val R² 0.31; a model that collapses to the mean scores about 0.
+  """
+  config = load_config("quickstart", "model=fusion,kind=new_combination,norm=layer")
+  config.data.update(synthetic_num_videos=400, cache_dir=str(tmp_path_factory.mktemp("ln_data")))
+  config.train.update(
+    num_epochs=10, lr_decay_epochs=100, early_stopping_patience=10, log_every_steps=100
+  )
+  results = trainer.train_and_evaluate(config, tmp_path_factory.mktemp("ln_run"))
+  assert results["splits"]["train"]["r2"] > 0.25, results
+  assert results["splits"]["val"]["r2"] > 0.0, results
