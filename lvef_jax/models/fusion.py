@@ -117,7 +117,9 @@ class Model(layers.EFModel):
     else:
       self.body = body()
       features = self.body.out_features
-      map_shape = self.body.map_shape(clip_frames - (kind != "single_input"), image_size, width)
+      # The dual-input body sees T - 1 frames: frames 1..T-1 beside the T - 1 differences.
+      frames = clip_frames if kind == "single_input" else clip_frames - 1
+      map_shape = self.body.map_shape(frames, image_size, width)
 
     if kind == "combination":
       self.spatial_head = heads.Head(head, features, map_shape, **head_kwargs)
