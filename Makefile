@@ -26,9 +26,12 @@ format: install
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-# Eight fake CPU devices, so the sharded code paths run as they do on a multi-GPU machine.
+# Eight fake CPU devices, so the sharded code paths run as they do on a multi-GPU machine; on
+# two cores they may reach a collective minutes apart, so XLA may wait that long (see conftest).
+TEST_XLA_FLAGS := --xla_force_host_platform_device_count=8 \
+	--xla_cpu_collective_call_terminate_timeout_seconds=600
 test: install lint
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q
+	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest -q
 
 clean:
 	rm -rf runs/quickstart data

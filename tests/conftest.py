@@ -3,10 +3,17 @@
 import os
 
 # Must happen before JAX initialises its backends: every test sees 8 CPU devices, so the
-# sharded code runs as on a multi-GPU machine. `make test` sets the same flag.
-_FLAG = "--xla_force_host_platform_device_count=8"
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+# sharded code runs as on a multi-GPU machine. `make test` sets the same flags.
+# Eight fake devices share two cores here, so a device can reach a collective (the gradient
+# all-reduce) long after the others; XLA's default waiting limit then aborts the process
+# (it happened once in CI). Let them wait up to 10 minutes instead.
+_FLAGS = (
+  "--xla_force_host_platform_device_count=8",
+  "--xla_cpu_collective_call_terminate_timeout_seconds=600",
+)
+for _flag in _FLAGS:
+  if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
 import pathlib  # noqa: E402
 
