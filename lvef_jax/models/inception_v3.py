@@ -63,14 +63,13 @@ class ConvBN(nnx.Module):
     dtype,
     rngs: nnx.Rngs,
   ):
-    self.conv = nnx.Conv(
+    self.conv = layers.conv(
       in_features,
       features,
-      tuple(kernel),
+      kernel,
       strides=strides,
       padding=padding,
       use_bias=False,
-      kernel_init=layers.KERNEL_INIT,
       dtype=dtype,
       rngs=rngs,
     )

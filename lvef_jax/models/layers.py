@@ -70,6 +70,14 @@ def to_unit_range(video: jax.Array, dtype) -> jax.Array:
   return video.astype(dtype)
 
 
+def standardize(x: jax.Array, axes: Sequence[int]) -> jax.Array:
+  """``(x - mean) / sqrt(var + NORM_EPSILON)`` over ``axes``, computed in float32."""
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, axis=axes, keepdims=True)
+  var = jnp.mean(jnp.square(x32 - mean), axis=axes, keepdims=True)
+  return (x32 - mean) * jax.lax.rsqrt(var + NORM_EPSILON)
+
+
 class SampleLayerNorm(nnx.Module):
   """The paper's LayerNorm: "across channels and spatial dimensions on a per-sample basis".
 
@@ -85,11 +93,7 @@ class SampleLayerNorm(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    axes = tuple(range(1, x.ndim))
-    x32 = x.astype(jnp.float32)
-    mean = jnp.mean(x32, axis=axes, keepdims=True)
-    var = jnp.mean(jnp.square(x32 - mean), axis=axes, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + NORM_EPSILON)
+    y = standardize(x, axes=tuple(range(1, x.ndim)))
     return (y * self.scale[...] + self.bias[...]).astype(self.dtype)
 
 
@@ -111,7 +115,6 @@ class Norm(nnx.Module):
     momentum: float,
     dtype,
     rngs: nnx.Rngs,
-    use_scale: bool = True,
   ):
     if kind not in NORMS:
       raise ConfigError(f"norm must be one of {NORMS}, got {kind!r}")
@@ -121,7 +124,6 @@ class Norm(nnx.Module):
         features,
         momentum=momentum,
         epsilon=NORM_EPSILON,
-        use_scale=use_scale,
         dtype=dtype,
         rngs=rngs,
       )
@@ -211,6 +213,11 @@ def dropout(x: jax.Array, rate: float, *, train: bool, key: jax.Array | None) ->
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
+def dropout_keys(key: jax.Array | None, count: int) -> list:
+  """``count`` independent dropout keys from ``key``; ``None`` for each in inference."""
+  return list(jax.random.split(key, count)) if key is not None else [None] * count
+
+
 def conv_im2col(x: jax.Array, conv_layer: nnx.Conv, strides: Sequence[int]) -> jax.Array:
   """Applies ``conv_layer`` (a SAME-padded ``nnx.Conv``, 2-D or 3-D) as patches plus one matmul.
 
@@ -249,9 +256,6 @@ class EFModel(nnx.Module):
   Subclasses implement ``__call__(video, *, train=False, dropout_key=None) -> EF [B]`` and
   set ``ef_offset`` and ``ef_scale`` (shared config keys) for :meth:`to_ef`.
   """
-
-  ef_offset: float = 0.0
-  ef_scale: float = 1.0
 
   def to_ef(self, y: jax.Array) -> jax.Array:
     """EF (%) from the linear output ``y``: ``ef_offset + ef_scale * y``, in float32.

@@ -25,10 +25,7 @@ CELLS = ("gru", "lstm")
 
 
 def _layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
-  x32 = x.astype(jnp.float32)
-  mean = jnp.mean(x32, axis=-1, keepdims=True)
-  var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-  return (x32 - mean) * jax.lax.rsqrt(var + layers.NORM_EPSILON) * scale + bias
+  return layers.standardize(x, axes=(-1,)) * scale + bias
 
 
 class LayerNormParams(nnx.Module):

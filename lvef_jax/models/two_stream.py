@@ -119,7 +119,7 @@ class Model(layers.EFModel):
     self, video: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None
   ) -> jax.Array:
     """Predicts EF (%) for each clip; ``dropout_key`` is required when ``train`` is True."""
-    keys = jax.random.split(dropout_key, 3) if dropout_key is not None else [None] * 3
+    keys = layers.dropout_keys(dropout_key, 3)
     spatial, temporal = streams.stream_inputs(video, self.split, self.dtype)
     scores = jnp.concatenate(
       [
