@@ -6,15 +6,17 @@ A key is read in exactly one place in the code; this is the one place its defaul
 from __future__ import annotations
 
 import importlib.util
+import json
 import pathlib
 
 import ml_collections
 
-from lvef_jax.errors import ConfigError
+from lvef_jax.errors import ConfigError, MissingCheckpointError
 
 # Mean EF of EchoNet-Dynamic's FileList.csv: the output layer starts there instead of at 0.
 ECHONET_EF_MEAN = 55.7
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+RUN_CONFIG_FILE = "config.json"  # a run directory's copy of its config
 
 
 def parse_arg(arg: str | None, defaults: dict) -> dict:
@@ -64,6 +66,40 @@ def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
   return module.get_config(arg)
 
 
+def load_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """The config a run was trained with, from ``workdir/config.json``."""
+  path = pathlib.Path(workdir) / RUN_CONFIG_FILE
+  if not path.is_file():
+    raise MissingCheckpointError(
+      f"{path} does not exist: {workdir} is not a run directory (train first, or pass --config)"
+    )
+  try:
+    values = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ConfigError(f"{path} is not valid JSON: {e}") from e
+  config = _as_config(values)
+  # Keys added to the project after the run was trained take their defaults.
+  defaults = base_config()
+  for section in ("data", "train", "eval"):
+    for key, value in defaults[section].items():
+      if key not in config.get(section, {}):
+        config[section][key] = value
+  return config
+
+
+def _as_config(values: dict) -> ml_collections.ConfigDict:
+  """JSON lists back to tuples (the configs hold tuples: ``rnn_features``, ``eval.splits``)."""
+
+  def fix(value):
+    if isinstance(value, dict):
+      return {k: fix(v) for k, v in value.items()}
+    if isinstance(value, list):
+      return tuple(fix(v) for v in value)
+    return value
+
+  return ml_collections.ConfigDict(fix(values))
+
+
 def base_config() -> ml_collections.ConfigDict:
   """What every run shares: seed, data, training and evaluation settings.
 
@@ -87,6 +123,12 @@ def base_config() -> ml_collections.ConfigDict:
       period=1,
       image_size=112,
       augment_pad=12,  # EchoNet-Dynamic's pad-and-random-crop; 0 disables augmentation
+      # Training clips start at a random frame ("random") or at frame 0 ("first": the paper's
+      # recipe, the first clip_frames frames of every video). Evaluation always starts at 0.
+      train_clip_start="random",
+      # Frame rate of the training videos (EchoNet-Dynamic: 50). --mode=predict resamples a
+      # video in time when its rate differs from this by more than 10 %.
+      typical_fps=50.0,
       shuffle_buffer=1000,
       cache_in_memory=False,
       num_parallel_calls=-1,
@@ -113,5 +155,16 @@ def base_config() -> ml_collections.ConfigDict:
     )
   )
 
-  config.eval = ml_collections.ConfigDict(dict(batch_size=16, splits=("train", "val", "test")))
+  config.eval = ml_collections.ConfigDict(
+    dict(
+      batch_size=16,  # clips per compiled call; the last batch is padded
+      splits=("train", "val", "test"),  # scored after training (results.json)
+      # --mode=eval and predict: "one" clip from frame 0 (as results.json and the paper) or
+      # "all" clips, clip_stride frames apart (0: clip_frames * period), averaged per video.
+      clips="one",
+      clip_stride=0,
+      # Monte-Carlo dropout samples per clip for the prediction intervals (0: none).
+      mc_dropout_samples=0,
+    )
+  )
   return config

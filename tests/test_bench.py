@@ -30,3 +30,26 @@ def test_model_step_and_bench_code_never_import_tensorflow():
     [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
   )
   assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_train_flops_per_clip_follow_the_model():
+  def flops(arg, batch):
+    config = load_config("i3d", arg)
+    config.data.update(clip_frames=8, image_size=32)
+    config.train.batch_size = batch
+    return bench.train_flops_per_clip(config)
+
+  mini = flops("variant=mini", 8)
+  assert mini > 0
+  assert flops("variant=mini", 16) == pytest.approx(mini, rel=0.05)  # per clip, not per batch
+  assert flops("variant=mini,conv2=3x3x3", 8) > 1.1 * mini  # a 27x larger conv2 kernel
+  assert flops("variant=stem", 8) < 0.5 * mini
+
+
+def test_suite_estimate_counts_every_run(monkeypatch):
+  monkeypatch.setattr(bench, "train_flops_per_clip", lambda config: 3e10)
+  records = bench.suite(sustained_tflops=100.0)
+  assert len(records) == 43 and records[-1]["experiment"] == "total"
+  per_run = 50 * 7465 * 3e10 + (50 * 1288 + 7465 + 1288 + 1277) * 1e10
+  assert records[0]["pflop"] == pytest.approx(per_run / 1e15)
+  assert records[-1]["hours"] == pytest.approx(42 * per_run / 1e14 / 3600)

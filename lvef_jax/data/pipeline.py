@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from lvef_jax import filelock
 from lvef_jax.data import echonet
 from lvef_jax.data import synthetic
 from lvef_jax.data import tfds_builder
@@ -68,6 +69,7 @@ class _Settings:
   period: int
   image_size: int
   augment_pad: int
+  train_clip_start: str
   shuffle_buffer: int
   cache_in_memory: bool
   num_parallel_calls: int
@@ -80,6 +82,8 @@ class _Settings:
     if s.clip_frames < 1 or s.period < 1 or s.image_size < 1 or s.augment_pad < 0:
       raise ConfigError(f"Bad clip settings: clip_frames={s.clip_frames}, period={s.period}, "
                         f"image_size={s.image_size}, augment_pad={s.augment_pad}")
+    if s.train_clip_start not in ("random", "first"):
+      raise ConfigError(f"data.train_clip_start={s.train_clip_start!r}: expected random or first")
     return s
 
   @property
@@ -181,9 +185,15 @@ def prepare(data_cfg) -> tfds.core.DatasetBuilder:
 
   The folder is fully validated before anything is written; on any error nothing prepared is
   left behind and the error (`echonet.EchoNetFormatError` for format problems, a missing
-  folder included) propagates.
+  folder included) propagates. Processes sharing a cache folder (a sweep on several GPUs)
+  prepare one at a time; the others wait, then reuse what the first prepared.
   """
   s = _Settings.from_cfg(data_cfg)
+  with filelock.exclusive(pathlib.Path(s.cache_dir).expanduser().absolute() / ".prepare.lock"):
+    return _prepare(data_cfg, s)
+
+
+def _prepare(data_cfg, s: _Settings) -> tfds.core.DatasetBuilder:
   root = resolve_root(data_cfg)
   data_dir = _tfds_dir(s, root)
   source_file = data_dir / _SOURCE_FILE
@@ -375,9 +385,11 @@ def train_batches(builder, data_cfg, *, batch_size: int, seed: int, shard_index:
                     tf.strings.to_hash_bucket_fast(ex["file_name"], 2**62)])
     start_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(key, 2))
     frames = decode(ex["video"])
-    # Highest start, as in max_clip_start.
-    hi = tf.maximum(tf.shape(frames)[0] - (s.clip_frames - 1) * s.period - 1, 0)
-    start = tf.random.stateless_uniform((), start_seed, minval=0, maxval=hi + 1, dtype=tf.int32)
+    if s.train_clip_start == "first":  # the paper's recipe: every epoch the same clip
+      start = tf.constant(0, tf.int32)
+    else:  # Highest start, as in max_clip_start.
+      hi = tf.maximum(tf.shape(frames)[0] - (s.clip_frames - 1) * s.period - 1, 0)
+      start = tf.random.stateless_uniform((), start_seed, minval=0, maxval=hi + 1, dtype=tf.int32)
     clip = _resize(_take_clip(frames, start, s), s.image_size)
     if s.augment_pad > 0:
       clip = _pad_and_crop(clip, s.augment_pad, crop_seed)
@@ -433,6 +445,123 @@ def eval_batches(builder, split: str, data_cfg, *, batch_size: int, shard_index:
   dummy = {"video": tf.zeros((s.clip_frames, s.image_size, s.image_size, 1), tf.uint8),
            "ef": tf.constant(0.0), "mask": tf.constant(0.0), "file_name": tf.constant("")}
   pad = num_batches * batch_size - sizes[shard_index]
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(dummy).repeat(pad))
+  ds = _with_prefetch(ds.batch(batch_size, drop_remainder=True), s)
+  yield from _numpy_batches(ds)
+
+
+# ----------------------------------------------------------------------------- every clip
+def clip_starts(num_frames: int, clip_frames: int, period: int, stride: int) -> np.ndarray:
+  """Start frames of the clips that all-clips evaluation averages: 0, stride, 2*stride, ...
+
+  up to the last start whose clip fits in the video (`max_clip_start`); always at least [0]
+  (a video shorter than one clip gives one zero-padded clip, as in training).
+  """
+  if stride < 1:
+    raise ConfigError(f"clip stride must be at least 1, got {stride}")
+  return np.arange(0, max_clip_start(num_frames, clip_frames, period) + 1, stride)
+
+
+_LISTINGS: dict[tuple, dict[str, np.ndarray]] = {}
+
+
+def split_listing(builder, split: str) -> dict[str, np.ndarray]:
+  """`file_name`, `ef` and `num_frames` of every video of `split`, in split order.
+
+  A video's position here is its video index: every clip of it carries that index, so
+  predictions are averaged per video from integers (which gather across processes, unlike
+  file names). Reads the records without decoding any video.
+  """
+  key = (os.fspath(builder.data_dir), split)
+  if key not in _LISTINGS:
+    ds = _read(builder, split).map(
+        lambda ex: {k: ex[k] for k in ("file_name", "ef", "num_frames")})
+    rows = list(ds.as_numpy_iterator())
+    _LISTINGS[key] = {
+        "file_name": np.array([r["file_name"].decode("utf-8") for r in rows], dtype=str),
+        "ef": np.array([r["ef"] for r in rows], np.float64),
+        "num_frames": np.array([r["num_frames"] for r in rows], np.int64),
+    }
+  return _LISTINGS[key]
+
+
+def clip_batches(builder, split: str, data_cfg, *, batch_size: int, clips: str = "one",
+                 stride: int = 0, shard_index: int = 0,
+                 num_shards: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """Evaluation clips of this shard of `split`, each tagged with its video's index.
+
+  Args:
+    builder: From `prepare`.
+    split: "train", "val" or "test".
+    data_cfg: The data config (augmentation settings are ignored).
+    batch_size: Clips per batch in this process.
+    clips: "one" (the clip from frame 0 of each video) or "all" (every start of
+      `clip_starts`).
+    stride: Frames between the starts of "all"; 0 means clip_frames * period (clips that
+      follow each other without overlap).
+    shard_index, num_shards: This process's share of the videos.
+
+  Yields:
+    {"video": uint8 [B, clip_frames, S, S, 1], "video_index": int32 [B] (position in
+    `split_listing`; -1 for padding), "mask": float32 [B]}. Videos are decoded one at a time
+    and their clips streamed, so host memory stays bounded however long the videos and however
+    many the clips; every shard yields the same number of batches (the last padded).
+  """
+  s = _Settings.from_cfg(data_cfg)
+  _check_shard(shard_index, num_shards, batch_size)
+  if clips not in ("one", "all"):
+    raise ConfigError(f"clips must be 'one' or 'all', got {clips!r}")
+  stride = stride or s.clip_frames * s.period
+  listing = split_listing(builder, split)
+  total = len(listing["ef"])
+  sizes = [total // num_shards + (i < total % num_shards) for i in range(num_shards)]
+  offsets = np.cumsum([0] + sizes)
+  if clips == "one":
+    counts = np.ones(total, np.int64)
+  else:
+    counts = np.array([len(clip_starts(n, s.clip_frames, s.period, stride))
+                       for n in listing["num_frames"]], np.int64)
+  shard_clips = [int(counts[offsets[i]:offsets[i + 1]].sum()) for i in range(num_shards)]
+  num_batches = math.ceil(max(shard_clips) / batch_size) if total else 0
+  spec = tfds.even_splits(split, n=num_shards)[shard_index]
+  decode = _decode_video(builder)
+  offset = int(offsets[shard_index])
+
+  def tagged(index, ex) -> tuple[tf.Tensor, tf.Tensor]:
+    return decode(ex["video"]), tf.cast(index, tf.int32) + offset
+
+  def first_clip(index, ex):
+    frames, video_index = tagged(index, ex)
+    return {"video": _resize(_take_clip(frames, tf.constant(0), s), s.image_size),
+            "video_index": video_index, "mask": tf.constant(1.0)}
+
+  def every_clip(index, ex):
+    frames, video_index = tagged(index, ex)
+    last = tf.maximum(tf.shape(frames)[0] - (s.clip_frames - 1) * s.period - 1, 0)
+    starts = tf.range(0, last + 1, stride, dtype=tf.int32)
+    return tf.data.Dataset.from_tensor_slices(starts).map(
+        lambda start: {"video": _resize(_take_clip(frames, start, s), s.image_size),
+                       "video_index": video_index, "mask": tf.constant(1.0)})
+
+  def read():
+    return _read(builder, spec).enumerate()
+
+  if clips == "one":
+    def one_per_video():
+      return read().map(first_clip, num_parallel_calls=s.parallel, deterministic=True)
+    if s.cache_in_memory:  # one clip per video: small enough to keep after decoding
+      ds = _memo((os.fspath(builder.data_dir), split, "first_clip", shard_index, num_shards,
+                  s.clip_frames, s.period, s.image_size), one_per_video)
+    else:
+      ds = one_per_video()
+  else:
+    # A few videos decode in parallel, each streaming its clips: memory holds those videos
+    # and the batches in flight, however long the videos and however many their clips.
+    ds = read().interleave(every_clip, cycle_length=4, block_length=batch_size,
+                           num_parallel_calls=4, deterministic=True)
+  dummy = {"video": tf.zeros((s.clip_frames, s.image_size, s.image_size, 1), tf.uint8),
+           "video_index": tf.constant(-1, tf.int32), "mask": tf.constant(0.0)}
+  pad = num_batches * batch_size - shard_clips[shard_index]
   ds = ds.concatenate(tf.data.Dataset.from_tensors(dummy).repeat(pad))
   ds = _with_prefetch(ds.batch(batch_size, drop_remainder=True), s)
   yield from _numpy_batches(ds)

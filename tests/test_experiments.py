@@ -1,0 +1,168 @@
+"""The benchmark registry: every printed row of Tables 1-9 is a named, buildable experiment."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lvef_jax import experiments
+from lvef_jax.reporting import summary
+from tests.conftest import ROOT, shrink
+
+
+def test_every_printed_row_is_listed_once_with_its_repeats_as_aliases():
+  names = experiments.names()
+  assert len(names) == len(set(names)) == 47  # the result rows of Tables 1-9
+  assert len(experiments.names(include_aliases=False)) == 42  # distinct runs
+  for alias, run in experiments.ALIASES.items():
+    assert alias not in experiments.names(include_aliases=False)
+    assert run in experiments.names(include_aliases=False)
+    assert experiments.canonical(alias) == run
+  assert names[:4] == ["table1/stem", "table1/mini", "table1/stem_im3_im4", "table1/original"]
+  assert names[-1] == "table9/LSTM-Mixed1"
+  with pytest.raises(experiments.ConfigError, match="no experiment 'table3/B9'"):
+    experiments.canonical("table3/B9")
+
+
+def test_list_experiments_prints_one_name_per_line():
+  done = subprocess.run(
+    [sys.executable, "launch.py", "--list_experiments"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.split("\n") == [*experiments.names(), ""]
+
+
+def test_every_experiment_builds_its_model_at_the_paper_shape():
+  counts = {}
+  for name in experiments.names():
+    config = experiments.get_config(name)
+    assert (config.data.clip_frames, config.data.image_size) == (28, 112)
+    table = summary.parameter_table(config)
+    counts[name] = int(table.splitlines()[-1].removeprefix("trainable_params: "))
+  for alias, run in experiments.ALIASES.items():
+    assert counts[alias] == counts[run]
+  # A few counts documented in docs/models.md.
+  assert counts["table1/mini"] == 1_536_001
+  assert counts["table1/original"] == 13_919_617
+  assert counts["table3/B2"] == 1_855_489
+  assert counts["table5/L1"] == 86_710_403
+  assert counts["table8/CNN_RNN-1"] == 99_873  # the InceptionV3 backbone frozen
+  assert counts["table8/TO-a"] > counts["table8/TO-b7"] > counts["table8/TO-b5"] > 99_873
+
+
+def test_experiment_flag_builds_the_same_config_as_the_registry():
+  done = subprocess.run(
+    [
+      sys.executable,
+      "launch.py",
+      "--experiment=table4/mini-B2",
+      "--mode=summary",
+      "--config.train.batch_size=8",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.strip().endswith("trainable_params: 1855489")
+  assert "conv2=3x3x3" in done.stdout
+
+
+@pytest.mark.parametrize(
+  "argv,message",
+  [
+    (["--experiment=table3/B9"], "no experiment 'table3/B9'"),
+    (["--experiment=table3/B2", "--recipe=fancy"], "recipe"),
+    (["--experiment=table3/B2", "--config=configs/i3d.py"], "not both"),
+  ],
+)
+def test_bad_experiment_arguments_are_one_error(argv, message):
+  done = subprocess.run(
+    [sys.executable, "launch.py", *argv, "--mode=summary"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert done.returncode != 0
+  assert message in done.stderr
+  assert "Traceback" not in done.stderr
+
+
+def test_each_family_keeps_the_papers_training_settings():
+  def train(name):
+    return experiments.get_config(name).train
+
+  assert (train("table1/mini").batch_size, train("table1/mini").learning_rate) == (4, 1e-3)
+  assert train("table1/original").batch_size == 2
+  assert train("table4/original-L2").batch_size == 2
+  assert (train("table5/L1").batch_size, train("table5/L1").learning_rate) == (16, 5e-4)
+  si = train("table6/SI-B2")
+  assert (si.batch_size, si.learning_rate, si.grad_clip_norm) == (4, 1e-4, 1.0)
+  assert (train("table6/NC-L1").batch_size, train("table6/NC-L1").learning_rate) == (16, 1e-3)
+  assert train("table9/GRU-B1").batch_size == 4
+  assert train("table9/LSTM-B1").batch_size == 8
+  assert train("table8/TO-b5").batch_size == 8
+  for name in experiments.names():
+    t = train(name)
+    assert (t.num_epochs, t.early_stopping_patience, t.lr_decay_epochs) == (50, 20, 10), name
+    assert t.lr_decay_factor == 0.5
+  model = experiments.get_config("table9/LSTM-Mixed1").model
+  assert (model.rnn, model.norm, model.dropout) == ("lstm", "mixed", 0.4)
+  assert experiments.get_config("table2/OG").model.head == "og"
+
+
+def test_recipes():
+  paper = experiments.get_config("table3/B2", "paper")
+  improved = experiments.get_config("table3/B2", "improved")
+  assert paper.data.train_clip_start == "first" and paper.data.augment_pad == 0
+  assert paper.train.bn_recalibration_batches == 0
+  assert paper.model.bn_momentum == 0.99  # Keras' default, as the paper's code
+  assert improved.data.train_clip_start == "random" and improved.data.augment_pad > 0
+  assert improved.train.bn_recalibration_batches > 0
+  assert paper.model.to_dict() == improved.model.to_dict()
+  assert paper.experiment.to_dict() == dict(name="table3/B2", recipe="paper", runlocal=False)
+  with pytest.raises(experiments.ConfigError, match="recipe 'fancy'"):
+    experiments.get_config("table3/B2", "fancy")
+
+
+def test_runlocal_shrinks_every_experiment_to_synthetic_data():
+  for name in experiments.names(include_aliases=False):
+    config = experiments.get_config(name, "paper", runlocal=True)
+    config_with_root = experiments.get_config(name, "paper", runlocal=True)
+    assert config.data.root == config_with_root.data.root == ""
+    assert config.train.num_epochs * config.train.steps_per_epoch <= 4
+    assert config.train.batch_size % 8 == 0  # shards over 8 fake devices
+    assert config.data.image_size >= (75 if config.model.get("backbone") == "inception_v3" else 1)
+
+
+def test_paper_recipe_trains_on_the_first_frames_of_each_video(data_cache):
+  from lvef_jax.data import pipeline
+
+  config = shrink(experiments.get_config("table1/stem", "paper"), data_cache)
+  config.data.augment_pad = 0  # the paper's recipe (shrink adds augmentation)
+  builder = pipeline.prepare(config.data)
+
+  def clips_by_ef(batches):
+    return {float(ef): video for b in batches for ef, video in zip(b["ef"], b["video"])}
+
+  def epoch(seed):
+    return clips_by_ef(pipeline.train_batches(builder, config.data, batch_size=8, seed=seed))
+
+  evaluation = clips_by_ef(pipeline.eval_batches(builder, "train", config.data, batch_size=8))
+  first, second = epoch(1), epoch(2)
+  assert len(set(first) & set(second)) >= 8
+  for ef in set(first) & set(second):
+    np.testing.assert_array_equal(first[ef], second[ef])  # the same clip every epoch
+    np.testing.assert_array_equal(first[ef], evaluation[ef])  # = the clip from frame 0
+  config.data.update(train_clip_start="random")
+  first, second = epoch(1), epoch(2)
+  assert any(not np.array_equal(first[ef], second[ef]) for ef in set(first) & set(second))
