@@ -75,3 +75,57 @@ def history(records: Sequence[dict], path: pathlib.Path) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
   _save(fig, path)
+
+
+def roc_curves(curves: Sequence[dict], title: str, path: pathlib.Path) -> None:
+  """ROC curves of ``metrics.roc`` for several EF thresholds, with each AUC in the legend.
+
+  A curve whose AUC is None (a class without videos) is listed in the legend but not drawn.
+  """
+  fig, ax = plt.subplots(figsize=(5, 5))
+  ax.plot([0, 1], [0, 1], "k--", lw=1, label="chance")
+  for curve in curves:
+    label = f"EF < {curve['threshold']:g}"
+    counts = f"{curve['n_positive']} pos / {curve['n_negative']} neg"
+    if curve.get("auc") is None:
+      ax.plot([], [], " ", label=f"{label}: AUC undefined ({counts})")
+      continue
+    ax.plot(curve["fpr"], curve["tpr"], lw=1.5, label=f"{label}: AUC {curve['auc']:.3f} ({counts})")
+  ax.set(
+    xlim=(0, 1),
+    ylim=(0, 1.01),
+    xlabel="false-positive rate (1 - specificity)",
+    ylabel="true-positive rate (sensitivity)",
+    title=title,
+  )
+  ax.set_aspect("equal")
+  ax.grid(alpha=0.3)
+  ax.legend(loc="lower right", fontsize=8)
+  _save(fig, pathlib.Path(path))
+
+
+def calibration(curve: Sequence[dict], title: str, path: pathlib.Path) -> None:
+  """Nominal vs empirical coverage of prediction intervals (``metrics.calibration_curve``).
+
+  A calibrated model's points lie on the identity line; points below it mean intervals that are
+  too narrow (overconfident). An empty ``curve`` gives the axes with a note.
+  """
+  fig, ax = plt.subplots(figsize=(5, 5))
+  ax.plot([0, 1], [0, 1], "k--", lw=1, label="ideal")
+  if curve:
+    nominal = [point["nominal"] for point in curve]
+    coverage = [point["coverage"] for point in curve]
+    ax.plot(nominal, coverage, "o-", label="empirical")
+    ax.legend(loc="upper left")
+  else:
+    ax.text(0.5, 0.5, "no predictive uncertainty", ha="center", va="center", color="0.4")
+  ax.set(
+    xlim=(0, 1.01),
+    ylim=(0, 1.01),
+    xlabel="nominal coverage of the interval",
+    ylabel="fraction of true EF inside",
+    title=title,
+  )
+  ax.set_aspect("equal")
+  ax.grid(alpha=0.3)
+  _save(fig, pathlib.Path(path))
