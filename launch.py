@@ -3,7 +3,8 @@ r"""Trains, evaluates or summarises a model of the paper.
   python launch.py --config=configs/quickstart.py --workdir=runs/quickstart
   python launch.py --config=configs/i3d.py:variant=mini,conv2=3x3x3 --workdir=runs/mini \
       --config.data.root=/data/EchoNet-Dynamic --config.train.batch_size=8
-  python launch.py --config=configs/i3d.py --workdir=runs/mini --mode=eval
+  python launch.py --mode=eval --workdir=runs/mini --eval_split=test --eval_clips=all
+  python launch.py --mode=predict --workdir=runs/mini --videos=my_echos/ --output=ef.csv
   python launch.py --config=configs/i3d.py:variant=original --mode=summary
   python launch.py --list_experiments
   python launch.py --experiment=table3/B2 --workdir=runs/paper/table3/B2 \
@@ -29,8 +30,35 @@ WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metr
 MODE = flags.DEFINE_enum(
   "mode",
   "train",
-  ["train", "eval", "summary"],
-  "train (then evaluate), eval (best checkpoint of workdir), summary.",
+  ["train", "eval", "predict", "summary"],
+  "train (then evaluate), eval (score a checkpoint of workdir), predict (EF of new videos), "
+  "summary (parameter table).",
+)
+EVAL_SPLIT = flags.DEFINE_enum(
+  "eval_split", "test", ["train", "val", "test", "all"], "--mode=eval: the split to score."
+)
+EVAL_CLIPS = flags.DEFINE_enum(
+  "eval_clips",
+  None,
+  ["one", "all"],
+  "--mode=eval/predict: the clip from frame 0, or every clip averaged per video "
+  "(default: config eval.clips for eval, all for predict).",
+)
+CHECKPOINT = flags.DEFINE_string(
+  "checkpoint", "best", "--mode=eval/predict: best, latest, or the epoch one of them holds."
+)
+ENSEMBLE = flags.DEFINE_list(
+  "ensemble", [], "--mode=eval/predict: more run directories whose predictions are averaged."
+)
+VIDEOS = flags.DEFINE_string(
+  "videos", None, "--mode=predict: a video file, a folder or a glob (AVI, MP4, ..., DICOM)."
+)
+OUTPUT = flags.DEFINE_string("output", None, "--mode=predict: the CSV to write.")
+OVERWRITE = flags.DEFINE_bool(
+  "overwrite",
+  False,
+  "--mode=train: if --workdir holds a run of another config, delete it and start again "
+  "(without this flag such a workdir is refused).",
 )
 CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Config file, e.g. configs/i3d.py:variant=mini."
@@ -53,6 +81,7 @@ LIST_EXPERIMENTS = flags.DEFINE_bool(
   "list_experiments", False, "Print the benchmark's experiment names, one per line, and exit."
 )
 EXPERIMENT_CONFIG = pathlib.Path(__file__).resolve().parent / "configs" / "experiment.py"
+RUN_CONFIG = pathlib.Path(__file__).resolve().parent / "configs" / "run.py"
 
 
 class _QuietLibraries(py_logging.Filter):
@@ -70,12 +99,36 @@ def _run(config, mode: str, workdir: str | None) -> None:
 
     print(summary.parameter_table(config))
     return
-  from lvef_jax.training import trainer  # Here so that --mode=summary never loads TensorFlow.
-
   if mode == "train":
-    trainer.train_and_evaluate(config, workdir)
-  else:
-    trainer.evaluate_checkpoint(config, workdir)
+    from lvef_jax.training import trainer  # Here so that --mode=summary never loads TensorFlow.
+
+    trainer.train_and_evaluate(config, workdir, overwrite=OVERWRITE.value)
+    return
+  from lvef_jax.evaluation import commands  # evaluation never imports the trainer
+
+  if mode == "eval":
+    commands.evaluate(
+      config,
+      workdir,
+      split=EVAL_SPLIT.value,
+      clips=EVAL_CLIPS.value,
+      checkpoint=CHECKPOINT.value,
+      ensemble=ENSEMBLE.value,
+    )
+    return
+  if not VIDEOS.value or not OUTPUT.value:
+    raise app.UsageError("--mode=predict needs --videos and --output")
+  scored = commands.predict(
+    config,
+    workdir,
+    VIDEOS.value,
+    OUTPUT.value,
+    clips=EVAL_CLIPS.value or "all",
+    checkpoint=CHECKPOINT.value,
+    ensemble=ENSEMBLE.value,
+  )
+  if not scored:
+    raise LvefError(f"no video of {VIDEOS.value} could be read")
 
 
 def _flag_value(argv: list[str], name: str) -> str | None:
@@ -89,16 +142,25 @@ def _flag_value(argv: list[str], name: str) -> str | None:
   return value
 
 
-def with_experiment_config(argv: list[str]) -> list[str]:
-  """Turns ``--experiment=NAME [--recipe=R] [--runlocal]`` into the config file that builds it.
+def with_implicit_config(argv: list[str]) -> list[str]:
+  """Adds the config file that ``--experiment`` or an existing run implies.
 
+  ``--experiment=NAME [--recipe=R] [--runlocal]`` becomes the config file that builds it, and
+  ``--mode=eval|predict`` without ``--config`` reads the run's own ``config.json``.
   ``--config.key=value`` overrides need ``--config`` on the command line when absl parses it,
-  so the experiment's config file is added here, before parsing.
+  so the file is added here, before parsing.
   """
+  has_config = any(arg == "--config" or arg.startswith("--config=") for arg in argv)
   name = _flag_value(argv, "experiment")
+  workdir = _flag_value(argv, "workdir")
   if name is None:
+    if not has_config and workdir and _flag_value(argv, "mode") in ("eval", "predict"):
+      from lvef_jax.config_base import load_run_config
+
+      load_run_config(workdir)  # no run there: one clear error, not a flag-parsing trace
+      return [argv[0], f"--config={RUN_CONFIG}:{workdir}", *argv[1:]]
     return argv
-  if any(arg == "--config" or arg.startswith("--config=") for arg in argv):
+  if has_config:
     raise SystemExit("error: give --experiment or --config, not both")
   from lvef_jax import experiments  # plain data: no JAX, no TensorFlow
 
@@ -123,7 +185,8 @@ def main(argv):
   config = CONFIG.value
   if config is None:
     raise app.UsageError(
-      "--config or --experiment is required, e.g. --config=configs/quickstart.py"
+      "--config or --experiment is required (not for --mode=eval/predict of a run directory), "
+      "e.g. --config=configs/quickstart.py"
     )
   if MODE.value != "summary" and not WORKDIR.value:
     raise app.UsageError(f"--workdir is required for --mode={MODE.value}")
@@ -138,7 +201,7 @@ def main(argv):
 
 if __name__ == "__main__":
   try:
-    argv = with_experiment_config(sys.argv)
+    argv = with_implicit_config(sys.argv)
   except LvefError as e:
     sys.exit(f"error: {e}")
   app.run(lambda argv: sys.exit(main(argv)), argv=argv)

@@ -28,7 +28,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from lvef_jax.training import sharding, state as state_lib, steps
+from lvef_jax import sharding
+from lvef_jax.training import state as state_lib, steps
 
 CONFIG = config_flags.DEFINE_config_file("config", "configs/i3d.py", "Model config.")
 BATCH = flags.DEFINE_integer(

@@ -9,7 +9,8 @@ from flax import nnx
 from lvef_jax import models
 from lvef_jax.models import cnn_rnn, recurrent, streams, two_stream
 from lvef_jax.reporting import summary
-from lvef_jax.training import sharding, state as state_lib, steps
+from lvef_jax import sharding
+from lvef_jax.training import state as state_lib, steps
 from tests.conftest import load_config
 
 # Trainable parameters at the paper's input (28x112x112x1 clips), as listed in docs/models.md.

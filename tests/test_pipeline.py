@@ -194,14 +194,48 @@ def check_eval(data, split, batches, batch_size, num_batches, clip_frames, perio
   return names
 
 
+def eval_batches(builder, split, cfg, **kwargs):
+  """`pipeline.clip_batches` of one clip per video, with each clip's file name and EF."""
+  listing = pipeline.split_listing(builder, split)
+  for batch in pipeline.clip_batches(builder, split, cfg, **kwargs):
+    index = np.maximum(batch["video_index"], 0)
+    real = batch["video_index"] >= 0
+    batch["file_name"] = np.where(real, listing["file_name"][index], "")
+    batch["ef"] = np.where(real, listing["ef"][index], 0.0).astype(np.float32)
+    yield batch
+
+
+def test_all_clips_cover_every_start_of_every_video(data):
+  cfg = make_cfg(**{**data["cfg"], "clip_frames": 4, "period": 2})
+  listing = pipeline.split_listing(data["builder"], "val")
+  seen = {}
+  for batch in pipeline.clip_batches(
+    data["builder"], "val", cfg, batch_size=5, clips="all", stride=3
+  ):
+    assert batch["video"].shape == (5, 4, 112, 112, 1)
+    for clip, index, mask in zip(batch["video"], batch["video_index"], batch["mask"]):
+      if mask:
+        seen.setdefault(int(index), []).append(clip)
+      else:
+        assert index == -1 and not clip.any()
+  assert sorted(seen) == list(range(len(listing["ef"])))
+  for index, clips in seen.items():
+    name = listing["file_name"][index]
+    frames = data["stored"]["val"][name]["video"]
+    starts = pipeline.clip_starts(len(frames), 4, 2, 3)
+    assert len(clips) == len(starts) == len(range(0, max(len(frames) - 7, 0) + 1, 3))
+    for clip, start in zip(clips, starts):
+      np.testing.assert_array_equal(clip, reference_clip(frames, start, 4, 2))
+
+
 @pytest.mark.parametrize("divides", [True, False])
 def test_eval_deterministic_and_exactly_once(data, divides):
   split = "train"
   n = pipeline.num_examples(data["builder"], split)
   batch = next(b for b in range(3, n + 1) if (n % b == 0) == divides)
   cfg = data["cfg"]
-  first = all_batches(pipeline.eval_batches(data["builder"], split, cfg, batch_size=batch))
-  second = all_batches(pipeline.eval_batches(data["builder"], split, cfg, batch_size=batch))
+  first = all_batches(eval_batches(data["builder"], split, cfg, batch_size=batch))
+  second = all_batches(eval_batches(data["builder"], split, cfg, batch_size=batch))
   for a, b in zip(first, second, strict=True):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
@@ -218,9 +252,7 @@ def test_eval_two_shards_cover_split_once_in_step(data, split, batch):
   names = []
   for shard in range(2):
     batches = all_batches(
-      pipeline.eval_batches(
-        data["builder"], split, cfg, batch_size=batch, shard_index=shard, num_shards=2
-      )
+      eval_batches(data["builder"], split, cfg, batch_size=batch, shard_index=shard, num_shards=2)
     )
     names += check_eval(data, split, batches, batch, num_batches, 5, 3)
   assert sorted(names) == sorted(data["stored"][split])
@@ -244,7 +276,7 @@ def test_resize_to_32(data):
   cfg = make_cfg(**{**data["cfg"], "image_size": 32, "augment_pad": 2})
   train = next(pipeline.train_batches(data["builder"], cfg, batch_size=4, seed=0))
   assert train["video"].shape == (4, 8, 32, 32, 1) and train["video"].dtype == np.uint8
-  batch = next(pipeline.eval_batches(data["builder"], "val", cfg, batch_size=2))
+  batch = next(eval_batches(data["builder"], "val", cfg, batch_size=2))
   assert batch["video"].shape == (2, 8, 32, 32, 1)
   for clip, name in zip(batch["video"], batch["file_name"]):
     full = reference_clip(data["stored"]["val"][name]["video"], 0, 8, 2).astype(np.float32)
@@ -369,8 +401,8 @@ def test_cache_in_memory_gives_same_batches(data):
   cfg = make_cfg(**{**data["cfg"], "cache_in_memory": True, "augment_pad": 3})
   plain = make_cfg(**{**data["cfg"], "augment_pad": 3})
   for _ in range(2):  # The second pass reads from the memory cache.
-    cached = all_batches(pipeline.eval_batches(data["builder"], "val", cfg, batch_size=2))
-    reference = all_batches(pipeline.eval_batches(data["builder"], "val", plain, batch_size=2))
+    cached = all_batches(eval_batches(data["builder"], "val", cfg, batch_size=2))
+    reference = all_batches(eval_batches(data["builder"], "val", plain, batch_size=2))
     for a, b in zip(cached, reference, strict=True):
       for key in a:
         np.testing.assert_array_equal(a[key], b[key])

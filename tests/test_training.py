@@ -9,8 +9,9 @@ from lvef_jax.config_base import base_config
 from lvef_jax.data.echonet import EchoNetFormatError
 from lvef_jax.errors import ConfigError, LvefError, MissingCheckpointError, NonFiniteLossError
 from lvef_jax.evaluation import metrics
-from lvef_jax.training import checkpoint, sharding, state as state_lib, steps, trainer
-from tests.conftest import load_config
+from lvef_jax import checkpoints, sharding
+from lvef_jax.training import state as state_lib, steps, trainer
+from tests.conftest import load_config, shrink
 
 
 def _config(variant="stem", norm="batch"):
@@ -114,14 +115,14 @@ def test_predictions_identical_after_checkpoint_restore(tmp_path):
   for _ in range(3):
     state, _ = train_step(state, batch)
   expected = np.asarray(predict(state, batch))
-  saver = checkpoint.Checkpoints(tmp_path / "checkpoints")
+  saver = checkpoints.Checkpoints(tmp_path / "checkpoints")
   saver.save("latest", 3, state, {"epoch": 3, "note": "x"})
   saver.wait()
   saver.close()
 
   _, _, fresh = _setup(config, mesh)  # a different run's template: same shapes, other values
   assert not np.allclose(np.asarray(predict(fresh, batch)), expected)
-  restorer = checkpoint.Checkpoints(tmp_path / "checkpoints")
+  restorer = checkpoints.Checkpoints(tmp_path / "checkpoints")
   assert restorer.epoch("latest") == 3 and restorer.epoch("best") is None
   restored, meta = restorer.restore("latest", fresh)
   assert meta == {"epoch": 3, "note": "x"}
@@ -236,3 +237,30 @@ def test_etas_count_only_what_is_left_of_this_run(first_epoch):
     epoch_elapsed=4.0,
     run_elapsed=100.0,
   ) == (6.0, 6.0)
+
+
+def test_a_workdir_of_another_config_is_refused_unless_overwritten(tmp_path, data_cache):
+  config = shrink(load_config("i3d", "variant=stem"), data_cache)
+  workdir = tmp_path / "run"
+  trainer.train_and_evaluate(config, workdir)
+  results = (workdir / "results.json").read_text()
+
+  typo = shrink(load_config("i3d", "variant=stem"), data_cache)
+  typo.train.learning_rate = 1e-2
+  typo.model.dropout = 0.1
+  with pytest.raises(ConfigError) as refused:
+    trainer.train_and_evaluate(typo, workdir)
+  message = str(refused.value)
+  assert "model.dropout (0.5 there, 0.1 now)" in message and "train.learning_rate" in message
+  assert "--overwrite" in message
+  assert (workdir / "results.json").read_text() == results  # nothing lost
+
+  # Training longer, or reading the data from elsewhere, is the same run: it resumes.
+  longer = shrink(load_config("i3d", "variant=stem"), data_cache)
+  longer.train.num_epochs = 3
+  assert trainer.train_and_evaluate(longer, workdir)["best_epoch"] >= 1
+  assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 3
+
+  trainer.train_and_evaluate(typo, workdir, overwrite=True)
+  assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 2  # started again
+  assert trainer.config_differences({"a": {"b": 1}}, {"a": {"b": 2}}) == ["a.b"]

@@ -400,56 +400,6 @@ def train_batches(builder, data_cfg, *, batch_size: int, seed: int, shard_index:
   yield from _numpy_batches(ds)
 
 
-def eval_batches(builder, split: str, data_cfg, *, batch_size: int, shard_index: int = 0,
-                 num_shards: int = 1) -> Iterator[dict[str, np.ndarray]]:
-  """Deterministic clips from frame 0 of every example in this shard of `split`, once each.
-
-  The last batch(es) are filled with dummy examples (mask 0, file_name ""), and every shard
-  yields ceil(largest shard / batch_size) batches, so all batches share one shape and all
-  processes the same batch count.
-
-  Args:
-    builder: From `prepare`.
-    split: "train", "val" or "test".
-    data_cfg: The data config (augmentation settings are ignored).
-    batch_size: Clips per batch in this process.
-    shard_index: This process's shard.
-    num_shards: Number of processes reading the split.
-
-  Yields:
-    {"video": uint8 [B, clip_frames, S, S, 1], "ef": float32 [B], "mask": float32 [B]
-    (1 real, 0 padding), "file_name": str [B] ("" for padding)}.
-  """
-  s = _Settings.from_cfg(data_cfg)
-  _check_shard(shard_index, num_shards, batch_size)
-  total = num_examples(builder, split)
-  # Same arithmetic as tfds.even_splits(drop_remainder=False): the first shards get one more.
-  sizes = [total // num_shards + (i < total % num_shards) for i in range(num_shards)]
-  num_batches = math.ceil(max(sizes) / batch_size)
-  spec = tfds.even_splits(split, n=num_shards)[shard_index]
-  decode = _decode_video(builder)
-
-  def make_clip(ex):
-    frames = decode(ex["video"])
-    clip = _resize(_take_clip(frames, tf.constant(0), s), s.image_size)
-    return {"video": clip, "ef": ex["ef"], "mask": tf.constant(1.0), "file_name": ex["file_name"]}
-
-  def clips():
-    return _read(builder, spec).map(make_clip, num_parallel_calls=s.parallel,
-                                    deterministic=True)
-  if s.cache_in_memory:  # Eval clips are fixed, so cache them post-decode (small: T frames).
-    ds = _memo((os.fspath(builder.data_dir), split, shard_index, num_shards, s.clip_frames,
-                s.period, s.image_size), clips)
-  else:
-    ds = clips()
-  dummy = {"video": tf.zeros((s.clip_frames, s.image_size, s.image_size, 1), tf.uint8),
-           "ef": tf.constant(0.0), "mask": tf.constant(0.0), "file_name": tf.constant("")}
-  pad = num_batches * batch_size - sizes[shard_index]
-  ds = ds.concatenate(tf.data.Dataset.from_tensors(dummy).repeat(pad))
-  ds = _with_prefetch(ds.batch(batch_size, drop_remainder=True), s)
-  yield from _numpy_batches(ds)
-
-
 # ----------------------------------------------------------------------------- every clip
 def clip_starts(num_frames: int, clip_frames: int, period: int, stride: int) -> np.ndarray:
   """Start frames of the clips that all-clips evaluation averages: 0, stride, 2*stride, ...

@@ -1,126 +1,217 @@
-"""Checkpoint evaluation over whole splits: predictions, metrics, ``results.json`` and plots."""
+"""Evaluators: per-video EF predictions of a split, from prediction functions and options.
+
+An :class:`Evaluator` is built from its own options (split, one clip or every clip, stride,
+batch size, Monte-Carlo dropout samples) and run with one or more prediction functions (an
+ensemble averages them). It returns :class:`VideoPredictions`; files, plots and tables are
+written by ``lvef_jax.reporting``. Nothing here imports the trainer: the trainer hands its
+current weights over as a prediction function, and ``launch.py --mode=eval`` hands over a
+:class:`~lvef_jax.evaluation.predictor.Predictor` restored from a checkpoint.
+
+Every clip carries the integer index of its video, so all-clips averages are sums per index,
+which gather across processes (file names could not).
+"""
 
 from __future__ import annotations
 
-import csv
-import json
-import pathlib
+import dataclasses
+import math
+from typing import Callable, Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
-from absl import logging
 
+from lvef_jax import sharding
 from lvef_jax.data import pipeline
 from lvef_jax.evaluation import metrics
-from lvef_jax.reporting import plots
-from lvef_jax.training import sharding
 
-RESULTS_FILE = "results.json"
-RESULT_KEYS = ("rmse", "mae", "r2", "n")
+# A prediction function: a device batch of clips (and a dropout key, for Monte-Carlo dropout)
+# -> EF per clip, as a device array sharded like the batch.
+PredictFn = Callable[..., jax.Array]
+
+# Nominal level of the prediction intervals (EF_low, EF_high).
+INTERVAL_LEVEL = 0.9
 
 
-def predict_split(exp, split: str) -> dict[str, np.ndarray]:
-  """Predicts every video of ``split`` once (deterministic clip; padded examples masked out).
+@dataclasses.dataclass
+class VideoPredictions:
+  """One row per video of a split, in split order.
+
+  ``ef_pred`` averages every prediction of the video (each clip, each dropout sample, each
+  ensemble member); ``ef_pred_std`` is their standard deviation; ``n_clips`` counts the clips.
+  """
+
+  file_name: np.ndarray
+  ef: np.ndarray
+  ef_pred: np.ndarray
+  ef_pred_std: np.ndarray
+  n_clips: np.ndarray
+  predictions_per_clip: int = 1  # dropout samples x ensemble members
+
+  def interval(self, level: float = INTERVAL_LEVEL) -> tuple[np.ndarray, np.ndarray]:
+    """The central ``level`` interval of a normal with the predictions' mean and spread."""
+    z = metrics.central_z(level)
+    return self.ef_pred - z * self.ef_pred_std, self.ef_pred + z * self.ef_pred_std
+
+  def __len__(self) -> int:
+    return len(self.ef)
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-sharded array, in batch order."""
+  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+  rows, seen = [], set()
+  for shard in shards:
+    start = shard.index[0].start or 0
+    if start not in seen:  # a replicated shard appears on several devices
+      seen.add(start)
+      rows.append(np.asarray(shard.data))
+  return np.concatenate(rows)
+
+
+class _Sums:
+  """Per-video sums of predictions, their squares, and clip counts."""
+
+  def __init__(self, num_videos: int):
+    self.total = np.zeros(num_videos)
+    self.squares = np.zeros(num_videos)
+    self.clips = np.zeros(num_videos, np.int64)
+    self.values = np.zeros(num_videos, np.int64)
+
+  def add(self, video_index: np.ndarray, mask: np.ndarray, values: np.ndarray, clips: bool):
+    keep = mask > 0
+    index, values = video_index[keep], values[keep].astype(np.float64)
+    np.add.at(self.total, index, values)
+    np.add.at(self.squares, index, values**2)
+    np.add.at(self.values, index, 1)
+    if clips:
+      np.add.at(self.clips, index, 1)
+
+  def gathered(self) -> "_Sums":
+    """The sums over every process (each process scored its own videos)."""
+    if jax.process_count() == 1:
+      return self
+    from jax.experimental import multihost_utils
+
+    out = _Sums(0)
+    for name in ("total", "squares", "clips", "values"):
+      stacked = multihost_utils.process_allgather(getattr(self, name))
+      setattr(out, name, np.asarray(stacked).reshape(-1, len(getattr(self, name))).sum(0))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+  """Scores every video of ``split``.
+
+  Attributes:
+    split: ``train``, ``val`` or ``test``.
+    clips: ``one`` (the clip from frame 0) or ``all`` (every start ``stride`` frames apart,
+      averaged per video).
+    stride: frames between the clip starts of ``all``; 0: clip length x period.
+    batch_size: clips per compiled call (global); the last batch is padded, so one compiled
+      function serves every batch and memory stays bounded.
+    mc_samples: 0 for the inference-mode prediction; N for N Monte-Carlo dropout samples of
+      every clip.
+    seed: seeds the dropout samples.
+  """
+
+  split: str
+  clips: str = "one"
+  stride: int = 0
+  batch_size: int = 16
+  mc_samples: int = 0
+  seed: int = 0
+
+  def batches(self, builder, data_cfg, mesh) -> Iterator[tuple[dict, dict]]:
+    local = sharding.check_batch_size(self.batch_size, mesh, "eval.batch_size")
+    host_batches = pipeline.clip_batches(
+      builder,
+      self.split,
+      data_cfg,
+      batch_size=local,
+      clips=self.clips,
+      stride=self.stride,
+      shard_index=jax.process_index(),
+      num_shards=jax.process_count(),
+    )
+    return sharding.device_prefetch(host_batches, mesh, keys=("video",), size=data_cfg.prefetch)
+
+  def run(
+    self, predict_fns: Sequence[PredictFn] | PredictFn, builder, data_cfg, mesh
+  ) -> VideoPredictions:
+    """Averages ``predict_fns`` (an ensemble, or one function) over the clips of every video."""
+    if callable(predict_fns):
+      predict_fns = [predict_fns]
+    listing = pipeline.split_listing(builder, self.split)
+    sums = _Sums(len(listing["ef"]))
+    for number, (host, device) in enumerate(self.batches(builder, data_cfg, mesh)):
+      first = True
+      for fn in predict_fns:
+        for values in self._predictions(fn, device["video"], number):
+          sums.add(host["video_index"], host["mask"], values, clips=first)
+          first = False
+    sums = sums.gathered()
+    return _finish(listing, sums, per_clip=len(predict_fns) * max(1, self.mc_samples))
+
+  def _predictions(self, fn: PredictFn, video: jax.Array, number: int) -> Iterable[np.ndarray]:
+    if self.mc_samples <= 0:
+      yield local_rows(fn(video))
+      return
+    base = jax.random.fold_in(jax.random.key(self.seed), number)
+    for key in jax.random.split(base, self.mc_samples):
+      yield local_rows(fn(video, key))
+
+
+def _finish(listing: dict, sums: _Sums, per_clip: int) -> VideoPredictions:
+  missing = np.flatnonzero(sums.values == 0)
+  if len(missing):
+    raise RuntimeError(f"{len(missing)} videos got no prediction, e.g. index {missing[0]}")
+  mean = sums.total / sums.values
+  variance = np.maximum(sums.squares / sums.values - mean**2, 0.0)
+  return VideoPredictions(
+    file_name=listing["file_name"],
+    ef=listing["ef"],
+    ef_pred=mean,
+    ef_pred_std=np.sqrt(variance),
+    n_clips=sums.clips,
+    predictions_per_clip=per_clip,
+  )
+
+
+def predict_clips(
+  predict_fns: Sequence[PredictFn],
+  clips_of_videos: Iterable[np.ndarray],
+  mesh,
+  *,
+  batch_size: int,
+  mc_samples: int = 0,
+  seed: int = 0,
+) -> list[tuple[float, float, int]]:
+  """``(mean, std, n_clips)`` per video for clips already cut on the host (``--mode=predict``).
 
   Args:
-    exp: a ``trainer.Experiment`` (data builder, mesh, state, predict step).
-    split: ``"train"``, ``"val"`` or ``"test"``.
-
-  Returns:
-    ``file_name``, ``ef`` and ``ef_pred`` arrays over the split, in split order.
+    predict_fns: one function or an ensemble.
+    clips_of_videos: per video, uint8 clips ``[n_clips, T, S, S, 1]``.
+    mesh: the device mesh.
+    batch_size: clips per compiled call (global, padded).
   """
-  if jax.process_count() > 1:
-    # Each process would score only its shard, and file names cannot be gathered as arrays:
-    # refuse rather than report one shard's metrics as the split's.
-    raise NotImplementedError(
-      "evaluation over several processes is not implemented yet; "
-      "run --mode=eval as a single process"
-    )
-  config = exp.config
-  batches = pipeline.eval_batches(
-    exp.builder, split, config.data, batch_size=config.eval.batch_size
-  )
-  names, truth, predicted = [], [], []
-  for host, device in sharding.device_prefetch(
-    batches, exp.mesh, keys=("video",), size=config.data.prefetch
-  ):
-    ef_pred = np.asarray(jax.device_get(exp.predict_step(exp.state, device)))
-    keep = host["mask"] > 0
-    names.append(host["file_name"][keep])
-    truth.append(host["ef"][keep])
-    predicted.append(ef_pred[keep])
-  result = {
-    "file_name": np.concatenate(names).astype(str),
-    "ef": np.concatenate(truth).astype(np.float64),
-    "ef_pred": np.concatenate(predicted).astype(np.float64),
-  }
-  expected = pipeline.num_examples(exp.builder, split)
-  if len(result["ef"]) != expected:
-    raise RuntimeError(f"{split}: scored {len(result['ef'])} videos, the split has {expected}")
-  return result
-
-
-def write_predictions(path: pathlib.Path, predictions: dict[str, np.ndarray]) -> None:
-  """``FileName,EF,EF_pred`` CSV, written to a temporary file and renamed into place."""
-  tmp = path.with_suffix(".tmp")
-  with tmp.open("w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["FileName", "EF", "EF_pred"])
-    for name, ef, ef_pred in zip(
-      predictions["file_name"], predictions["ef"], predictions["ef_pred"]
-    ):
-      writer.writerow([name, f"{ef:.4f}", f"{ef_pred:.4f}"])
-  tmp.replace(path)
-
-
-def evaluate_best(exp, history: list[dict]) -> dict:
-  """Restores the best checkpoint (the latest if none is marked best) and scores every split.
-
-  Writes ``results.json``, ``predictions_{split}.csv`` and ``plots/`` into the workdir.
-  """
-  kind = "best" if exp.checkpoints.epoch("best") is not None else "latest"
-  exp.state, meta = exp.checkpoints.restore(kind, exp.state)
-  logging.info(
-    "evaluating the %s checkpoint (epoch %d) on %s",
-    kind,
-    meta["epoch"],
-    ", ".join(exp.config.eval.splits),
-  )
-  results = {"best_epoch": meta["epoch"], "splits": {}}
-  is_main = jax.process_index() == 0
-  plot_dir = exp.workdir / "plots"
-  for split in exp.config.eval.splits:
-    predictions = predict_split(exp, split)
-    scores = metrics.regression_metrics(predictions["ef"], predictions["ef_pred"])
-    results["splits"][split] = {key: scores[key] for key in RESULT_KEYS}
-    if is_main:
-      write_predictions(exp.workdir / f"predictions_{split}.csv", predictions)
-      title = (
-        f"{split}: RMSE {scores['rmse']:.2f}, MAE {scores['mae']:.2f}, "
-        f"R² {scores['r2']:.3f} (n={scores['n']})"
-      )
-      plots.scatter(
-        predictions["ef"], predictions["ef_pred"], title, plot_dir / f"scatter_{split}.png"
-      )
-      plots.bland_altman(
-        predictions["ef"], predictions["ef_pred"], title, plot_dir / f"bland_altman_{split}.png"
-      )
-  if is_main:
-    if history:
-      plots.history(history, plot_dir / "history.png")
-    tmp = exp.workdir / (RESULTS_FILE + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(exp.workdir / RESULTS_FILE)
-    print(format_table(results))
+  evaluator = Evaluator("", batch_size=batch_size, mc_samples=mc_samples, seed=seed)
+  results = []
+  for clips in clips_of_videos:
+    sums = _Sums(1)
+    for number, start in enumerate(range(0, len(clips), batch_size)):
+      chunk = clips[start : start + batch_size]
+      mask = np.zeros(batch_size, np.float32)
+      mask[: len(chunk)] = 1.0
+      padded = np.zeros((batch_size, *clips.shape[1:]), clips.dtype)
+      padded[: len(chunk)] = chunk
+      video = sharding.shard_batch({"video": padded}, mesh)["video"]
+      first = True
+      for fn in predict_fns:
+        for values in evaluator._predictions(fn, video, number):
+          sums.add(np.zeros(batch_size, np.int64), mask, values, clips=first)
+          first = False
+    mean = sums.total[0] / sums.values[0]
+    std = math.sqrt(max(sums.squares[0] / sums.values[0] - mean**2, 0.0))
+    results.append((float(mean), std, int(sums.clips[0])))
   return results
-
-
-def format_table(results: dict) -> str:
-  """The final table: one row per split."""
-  lines = [
-    f"best epoch {results['best_epoch']}",
-    f"{'split':<6} {'n':>6} {'RMSE':>8} {'MAE':>8} {'R2':>8}",
-  ]
-  for split, s in results["splits"].items():
-    lines.append(f"{split:<6} {s['n']:>6d} {s['rmse']:>8.3f} {s['mae']:>8.3f} {s['r2']:>8.3f}")
-  return "\n".join(lines)

@@ -204,11 +204,16 @@ def global_average_pool(x: jax.Array) -> jax.Array:
 
 
 def dropout(x: jax.Array, rate: float, *, train: bool, key: jax.Array | None) -> jax.Array:
-  """Inverted dropout (as Keras): active only when ``train``, which then needs ``key``."""
-  if not train or rate == 0.0:
-    return x
-  if key is None:
+  """Inverted dropout (as Keras): active when ``key`` is given.
+
+  Training always passes a key (``train`` without one is an error). Inference passes none,
+  except Monte-Carlo dropout, which samples the dropout layers with BatchNorm in inference mode
+  (``train=False`` with a key).
+  """
+  if train and key is None:
     raise ValueError("dropout in training mode needs a dropout_key")
+  if key is None or rate == 0.0:
+    return x
   keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 

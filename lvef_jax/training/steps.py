@@ -17,7 +17,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from lvef_jax.training import sharding
+from lvef_jax import sharding
 from lvef_jax.training.state import TrainState
 
 

@@ -11,6 +11,7 @@ import itertools
 import json
 import math
 import pathlib
+import shutil
 import time
 from typing import Iterator
 
@@ -20,10 +21,11 @@ import numpy as np
 from absl import logging
 
 from lvef_jax.data import pipeline
-from lvef_jax.errors import ConfigError, MissingCheckpointError, NonFiniteLossError
+from lvef_jax.errors import ConfigError, NonFiniteLossError
 from lvef_jax.evaluation import evaluator, metrics
-from lvef_jax.reporting import tensorboard
-from lvef_jax.training import checkpoint, sharding, state as state_lib, steps
+from lvef_jax.reporting import plots, results as run_files, tensorboard
+from lvef_jax import checkpoints, config_base, sharding
+from lvef_jax.training import state as state_lib, steps
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -63,7 +65,17 @@ class Experiment:
   train_step: object
   predict_step: object
   batch_stats_step: object
-  checkpoints: checkpoint.Checkpoints
+  checkpoints: checkpoints.Checkpoints
+
+  def predict_fn(self):
+    """The current weights as an evaluator's prediction function."""
+    return lambda video: self.predict_step(self.state, {"video": video})
+
+  def score(self, split: str):
+    """One clip (from frame 0) of every video of ``split`` with the current weights."""
+    return evaluator.Evaluator(split, batch_size=self.config.eval.batch_size).run(
+      self.predict_fn(), self.builder, self.config.data, self.mesh
+    )
 
 
 def build_experiment(config, workdir: str | pathlib.Path) -> Experiment:
@@ -96,7 +108,7 @@ def build_experiment(config, workdir: str | pathlib.Path) -> Experiment:
     train_step=steps.make_train_step(graphdef, tx, mesh),
     predict_step=steps.make_predict_step(graphdef, mesh),
     batch_stats_step=steps.make_batch_stats_step(graphdef, mesh),
-    checkpoints=checkpoint.Checkpoints(workdir / "checkpoints"),
+    checkpoints=checkpoints.Checkpoints(workdir / "checkpoints"),
   )
 
 
@@ -255,14 +267,86 @@ def _recalibrate_batch_norm(exp: Experiment, epoch: int) -> None:
   exp.state = exp.state.replace(batch_stats=jax.tree.map(lambda x: x / count, total))
 
 
-def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
+# Keys that may change between a run and its resumption: where the data and caches live, how
+# long to train, how much to log and how to evaluate. Any other difference is another run.
+RESUMABLE_KEYS = (
+  "data.root",
+  "data.cache_dir",
+  "data.tfds_dir",
+  "data.num_parallel_calls",
+  "data.prefetch",
+  "data.cache_in_memory",
+  "train.num_epochs",
+  "train.early_stopping_patience",
+  "train.log_every_steps",
+  "eval.",
+  "experiment.",
+)
+RUN_FILES = ("checkpoints", "metrics.jsonl", "results.json", "plots", "eval")
+
+
+def _flat(values: dict, prefix: str = "") -> dict[str, object]:
+  flat = {}
+  for key, value in values.items():
+    if isinstance(value, dict):
+      flat.update(_flat(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+  return flat
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+  """The keys (``section.key``) whose values differ, beyond ``RESUMABLE_KEYS``."""
+  old, new = _flat(old), _flat(new)
+  return sorted(
+    key
+    for key in old.keys() | new.keys()
+    if old.get(key) != new.get(key) and not key.startswith(RESUMABLE_KEYS)
+  )
+
+
+def check_workdir(config, workdir: pathlib.Path, overwrite: bool) -> None:
+  """Refuses to mix two runs in one workdir; ``overwrite`` removes the old run instead."""
+  path = workdir / config_base.RUN_CONFIG_FILE
+  if not path.is_file():
+    return
+  old = json.loads(path.read_text())
+  differences = config_differences(old, json.loads(config.to_json_best_effort()))
+  if not differences:
+    return
+  if not overwrite:
+    shown = ", ".join(
+      f"{k} ({_flat(old).get(k)!r} there, {_flat(config.to_dict()).get(k)!r} now)"
+      for k in differences[:8]
+    )
+    more = f" and {len(differences) - 8} more" if len(differences) > 8 else ""
+    raise ConfigError(
+      f"{workdir} holds a run of another config: {shown}{more}. Use another --workdir, or "
+      "--overwrite to delete that run and start again"
+    )
+  logging.warning(
+    "--overwrite: deleting the run in %s (%s differ)", workdir, ", ".join(differences)
+  )
+  for name in RUN_FILES:
+    target = workdir / name
+    if target.is_dir():
+      shutil.rmtree(target)
+    elif target.exists():
+      target.unlink()
+
+
+def train_and_evaluate(config, workdir: str | pathlib.Path, *, overwrite: bool = False) -> dict:
   """Trains ``config`` in ``workdir`` (resuming if possible), then evaluates the best checkpoint.
+
+  A workdir that holds a run of another config is refused (see ``check_workdir``).
 
   Returns:
     The ``results.json`` contents.
   """
-  exp = build_experiment(config, workdir)
   is_main = jax.process_index() == 0
+  if is_main:
+    check_workdir(config, pathlib.Path(workdir), overwrite)
+  exp = build_experiment(config, workdir)
   if is_main:
     exp.workdir.mkdir(parents=True, exist_ok=True)
     (exp.workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
@@ -304,8 +388,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     epoch_start = time.perf_counter()
     train_loss, clips_per_s = _train_epoch(exp, epoch, total_epochs, first_epoch, run_start)
     _recalibrate_batch_norm(exp, epoch)
-    val_predictions = evaluator.predict_split(exp, "val")
-    val = metrics.regression_metrics(val_predictions["ef"], val_predictions["ef_pred"])
+    val_predictions = exp.score("val")
+    val = metrics.regression_metrics(val_predictions.ef, val_predictions.ef_pred)
     step = int(jax.device_get(exp.state.step))
     record = {
       "epoch": epoch,
@@ -341,13 +425,35 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     )
   exp.checkpoints.wait()
   writer.close()
-  return evaluator.evaluate_best(exp, history)
+  return evaluate_best(exp, history)
 
 
-def evaluate_checkpoint(config, workdir: str | pathlib.Path) -> dict:
-  """``--mode=eval``: scores the best checkpoint of an existing run without training."""
-  exp = build_experiment(config, workdir)
-  if exp.checkpoints.epoch("latest") is None and exp.checkpoints.epoch("best") is None:
-    raise MissingCheckpointError(f"no checkpoint under {exp.workdir / 'checkpoints'}: train first")
-  history = _read_history(exp.workdir / METRICS_FILE, up_to_epoch=config.train.num_epochs)
-  return evaluator.evaluate_best(exp, history)
+def evaluate_best(exp: Experiment, history: list[dict]) -> dict:
+  """Restores the best checkpoint (the latest if none is marked best) and scores every split.
+
+  Writes ``results.json``, ``predictions_{split}.csv`` and ``plots/`` into the workdir: the
+  paper's protocol (one clip from frame 0 of each video). ``launch.py --mode=eval`` goes further
+  (all clips, confidence intervals, ROC, prediction intervals).
+  """
+  kind = "best" if exp.checkpoints.epoch("best") is not None else "latest"
+  exp.state, meta = exp.checkpoints.restore(kind, exp.state)
+  logging.info(
+    "evaluating the %s checkpoint (epoch %d) on %s",
+    kind,
+    meta["epoch"],
+    ", ".join(exp.config.eval.splits),
+  )
+  results = {"best_epoch": meta["epoch"], "splits": {}}
+  is_main = jax.process_index() == 0
+  for split in exp.config.eval.splits:
+    p = exp.score(split)
+    scores = metrics.regression_metrics(p.ef, p.ef_pred)
+    results["splits"][split] = {key: scores[key] for key in run_files.RESULT_KEYS}
+    if is_main:
+      run_files.write_split(exp.workdir, split, p.file_name, p.ef, p.ef_pred, scores)
+  if is_main:
+    if history:
+      plots.history(history, exp.workdir / "plots" / "history.png")
+    run_files.write_results(exp.workdir, results)
+    print(run_files.format_table(results))
+  return results

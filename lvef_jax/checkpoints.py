@@ -1,0 +1,119 @@
+"""Orbax checkpoints of a run: the latest epoch (to resume) and the best by validation RMSE.
+
+Shared by training (save, resume) and evaluation (restore the weights alone).
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import orbax.checkpoint as ocp
+
+from lvef_jax.errors import ConfigError, MissingCheckpointError
+
+KINDS = ("latest", "best")
+
+
+class Checkpoints:
+  """Two one-slot Orbax ``CheckpointManager``s under ``directory/{latest,best}``.
+
+  Each checkpoint holds the train state (step, params, batch_stats, opt_state, rng) and a JSON
+  ``meta`` dict (epoch, early-stopping progress), saved under the epoch number. Saves are
+  asynchronous; Orbax commits a checkpoint atomically, so an interrupted save never replaces
+  the previous one.
+  """
+
+  def __init__(self, directory: pathlib.Path):
+    self.directory = pathlib.Path(directory).absolute()
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+    self._managers = {
+      kind: ocp.CheckpointManager(self.directory / kind, options=options) for kind in KINDS
+    }
+
+  def epoch(self, kind: str) -> int | None:
+    """The epoch stored as ``kind``, or None."""
+    return self._managers[kind].latest_step()
+
+  def kind_of(self, checkpoint: str | int) -> str:
+    """``best``, ``latest``, or the kind that holds epoch ``checkpoint``.
+
+    Only the best and the latest epoch are kept; another epoch is an error that says which
+    epochs there are.
+    """
+    stored = {kind: self.epoch(kind) for kind in KINDS}
+    if not any(e is not None for e in stored.values()):
+      raise MissingCheckpointError(f"no checkpoint under {self.directory}: train first")
+    if str(checkpoint) in KINDS:
+      kind = str(checkpoint)
+      if stored[kind] is None:  # a run stopped before its first best epoch: use the latest
+        kind = next(k for k in KINDS if stored[k] is not None)
+      return kind
+    try:
+      epoch = int(checkpoint)
+    except ValueError:
+      raise ConfigError(
+        f"checkpoint {checkpoint!r}: expected best, latest or an epoch number"
+      ) from None
+    for kind in ("best", "latest"):
+      if stored[kind] == epoch:
+        return kind
+    have = ", ".join(f"{kind} = epoch {e}" for kind, e in stored.items() if e is not None)
+    raise MissingCheckpointError(
+      f"no checkpoint of epoch {epoch} under {self.directory}: only the best and the latest "
+      f"epochs are kept ({have})"
+    )
+
+  def save(self, kind: str, epoch: int, state, meta: dict) -> None:
+    self._managers[kind].save(
+      epoch,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+    )
+
+  def restore(self, kind: str, template):
+    """Restores ``kind`` (the whole train state) into arrays shaped and sharded like
+    ``template``; returns ``(state, meta)``."""
+    epoch = self.epoch(kind)
+    if epoch is None:
+      raise MissingCheckpointError(f"no {kind!r} checkpoint in {self._managers[kind].directory}")
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    restored = self._managers[kind].restore(
+      epoch,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+      ),
+    )
+    return restored.state, dict(restored.meta)
+
+  def restore_variables(self, kind: str, template: tuple) -> tuple[tuple, dict]:
+    """Restores only the parameters and BatchNorm statistics of ``kind``.
+
+    Args:
+      template: ``(params, batch_stats)`` shaped and sharded as wanted.
+
+    Returns:
+      ``((params, batch_stats), meta)``; the optimizer state is never read.
+    """
+    epoch = self.epoch(kind)
+    if epoch is None:
+      raise MissingCheckpointError(f"no {kind!r} checkpoint in {self._managers[kind].directory}")
+    params, batch_stats = template
+    abstract = jax.tree.map(
+      ocp.utils.to_shape_dtype_struct, {"params": params, "batch_stats": batch_stats}
+    )
+    restored = self._managers[kind].restore(
+      epoch,
+      args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item=abstract, partial_restore=True),
+        meta=ocp.args.JsonRestore(),
+      ),
+    )
+    return (restored.state["params"], restored.state["batch_stats"]), dict(restored.meta)
+
+  def wait(self) -> None:
+    for manager in self._managers.values():
+      manager.wait_until_finished()
+
+  def close(self) -> None:
+    for manager in self._managers.values():
+      manager.close()

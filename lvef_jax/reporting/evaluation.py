@@ -1,0 +1,112 @@
+"""Files of a checkpoint evaluation and of predictions on new videos: JSON, CSV and plots.
+
+Everything is written to a temporary name and renamed into place, so a reader never sees a
+half-written file and an interrupted evaluation leaves the previous one intact.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Sequence
+
+import numpy as np
+
+from lvef_jax.reporting import files, plots
+
+PREDICTION_COLUMNS = ("FileName", "EF", "EF_pred", "EF_pred_std", "EF_low", "EF_high", "n_clips")
+PREDICT_COLUMNS = (
+  "FileName",
+  "EF_pred",
+  "EF_pred_std",
+  "EF_low",
+  "EF_high",
+  "hf_class",
+  "n_clips",
+  "error",
+)
+
+
+def _number(x: float) -> str:
+  return f"{x:.4f}"
+
+
+def write_evaluation(
+  out_dir: pathlib.Path,
+  name: str,
+  report: dict,
+  predictions,
+  low: np.ndarray,
+  high: np.ndarray,
+  roc_curves: list[dict],
+  title: str,
+) -> list[pathlib.Path]:
+  """Writes ``{name}.json``, ``{name}_predictions.csv`` and ``plots/{kind}_{name}.png``.
+
+  Args:
+    out_dir: ``DIR/eval``.
+    name: ``{split}_{clips}``, e.g. ``test_all``.
+    report: ``metrics.evaluation_report`` (plus what the caller adds: checkpoint, options).
+    predictions: an ``evaluator.VideoPredictions``.
+    low, high: the prediction interval of each video.
+    roc_curves: ``metrics.roc`` of each threshold.
+    title: what was evaluated, for the plot titles.
+
+  Returns:
+    The files written.
+  """
+  rows = [
+    [f, _number(e), _number(p), _number(s), _number(lo), _number(hi), int(n)]
+    for f, e, p, s, lo, hi, n in zip(
+      predictions.file_name,
+      predictions.ef,
+      predictions.ef_pred,
+      predictions.ef_pred_std,
+      low,
+      high,
+      predictions.n_clips,
+    )
+  ]
+  json_path = out_dir / f"{name}.json"
+  csv_path = out_dir / f"{name}_predictions.csv"
+  files.write_text(csv_path, files.csv_text(PREDICTION_COLUMNS, rows))
+  files.write_text(json_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
+
+  def ci(metric: str, digits: int) -> str:
+    m = report[metric]
+    lo, hi = m["ci95"]
+    return f"{m['value']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+  summary = f"RMSE {ci('rmse', 2)}, MAE {ci('mae', 2)}, R² {ci('r2', 3)} (n={report['n']})"
+  plot_dir = out_dir / "plots"
+  paths = {kind: plot_dir / f"{kind}_{name}.png" for kind in ("scatter", "bland_altman", "roc")}
+  full_title = f"{title}\n{summary}"
+  plots.scatter(predictions.ef, predictions.ef_pred, full_title, paths["scatter"])
+  plots.bland_altman(predictions.ef, predictions.ef_pred, full_title, paths["bland_altman"])
+  plots.roc_curves(roc_curves, f"{title}: detecting low EF", paths["roc"])
+  written = [json_path, csv_path, *paths.values()]
+  if report.get("calibration") is not None:
+    paths["calibration"] = plot_dir / f"calibration_{name}.png"
+    coverage = report.get("interval_coverage") or {}
+    plots.calibration(
+      report["calibration"],
+      f"{title}: interval calibration (90 % interval covers "
+      f"{coverage.get('coverage', float('nan')):.0%})",
+      paths["calibration"],
+    )
+    written.append(paths["calibration"])
+  return written
+
+
+def write_predictions(path: pathlib.Path, rows: Sequence[dict]) -> None:
+  """``--mode=predict``'s CSV: one row per input file (``PREDICT_COLUMNS``)."""
+
+  def cell(row, key):
+    value = row.get(key)
+    if value is None:
+      return ""
+    return _number(value) if isinstance(value, float) else value
+
+  files.write_text(
+    path, files.csv_text(PREDICT_COLUMNS, [[cell(r, k) for k in PREDICT_COLUMNS] for r in rows])
+  )

@@ -1,0 +1,48 @@
+"""The run directory's final files: ``results.json``, ``predictions_{split}.csv`` and plots."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+
+from lvef_jax.reporting import files, plots
+
+RESULTS_FILE = "results.json"
+RESULT_KEYS = ("rmse", "mae", "r2", "n")
+
+
+def write_predictions(path: pathlib.Path, file_name, ef, ef_pred) -> None:
+  """``FileName,EF,EF_pred`` CSV, written to a temporary file and renamed into place."""
+  rows = [[n, f"{t:.4f}", f"{p:.4f}"] for n, t, p in zip(file_name, ef, ef_pred)]
+  files.write_text(path, files.csv_text(["FileName", "EF", "EF_pred"], rows))
+
+
+def write_split(workdir: pathlib.Path, split: str, file_name, ef, ef_pred, scores: dict) -> None:
+  """The predictions CSV and the scatter and Bland-Altman plots of one split."""
+  write_predictions(workdir / f"predictions_{split}.csv", file_name, ef, ef_pred)
+  title = (
+    f"{split}: RMSE {scores['rmse']:.2f}, MAE {scores['mae']:.2f}, "
+    f"R² {scores['r2']:.3f} (n={scores['n']})"
+  )
+  plot_dir = workdir / "plots"
+  plots.scatter(np.asarray(ef), np.asarray(ef_pred), title, plot_dir / f"scatter_{split}.png")
+  plots.bland_altman(
+    np.asarray(ef), np.asarray(ef_pred), title, plot_dir / f"bland_altman_{split}.png"
+  )
+
+
+def write_results(workdir: pathlib.Path, results: dict) -> None:
+  files.write_text(workdir / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
+
+
+def format_table(results: dict) -> str:
+  """The final table: one row per split."""
+  lines = [
+    f"best epoch {results['best_epoch']}",
+    f"{'split':<6} {'n':>6} {'RMSE':>8} {'MAE':>8} {'R2':>8}",
+  ]
+  for split, s in results["splits"].items():
+    lines.append(f"{split:<6} {s['n']:>6d} {s['rmse']:>8.3f} {s['mae']:>8.3f} {s['r2']:>8.3f}")
+  return "\n".join(lines)
