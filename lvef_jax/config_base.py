@@ -147,6 +147,9 @@ def base_config() -> ml_collections.ConfigDict:
       grad_clip_norm=0.0,  # 0 disables clipping
       weight_decay=0.0,  # decoupled (AdamW) when > 0
       early_stopping_patience=20,
+      # A step with a non-finite loss or gradient is skipped (the state stays as it was); this
+      # many in a row stop the run, keeping its last good checkpoint. 0 never stops.
+      max_bad_steps=20,
       # After each epoch, BatchNorm running averages are replaced by the mean statistics of
       # this many train batches under the final weights ("precise BN"); 0 keeps the
       # exponential averages of training, as Keras (and so the paper) did.

@@ -325,3 +325,11 @@ def test_layer_norm_learns_a_shrunk_quickstart(tmp_path_factory):
   results = trainer.train_and_evaluate(config, tmp_path_factory.mktemp("ln_run"))
   assert results["splits"]["train"]["r2"] > 0.25, results
   assert results["splits"]["val"]["r2"] > 0.0, results
+
+
+def test_same_config_and_seed_give_byte_identical_results(finished_run, tmp_path):
+  config, reference, _ = finished_run
+  config = shrink(load_config("quickstart"), pathlib.Path(config.data.cache_dir))
+  trainer.train_and_evaluate(config, tmp_path)
+  for name in ("results.json", "predictions_train.csv", "predictions_val.csv"):
+    assert (tmp_path / name).read_bytes() == (reference / name).read_bytes(), name

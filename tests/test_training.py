@@ -264,3 +264,30 @@ def test_a_workdir_of_another_config_is_refused_unless_overwritten(tmp_path, dat
   trainer.train_and_evaluate(typo, workdir, overwrite=True)
   assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 2  # started again
   assert trainer.config_differences({"a": {"b": 1}}, {"a": {"b": 2}}) == ["a.b"]
+
+
+def test_a_non_finite_step_is_skipped_and_leaves_the_state_as_it_was():
+  config = _config()
+  mesh = sharding.make_mesh()
+  graphdef, tx, state = _setup(config, mesh)
+  train_step = steps.make_train_step(graphdef, tx, mesh)
+  good = _batch()
+  bad = dict(good, ef=np.full_like(good["ef"], np.nan))
+  before = jax.device_get(state)
+  state, out = train_step(state, sharding.shard_batch(bad, mesh))
+  assert int(out["skipped"]) == 1 and not np.isfinite(float(out["loss"]))
+  after = jax.device_get(state)
+  for old, new in zip(jax.tree.leaves(before.params), jax.tree.leaves(after.params)):
+    np.testing.assert_array_equal(old, new)
+  for old, new in zip(jax.tree.leaves(before.opt_state), jax.tree.leaves(after.opt_state)):
+    np.testing.assert_array_equal(old, new)
+  assert int(after.step) == 1
+  state, out = train_step(state, sharding.shard_batch(good, mesh))
+  assert int(out["skipped"]) == 0 and np.isfinite(float(out["loss"]))
+
+
+def test_non_finite_steps_in_a_row_stop_the_run_with_a_clear_message(tmp_path, data_cache):
+  config = shrink(load_config("i3d", "variant=stem"), data_cache)
+  config.train.update(learning_rate=1e38, max_bad_steps=2, num_epochs=3)
+  with pytest.raises(NonFiniteLossError, match="2 train steps in a row had a non-finite"):
+    trainer.train_and_evaluate(config, tmp_path)

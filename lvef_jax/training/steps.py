@@ -28,8 +28,8 @@ def make_train_step(
 
   ``batch`` holds ``video`` (uint8 ``[B, T, H, W, 1]``) and ``ef`` (``[B]``). The model's
   ``regularization_loss()`` (L1/L2 penalties; zero for most families) is added to the MSE for
-  the gradient. Metrics: the batch MSE ``loss``, the ``penalty`` and the gradient global norm
-  ``grad_norm``.
+  the gradient. Metrics: the batch MSE ``loss``, the ``penalty``, the gradient global norm
+  ``grad_norm`` and ``skipped`` (1 when a non-finite loss or gradient left the state as it was).
   """
 
   def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -47,10 +47,22 @@ def make_train_step(
     )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    # A non-finite loss or gradient skips the step: the weights, BatchNorm statistics and
+    # optimizer state stay as they were (the step counter still advances).
+    ok = jnp.isfinite(mse) & jnp.isfinite(penalty) & jnp.isfinite(grad_norm)
+
+    def keep_if_bad(new, old):
+      return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
     new_state = state.replace(
-      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+      step=state.step + 1,
+      params=keep_if_bad(params, state.params),
+      batch_stats=keep_if_bad(batch_stats, state.batch_stats),
+      opt_state=keep_if_bad(opt_state, state.opt_state),
     )
-    return new_state, {"loss": mse, "penalty": penalty, "grad_norm": optax.tree.norm(grads)}
+    metrics = {"loss": mse, "penalty": penalty, "grad_norm": grad_norm}
+    return new_state, {**metrics, "skipped": jnp.logical_not(ok).astype(jnp.int32)}
 
   replicated = sharding.replicated(mesh)
   return jax.jit(

@@ -66,6 +66,7 @@ class Experiment:
   predict_step: object
   batch_stats_step: object
   checkpoints: checkpoints.Checkpoints
+  bad_streak: int = 0  # train steps in a row skipped for a non-finite loss or gradient
 
   def predict_fn(self):
     """The current weights as an evaluator's prediction function."""
@@ -195,8 +196,8 @@ def _etas(
 
 def _train_epoch(
   exp: Experiment, epoch: int, total_epochs: int, first_epoch: int, run_start: float
-) -> tuple[float, float]:
-  """Runs one epoch of train steps; returns (mean train loss, clips per second)."""
+) -> tuple[float, float, int]:
+  """Runs one epoch of train steps; returns (mean finite train loss, clips/s, skipped steps)."""
   config = exp.config
   log_every = max(1, config.train.log_every_steps)
   losses, logged, start = [], 0, time.perf_counter()
@@ -206,19 +207,18 @@ def _train_epoch(
     keys=("video", "ef"),
     size=config.data.prefetch,
   )
+  skipped_flags, skipped = [], 0
   for index, (_, batch) in enumerate(batches, start=1):
     exp.state, step_metrics = exp.train_step(exp.state, batch)
     losses.append(step_metrics["loss"])
+    skipped_flags.append(step_metrics["skipped"])
     if index % log_every == 0 or index == exp.steps_per_epoch:
       # Fetching the losses is the only host sync; it happens at log steps only.
       recent = np.asarray(jax.device_get(losses[logged:]))
+      flags = np.asarray(jax.device_get(skipped_flags[logged:]))
       logged = len(losses)
-      if not np.all(np.isfinite(recent)):
-        raise NonFiniteLossError(
-          f"non-finite training loss at epoch {epoch} step {index}: "
-          f"{recent.tolist()}; lower train.learning_rate or set "
-          "train.grad_clip_norm"
-        )
+      skipped += int(flags.sum())
+      _check_bad_steps(exp, flags, epoch, index)
       now = time.perf_counter()
       elapsed = now - start
       clips_per_s = index * config.train.batch_size / elapsed
@@ -232,21 +232,39 @@ def _train_epoch(
         run_elapsed=now - run_start,
       )
       logging.info(
-        "epoch %d/%d step %d/%d loss %.2f grad_norm %.2f | %.1f clips/s | "
+        "epoch %d/%d step %d/%d loss %.2f grad_norm %.2f%s | %.1f clips/s | "
         "epoch ETA %s | run ETA %s (before early stopping)",
         epoch,
         total_epochs,
         index,
         exp.steps_per_epoch,
-        float(recent.mean()),
+        float(np.mean(recent[np.isfinite(recent)])) if np.isfinite(recent).any() else math.nan,
         float(step_metrics["grad_norm"]),
+        f" | {skipped} non-finite steps skipped this epoch" if skipped else "",
         clips_per_s,
         _format_seconds(epoch_eta),
         _format_seconds(run_eta),
       )
   seconds = time.perf_counter() - start
-  mean_loss = float(np.mean(jax.device_get(losses)))
-  return mean_loss, exp.steps_per_epoch * config.train.batch_size / seconds
+  all_losses = np.asarray(jax.device_get(losses))
+  finite = all_losses[np.isfinite(all_losses)]
+  mean_loss = float(finite.mean()) if finite.size else math.nan
+  return mean_loss, exp.steps_per_epoch * config.train.batch_size / seconds, skipped
+
+
+def _check_bad_steps(exp: Experiment, skipped: np.ndarray, epoch: int, index: int) -> None:
+  """Counts non-finite steps in a row (across log windows and epochs); too many stop the run."""
+  for flag in skipped:
+    exp.bad_streak = exp.bad_streak + 1 if flag else 0
+  limit = exp.config.train.max_bad_steps
+  if exp.bad_streak >= limit > 0:
+    kept = exp.checkpoints.epoch("latest")
+    raise NonFiniteLossError(
+      f"{exp.bad_streak} train steps in a row had a non-finite loss or gradient (up to epoch "
+      f"{epoch} step {index}; train.max_bad_steps={limit}); the run stopped, and its last good "
+      + (f"checkpoint (epoch {kept}) is kept" if kept else "state was never checkpointed")
+      + "; lower train.learning_rate or set train.grad_clip_norm"
+    )
 
 
 def _recalibrate_batch_norm(exp: Experiment, epoch: int) -> None:
@@ -386,7 +404,9 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, overwrite: bool =
       )
       break
     epoch_start = time.perf_counter()
-    train_loss, clips_per_s = _train_epoch(exp, epoch, total_epochs, first_epoch, run_start)
+    train_loss, clips_per_s, skipped = _train_epoch(
+      exp, epoch, total_epochs, first_epoch, run_start
+    )
     _recalibrate_batch_norm(exp, epoch)
     val_predictions = exp.score("val")
     val = metrics.regression_metrics(val_predictions.ef, val_predictions.ef_pred)
@@ -401,6 +421,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, overwrite: bool =
       "val_r2": val["r2"],
       "lr": float(schedule(step)),
       "clips_per_s": clips_per_s,
+      "skipped_steps": skipped,
       "seconds": time.perf_counter() - epoch_start,
     }
     improved = stopping.update(epoch, val["rmse"])
