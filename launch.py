@@ -24,6 +24,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from lvef_jax import distributed
 from lvef_jax.errors import LvefError
 
 WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, plots).")
@@ -54,6 +55,14 @@ VIDEOS = flags.DEFINE_string(
   "videos", None, "--mode=predict: a video file, a folder or a glob (AVI, MP4, ..., DICOM)."
 )
 OUTPUT = flags.DEFINE_string("output", None, "--mode=predict: the CSV to write.")
+COORDINATOR = flags.DEFINE_string(
+  "coordinator_address",
+  None,
+  "Several processes (machines): HOST:PORT of process 0, with --num_processes and --process_id. "
+  "Under SLURM (several tasks) these come from its environment.",
+)
+NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Several processes: how many.")
+PROCESS_ID = flags.DEFINE_integer("process_id", None, "Several processes: this one's index.")
 OVERWRITE = flags.DEFINE_bool(
   "overwrite",
   False,
@@ -177,6 +186,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  distributed.initialize(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)
   if LIST_EXPERIMENTS.value:
     from lvef_jax import experiments
 

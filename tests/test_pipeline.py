@@ -258,18 +258,23 @@ def test_eval_two_shards_cover_split_once_in_step(data, split, batch):
   assert sorted(names) == sorted(data["stored"][split])
 
 
-def test_train_two_shards_same_batch_count_disjoint(data):
-  per_shard = []
-  for shard in range(2):
-    batches = all_batches(
+def test_train_shards_are_the_rows_of_the_single_process_batches(data):
+  """Two processes with batch 3 each see exactly the global batches of one process with 6."""
+  whole = all_batches(pipeline.train_batches(data["builder"], data["cfg"], batch_size=6, seed=5))
+  shards = [
+    all_batches(
       pipeline.train_batches(
         data["builder"], data["cfg"], batch_size=3, seed=5, shard_index=shard, num_shards=2
       )
     )
-    per_shard.append([ef.item() for b in batches for ef in b["ef"]])
+    for shard in range(2)
+  ]
   n = pipeline.num_examples(data["builder"], "train")
-  assert len(per_shard[0]) == len(per_shard[1]) == (n // 2) // 3 * 3
-  assert not set(per_shard[0]) & set(per_shard[1])
+  assert len(whole) == len(shards[0]) == len(shards[1]) == n // 6
+  for k, batch in enumerate(whole):
+    for key in ("video", "ef"):
+      joined = np.concatenate([shards[0][k][key], shards[1][k][key]])
+      np.testing.assert_array_equal(joined, batch[key])
 
 
 def test_resize_to_32(data):

@@ -345,7 +345,11 @@ def _numpy_batches(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
 
 def train_batches(builder, data_cfg, *, batch_size: int, seed: int, shard_index: int = 0,
                   num_shards: int = 1) -> Iterator[dict[str, np.ndarray]]:
-  """One shuffled, augmented epoch of this process's shard of the train split.
+  """One shuffled, augmented epoch of this process's rows of every global batch of the train split.
+
+  Every process reads the same shuffled order and keeps its `batch_size` rows of each global
+  batch (`batch_size * num_shards` clips), decoding only those: the global batches, and so a
+  run's results, are the same whatever the number of processes.
 
   Args:
     builder: From `prepare`.
@@ -353,30 +357,32 @@ def train_batches(builder, data_cfg, *, batch_size: int, seed: int, shard_index:
     batch_size: Clips per batch in this process.
     seed: Shuffle / clip start / crop seed; pass base_seed + epoch so epochs differ and runs
       repeat exactly.
-    shard_index: This process's shard.
+    shard_index: This process's index.
     num_shards: Number of processes reading the split.
 
   Yields:
-    {"video": uint8 [B, clip_frames, S, S, 1], "ef": float32 [B]}; only full batches.
+    {"video": uint8 [B, clip_frames, S, S, 1], "ef": float32 [B]}; only full global batches, so
+    every process yields the same number of batches.
 
   Raises:
-    ConfigError: the shard holds fewer than `batch_size` examples (an epoch would be empty).
+    ConfigError: the split holds fewer examples than one global batch (an epoch would be empty).
   """
   s = _Settings.from_cfg(data_cfg)
   _check_shard(shard_index, num_shards, batch_size)
-  # Equal-size shards (dropping < num_shards examples) so every process yields the same number
-  # of batches; the sized read also lets a memory cache see the end of its input and finish.
-  spec = tfds.even_splits("train", n=num_shards, drop_remainder=True)[shard_index]
-  per_shard = num_examples(builder, "train") // num_shards
-  if per_shard < batch_size:
-    raise ConfigError(f"Train shard has {per_shard} examples, fewer than batch {batch_size}.")
+  global_batch = batch_size * num_shards
+  total = num_examples(builder, "train")
+  if total < global_batch:
+    raise ConfigError(f"Train split has {total} examples, fewer than one batch of {global_batch}.")
   if s.cache_in_memory:
-    ds = _memo((os.fspath(builder.data_dir), "train", shard_index, num_shards),
-               lambda: _read(builder, spec))
+    ds = _memo((os.fspath(builder.data_dir), "train"), lambda: _read(builder, "train"))
   else:
-    ds = _read(builder, spec, shuffle_seed=seed)
+    ds = _read(builder, "train", shuffle_seed=seed)
   if s.shuffle_buffer > 1:
     ds = ds.shuffle(s.shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+  ds = ds.take(total // global_batch * global_batch)
+  if num_shards > 1:  # this process's rows of each global batch, before any decoding
+    ds = ds.enumerate().filter(lambda i, ex: (i // batch_size) % num_shards == shard_index)
+    ds = ds.map(lambda i, ex: ex)
   decode = _decode_video(builder)
 
   def make_clip(ex):

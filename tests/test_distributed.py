@@ -1,0 +1,103 @@
+"""Two processes on loopback (JAX's multi-controller runtime, gloo collectives between CPU
+processes) train and evaluate to the same results as one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+SHRINK = {
+  "data.synthetic_num_videos": 24,
+  "data.synthetic_seed": 3,
+  "data.synthetic_min_frames": 10,
+  "data.synthetic_max_frames": 40,
+  "data.clip_frames": 8,
+  "data.period": 2,
+  "data.image_size": 16,
+  "data.augment_pad": 2,
+  "data.shuffle_buffer": 64,
+  "data.prefetch": 1,
+  "train.batch_size": 8,
+  "train.num_epochs": 2,
+  "train.steps_per_epoch": 2,
+  "train.log_every_steps": 1,
+  "train.bn_recalibration_batches": 2,
+  "eval.batch_size": 8,
+}
+
+
+def _command(workdir, cache, *extra):
+  flags = [f"--config.{key}={value}" for key, value in SHRINK.items()]
+  return [
+    sys.executable,
+    "launch.py",
+    "--config=configs/i3d.py:variant=stem",
+    f"--workdir={workdir}",
+    f"--config.data.cache_dir={cache}",
+    *flags,
+    *extra,
+  ]
+
+
+def _env(devices: int) -> dict:
+  flags = (
+    f"--xla_force_host_platform_device_count={devices} "
+    "--xla_cpu_collective_call_terminate_timeout_seconds=600"
+  )
+  return dict(os.environ, XLA_FLAGS=flags)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one(tmp_path):
+  cache = tmp_path / "cache"
+  single = subprocess.run(
+    _command(tmp_path / "one", cache),
+    cwd=ROOT,
+    env=_env(4),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert single.returncode == 0, single.stderr[-3000:]
+  port = _free_port()
+  processes = [
+    subprocess.Popen(
+      _command(
+        tmp_path / "two",
+        cache,
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=2",
+        f"--process_id={i}",
+      ),
+      cwd=ROOT,
+      env=_env(2),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  outputs = [p.communicate(timeout=600)[0] for p in processes]
+  assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  one = json.loads((tmp_path / "one" / "results.json").read_text())
+  two = json.loads((tmp_path / "two" / "results.json").read_text())
+  assert one["best_epoch"] == two["best_epoch"]
+  for split, scores in one["splits"].items():
+    for key in ("rmse", "mae", "r2"):
+      assert two["splits"][split][key] == pytest.approx(scores[key], abs=1e-4), (split, key)
+    assert two["splits"][split]["n"] == scores["n"]
+  assert "process 1 of 2, 2 local of 4 devices" in outputs[1]
+  # Only process 0 printed the final table.
+  assert sum("best epoch" in output for output in outputs) == 1
