@@ -256,14 +256,23 @@ def test_bad_tracings_header(root):
     echonet.read_tracings(root)
 
 
-def test_traced_frame_out_of_range(root):
+def test_traced_frame_out_of_range_only_warns(root, caplog):
   # 0XBBB has 6 frames; its ED tracing (lines 20 to 25, after 6 rows per frame) moves to 6.
   for line in range(20, 26):
     edit_csv(root / "VolumeTracings.csv", line, 5, "6")
-  message = load_error(root)
-  assert (
-    "VolumeTracings.csv line 20 (FileName '0XBBB.avi'): traced frame 6 is outside [0, 6)" in message
-  )
+  records = {r.file_name: r for r in echonet.load_dataset_index(root)}
+  assert (records["0XBBB"].ed_frame, records["0XBBB"].es_frame) == (-1, -1)
+  assert records["0XBBB"].ef > 0  # the label is kept
+  assert "1 videos have a traced frame outside their NumberOfFrames" in caplog.text
+  assert "0XBBB.avi (line 20: frame 6 of 6)" in caplog.text
+
+
+def test_windows_line_endings_and_byte_order_mark_are_accepted(root):
+  expected = echonet.load_dataset_index(root)
+  for name in ("FileList.csv", "VolumeTracings.csv"):
+    path = root / name
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_text().replace("\n", "\r\n").encode())
+  assert echonet.load_dataset_index(root) == expected
 
 
 def test_bad_tracing_row(root):
@@ -279,16 +288,15 @@ def test_several_problems_reported_together(root):
   edit_csv(root / "FileList.csv", 6, 8, "EXTERNAL")
   (root / "Videos" / "0XCCC.avi").unlink()
   (root / "Videos" / "0XDDD.avi").write_bytes(b"garbage")
-  edit_csv(root / "VolumeTracings.csv", 14, 5, "99")
+  edit_csv(root / "VolumeTracings.csv", 14, 5, "99")  # a tracing problem: not an error
   message = load_error(root)
-  assert "6 problem(s)" in message
+  assert "5 problem(s)" in message and "traced frame 99" not in message
   for expected in [
     "line 2 (FileName '0XAAA'): EF '120'",
     "line 6 (FileName '0XEEE'): Split 'EXTERNAL'",
     "split TEST has no (valid) rows",
     "1 videos listed in FileList.csv are missing from",
     "cannot be read by OpenCV (cannot be opened or have no frames): 0XDDD.avi",
-    "VolumeTracings.csv line 14 (FileName '0XBBB.avi'): traced frame 99",
   ]:
     assert expected in message
 

@@ -449,20 +449,26 @@ def load_dataset_index(root, *, check_videos: bool = True) -> list[VideoRecord]:
       FILE_LIST,
       _name_list(unknown),
     )
-  num_frames = {r.file_name: r.num_frames for r in records}
-  for (name, frame), line in first_line.items():
-    # Rows with bad numbers have no NumberOfFrames to check against; they are reported.
-    if name in num_frames and frame >= num_frames[name]:
-      problems.append(
-        f"{tracings_path} line {line} (FileName {name + '.avi'!r}): "
-        f"traced frame {frame} is outside [0, {num_frames[name]}) "
-        f"(NumberOfFrames)"
-      )
   if problems:
     _raise(root, problems)
+  # A traced frame past NumberOfFrames is a problem of the tracings or of the metadata, not of
+  # the EF label (the released dataset has such rows): warn, and use no tracing for that video.
+  num_frames = {r.file_name: r.num_frames for r in records}
+  outside = {}
+  for (name, frame), line in first_line.items():
+    if name in num_frames and frame >= num_frames[name]:
+      outside.setdefault(name, f"line {line}: frame {frame} of {num_frames[name]}")
+  if outside:
+    logging.warning(
+      "%s: %d videos have a traced frame outside their NumberOfFrames (their tracings are "
+      "ignored; the EF labels are used): %s",
+      tracings_path,
+      len(outside),
+      _name_list([f"{name}.avi ({where})" for name, where in outside.items()]),
+    )
   out, odd = [], []
   for record in records:
-    frames = tracings.get(record.file_name, {})
+    frames = {} if record.file_name in outside else tracings.get(record.file_name, {})
     if frames and len(frames) != 2:  # Kept, but the layout has two: worth knowing.
       odd.append(f"{record.file_name} ({len(frames)})")
     ed_frame, es_frame = tracing_frames(frames)
