@@ -6,13 +6,45 @@ Shared by training (save, resume) and evaluation (restore the weights alone).
 from __future__ import annotations
 
 import pathlib
+import shutil
 
 import jax
+from absl import logging
 import orbax.checkpoint as ocp
 
 from lvef_jax.errors import ConfigError, MissingCheckpointError
 
 KINDS = ("latest", "best")
+# Orbax writes this file last into a checkpoint's folder: without it the save never finished.
+FINISHED_MARKER = "_CHECKPOINT_METADATA"
+
+
+def _set_aside_incomplete(folder: pathlib.Path) -> None:
+  """Moves away the checkpoints a killed process left half-written, with a warning.
+
+  Orbax saves into ``<epoch>.orbax-checkpoint-tmp-*`` and renames the folder when done, so
+  normally a half-written save only leaves such a folder; a step folder without Orbax's
+  finished marker (a filesystem without atomic renames) is just as incomplete. Either is
+  renamed ``<name>.incomplete`` (kept for inspection, never read), and the previous
+  checkpoint is used.
+  """
+  if not folder.is_dir():
+    return
+  for entry in sorted(folder.iterdir()):
+    if not entry.is_dir() or entry.name.endswith(".incomplete"):
+      continue
+    interrupted = ".orbax-checkpoint-tmp" in entry.name
+    unfinished = entry.name.isdigit() and not (entry / FINISHED_MARKER).exists()
+    if interrupted or unfinished:
+      target = entry.with_name(entry.name + ".incomplete")
+      if target.exists():
+        shutil.rmtree(target)
+      entry.rename(target)
+      logging.warning(
+        "%s is a half-written checkpoint (its save was interrupted): ignored, kept as %s",
+        entry,
+        target.name,
+      )
 
 
 class Checkpoints:
@@ -24,8 +56,13 @@ class Checkpoints:
   the previous one.
   """
 
-  def __init__(self, directory: pathlib.Path):
+  def __init__(self, directory: pathlib.Path, *, writer: bool = False):
+    """``writer``: the training process, which sets aside checkpoints that an earlier, killed
+    run left half-written (a reader never touches them: they may be a live run's saves)."""
     self.directory = pathlib.Path(directory).absolute()
+    if writer and jax.process_index() == 0:
+      for kind in KINDS:
+        _set_aside_incomplete(self.directory / kind)
     options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
     self._managers = {
       kind: ocp.CheckpointManager(self.directory / kind, options=options) for kind in KINDS

@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -333,3 +334,49 @@ def test_same_config_and_seed_give_byte_identical_results(finished_run, tmp_path
   trainer.train_and_evaluate(config, tmp_path)
   for name in ("results.json", "predictions_train.csv", "predictions_val.csv"):
     assert (tmp_path / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+def test_half_written_checkpoints_are_set_aside_and_the_run_resumes(finished_run, tmp_path):
+  """A process killed while saving leaves Orbax's temporary folder (or, on filesystems without
+  atomic renames, a step folder without its finished marker): both are ignored, with a warning."""
+  config, reference, _ = finished_run
+  shutil.copytree(reference, tmp_path, dirs_exist_ok=True)
+  (tmp_path / "results.json").unlink()  # as if killed before the final evaluation
+  latest = tmp_path / "checkpoints" / "latest"
+  (latest / "3.orbax-checkpoint-tmp-1795000000").mkdir()
+  (latest / "3.orbax-checkpoint-tmp-1795000000" / "state").mkdir()
+  (latest / "4" / "state").mkdir(parents=True)
+  config = shrink(load_config("quickstart"), pathlib.Path(config.data.cache_dir))
+  done = subprocess.run(
+    _launch(tmp_path, config), cwd=ROOT, capture_output=True, text=True, timeout=600
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stderr.count("is a half-written checkpoint") == 2
+  assert "resuming" in done.stderr
+  assert (latest / "4.incomplete").is_dir()
+  assert (tmp_path / "results.json").read_bytes() == (reference / "results.json").read_bytes()
+
+
+def test_killed_during_the_final_evaluation_ends_with_the_same_results(finished_run, tmp_path):
+  config, reference, _ = finished_run
+  config = shrink(load_config("quickstart"), pathlib.Path(config.data.cache_dir))
+  log = tmp_path / "log.txt"
+  with log.open("w") as out:
+    process = subprocess.Popen(
+      _launch(tmp_path / "run", config), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+    )
+    deadline = time.time() + 300
+    while "evaluating the best checkpoint" not in log.read_text() and time.time() < deadline:
+      if process.poll() is not None:
+        break
+      time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+  assert process.returncode == -signal.SIGKILL  # killed while evaluating, not finished
+  assert not (tmp_path / "run" / "results.json").exists()
+  done = subprocess.run(
+    _launch(tmp_path / "run", config), cwd=ROOT, capture_output=True, text=True, timeout=600
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  for name in ("results.json", "predictions_test.csv"):
+    assert (tmp_path / "run" / name).read_bytes() == (reference / name).read_bytes(), name

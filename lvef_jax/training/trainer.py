@@ -109,7 +109,7 @@ def build_experiment(config, workdir: str | pathlib.Path) -> Experiment:
     train_step=steps.make_train_step(graphdef, tx, mesh),
     predict_step=steps.make_predict_step(graphdef, mesh),
     batch_stats_step=steps.make_batch_stats_step(graphdef, mesh),
-    checkpoints=checkpoints.Checkpoints(workdir / "checkpoints"),
+    checkpoints=checkpoints.Checkpoints(workdir / "checkpoints", writer=True),
   )
 
 
