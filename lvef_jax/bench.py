@@ -10,6 +10,14 @@ sharded train step (forward, backward, Adam), the part ``launch.py`` repeats. Re
 in ``docs/benchmarks.md`` with the machine. Every model family works (``--config`` any
 ``configs/<family>.py``).
 
+  python -m lvef_jax.bench --model=i3d_mini --batch=4 --precision=bf16
+  python -m lvef_jax.bench --model=table3/B2        # any experiment of the benchmark too
+
+``--model`` names a registry model (``MODELS`` below, or an experiment name) instead of a config
+file; ``--config.KEY=VALUE`` overrides apply to it. Each line has the FLOPs per clip of the
+whole step (XLA's cost analysis of the lowered step), the achieved TFLOP/s, and the MFU where
+the device's peak is known (``PEAK_TFLOPS``, or ``--peak_tflops``).
+
   python -m lvef_jax.bench --suite [--sustained_tflops=100]
 
 prints, for every run of the paper's benchmark (``lvef_jax/experiments.py``), the FLOPs of one
@@ -21,6 +29,7 @@ with its time at an assumed sustained rate: an estimate until a sweep is timed o
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import jax
@@ -28,14 +37,84 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from lvef_jax import sharding
+from lvef_jax import config_base, sharding
+from lvef_jax.errors import LvefError
 from lvef_jax.training import state as state_lib, steps
+
+# Short names of the registry's models: family config file and its argument.
+MODELS = {
+  "i3d_mini": ("i3d", "variant=mini"),
+  "i3d_mini_3x3x3": ("i3d", "variant=mini,conv2=3x3x3"),
+  "i3d_original": ("i3d", "variant=original"),
+  "i3d_stem": ("i3d", "variant=stem"),
+  "i3d_stem_im3_im4": ("i3d", "variant=stem_im3_im4"),
+  "two_stream": ("two_stream", ""),
+  "fusion_combination": ("fusion", "kind=combination"),
+  "fusion_new_combination": ("fusion", "kind=new_combination"),
+  "fusion_dual_input": ("fusion", "kind=dual_input"),
+  "fusion_dual_input_truncated": ("fusion", "kind=dual_input_truncated"),
+  "fusion_single_input": ("fusion", "kind=single_input"),
+  "cnn_rnn_gru": ("cnn_rnn", "rnn=gru"),
+  "cnn_rnn_lstm": ("cnn_rnn", "rnn=lstm"),
+  "cnn_rnn_inception_v3": ("cnn_rnn", "backbone=inception_v3,train_backbone=all"),
+}
+MODELS_DOC = MODELS
+# Dense peak TFLOP/s by device kind and compute dtype (vendor figures, without sparsity;
+# float32 matmuls run as TF32 on these GPUs).
+PEAK_TFLOPS = {
+  "NVIDIA H100 80GB HBM3": {"bfloat16": 989.0, "float32": 494.7},
+  "NVIDIA H100 PCIe": {"bfloat16": 756.0, "float32": 378.0},
+  "NVIDIA H200": {"bfloat16": 989.0, "float32": 494.7},
+  "NVIDIA A100-SXM4-80GB": {"bfloat16": 312.0, "float32": 156.0},
+  "NVIDIA A100-SXM4-40GB": {"bfloat16": 312.0, "float32": 156.0},
+  "NVIDIA L4": {"bfloat16": 121.0, "float32": 60.0},
+}
+
+
+def _model_config_argv(argv: list[str]) -> list[str]:
+  """``--model=NAME`` becomes the ``--config`` that builds it, so ``--config.KEY`` overrides
+  apply to that model (absl needs the config file on the command line when it parses)."""
+  name = next((a.partition("=")[2] for a in argv if a.startswith("--model=")), None)
+  if name is None:
+    return argv
+  if any(a == "--config" or a.startswith("--config=") for a in argv):
+    raise SystemExit("error: give --model or --config, not both")
+  config_dir = config_base.CONFIG_DIR
+  if name in MODELS:
+    family, arg = MODELS[name]
+    spec = f"{config_dir / family}.py:{arg}" if arg else f"{config_dir / family}.py"
+  else:
+    from lvef_jax import experiments
+
+    try:
+      experiments.canonical(name)
+    except LvefError:
+      raise SystemExit(
+        f"error: --model={name}: expected one of {', '.join(sorted(MODELS))} or an experiment "
+        "name (python launch.py --list_experiments)"
+      ) from None
+    spec = f"{config_dir / 'experiment.py'}:{name},recipe=paper,runlocal=0"
+  # --model itself is consumed here: absl then sees the same command line as with --config.
+  rest = [a for a in argv[1:] if not a.startswith("--model=")]
+  return [argv[0], f"--config={spec}", *rest]
+
+
+if __name__ == "__main__":
+  # Before the flags are defined: the config flag reads the command line when it is defined.
+  sys.argv = _model_config_argv(sys.argv)
 
 CONFIG = config_flags.DEFINE_config_file("config", "configs/i3d.py", "Model config.")
 BATCH = flags.DEFINE_integer(
   "batch", None, "Global batch (default: the config's train.batch_size)."
 )
 STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after the compiling one.")
+MODEL = flags.DEFINE_string(
+  "model", None, f"A model short name ({', '.join(sorted(MODELS_DOC))}) or an experiment name."
+)
+PRECISION = flags.DEFINE_enum(
+  "precision", None, ["fp32", "bf16"], "Compute dtype (parameters and Adam stay float32)."
+)
+PEAK = flags.DEFINE_float("peak_tflops", None, "The device's peak TFLOP/s, for the MFU.")
 SUITE = flags.DEFINE_bool("suite", False, "FLOPs of every benchmark run, and the sweep total.")
 SUSTAINED = flags.DEFINE_float(
   "sustained_tflops", 100.0, "--suite: assumed sustained TFLOP/s of the accelerator."
@@ -92,7 +171,7 @@ def suite(sustained_tflops: float) -> list[dict]:
   return records
 
 
-def benchmark(config, batch_size: int, num_steps: int) -> dict:
+def benchmark(config, batch_size: int, num_steps: int, peak_tflops: float | None = None) -> dict:
   """Compiles and times ``num_steps`` train steps; returns the figures as a dict."""
   mesh = sharding.make_mesh()
   sharding.check_batch_size(batch_size, mesh, "batch")
@@ -112,6 +191,9 @@ def benchmark(config, batch_size: int, num_steps: int) -> dict:
   )
 
   start = time.perf_counter()
+  # The whole step's FLOPs, before it is partitioned over the devices.
+  cost = train_step.lower(state, batch).cost_analysis()
+  flops_per_clip = float(cost.get("flops", 0.0)) / batch_size if cost else 0.0
   state, out = train_step(state, batch)
   jax.block_until_ready(out)
   first = time.perf_counter() - start
@@ -123,9 +205,12 @@ def benchmark(config, batch_size: int, num_steps: int) -> dict:
     times.append(time.perf_counter() - start)
   step = float(np.median(times))
   m = config.model
+  achieved = flops_per_clip * batch_size / step / 1e12
+  device = jax.devices()[0].device_kind
+  peak = peak_tflops if peak_tflops else PEAK_TFLOPS.get(device, {}).get(m.dtype)
   return {
     "framework": f"jax-{jax.__version__}",
-    "device": jax.devices()[0].device_kind,
+    "device": device,
     "devices": jax.device_count(),
     "variant": f"i3d_{m.variant}_conv2_{m.conv2}" if m.name == "i3d" else m.name,
     "model": {k: v for k, v in m.items() if k != "name"},
@@ -136,6 +221,10 @@ def benchmark(config, batch_size: int, num_steps: int) -> dict:
     "first_step_s": round(first, 3),
     "step_s": round(step, 4),
     "clips_per_s": round(batch_size / step, 3),
+    "gflop_per_clip": round(flops_per_clip / 1e9, 4),
+    "tflops": round(achieved, 6),
+    "peak_tflops": peak,
+    "mfu": round(achieved / (peak * jax.device_count()), 6) if peak else None,
   }
 
 
@@ -146,7 +235,10 @@ def main(argv):
       print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in record.items()}))
     return
   config = CONFIG.value
-  print(json.dumps(benchmark(config, BATCH.value or config.train.batch_size, STEPS.value)))
+  if PRECISION.value:
+    config.model.dtype = {"fp32": "float32", "bf16": "bfloat16"}[PRECISION.value]
+  batch = BATCH.value or config.train.batch_size
+  print(json.dumps(benchmark(config, batch, STEPS.value, PEAK.value)))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The benchmark runs, and model/step/benchmark code stays free of TensorFlow."""
 
+import json
 import subprocess
 import sys
 
@@ -53,3 +54,42 @@ def test_suite_estimate_counts_every_run(monkeypatch):
   per_run = 50 * 7465 * 3e10 + (50 * 1288 + 7465 + 1288 + 1277) * 1e10
   assert records[0]["pflop"] == pytest.approx(per_run / 1e15)
   assert records[-1]["hours"] == pytest.approx(42 * per_run / 1e14 / 3600)
+
+
+def test_benchmark_reports_flops_and_mfu_and_model_short_names():
+  config = load_config("i3d", "variant=stem")
+  config.data.update(clip_frames=8, image_size=16)
+  result = bench.benchmark(config, batch_size=8, num_steps=1, peak_tflops=1.0)
+  assert result["gflop_per_clip"] > 0
+  achieved = result["gflop_per_clip"] * result["clips_per_s"] / 1e3
+  assert result["tflops"] == pytest.approx(achieved, rel=0.05)
+  assert result["mfu"] == pytest.approx(result["tflops"] / 8, rel=0.05)  # 8 devices of 1 TFLOP/s
+  argv = bench._model_config_argv(["bench", "--model=i3d_original", "--batch=2"])
+  assert argv[1].endswith("configs/i3d.py:variant=original") and argv[2:] == ["--batch=2"]
+  assert ":table3/B2,recipe=paper" in bench._model_config_argv(["b", "--model=table3/B2"])[1]
+  with pytest.raises(SystemExit, match="expected one of"):
+    bench._model_config_argv(["b", "--model=nope"])
+
+
+def test_bench_command_line_with_a_model_name_and_overrides():
+  done = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "lvef_jax.bench",
+      "--model=i3d_stem",
+      "--batch=8",
+      "--steps=1",
+      "--precision=bf16",
+      "--config.data.clip_frames=8",
+      "--config.data.image_size=16",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  result = json.loads(done.stdout.strip().splitlines()[-1])
+  assert result["variant"] == "i3d_stem_conv2_1x1x1" and result["dtype"] == "bfloat16"
+  assert result["shape"] == [8, 16, 16, 1]
