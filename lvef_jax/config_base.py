@@ -162,8 +162,8 @@ def base_config() -> ml_collections.ConfigDict:
     dict(
       batch_size=16,  # clips per compiled call; the last batch is padded
       splits=("train", "val", "test"),  # scored after training (results.json)
-      # --mode=eval and predict: "one" clip from frame 0 (as results.json and the paper) or
-      # "all" clips, clip_stride frames apart (0: clip_frames * period), averaged per video.
+      # results.json and --mode=eval: "one" clip from frame 0 (the paper's protocol) or "all"
+      # clips, clip_stride frames apart (0: clip_frames * period), averaged per video.
       clips="one",
       clip_stride=0,
       # Monte-Carlo dropout samples per clip for the prediction intervals (0: none).

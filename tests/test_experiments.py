@@ -128,6 +128,7 @@ def test_recipes():
   assert paper.model.bn_momentum == 0.99  # Keras' default, as the paper's code
   assert improved.data.train_clip_start == "random" and improved.data.augment_pad > 0
   assert improved.train.bn_recalibration_batches > 0
+  assert (paper.eval.clips, improved.eval.clips) == ("one", "all")
   assert paper.model.to_dict() == improved.model.to_dict()
   assert paper.experiment.to_dict() == dict(name="table3/B2", recipe="paper", runlocal=False)
   with pytest.raises(experiments.ConfigError, match="recipe 'fancy'"):

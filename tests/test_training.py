@@ -291,3 +291,26 @@ def test_non_finite_steps_in_a_row_stop_the_run_with_a_clear_message(tmp_path, d
   config.train.update(learning_rate=1e38, max_bad_steps=2, num_epochs=3)
   with pytest.raises(NonFiniteLossError, match="2 train steps in a row had a non-finite"):
     trainer.train_and_evaluate(config, tmp_path)
+
+
+def test_results_can_average_every_clip_of_each_video(tmp_path, data_cache):
+  from lvef_jax.data import pipeline
+  from lvef_jax.evaluation import evaluator
+  from lvef_jax.evaluation.predictor import Predictor
+
+  config = shrink(load_config("i3d", "variant=stem"), data_cache)
+  config.eval.update(clips="all", clip_stride=3)
+  results = trainer.train_and_evaluate(config, tmp_path)
+  assert results["eval_clips"] == "all"
+  predictor = Predictor.from_run(tmp_path, "best", config=config)
+  builder, mesh = pipeline.prepare(config.data), sharding.make_mesh()
+
+  def rmse(clips):
+    p = evaluator.Evaluator("test", clips=clips, stride=3, batch_size=8).run(
+      predictor, builder, config.data, mesh
+    )
+    assert clips == "one" or p.n_clips.max() > 1
+    return metrics.regression_metrics(p.ef, p.ef_pred)["rmse"]
+
+  assert results["splits"]["test"]["rmse"] == pytest.approx(rmse("all"), abs=1e-5)
+  assert results["splits"]["test"]["rmse"] != pytest.approx(rmse("one"), abs=1e-5)

@@ -72,11 +72,15 @@ class Experiment:
     """The current weights as an evaluator's prediction function."""
     return lambda video: self.predict_step(self.state, {"video": video})
 
-  def score(self, split: str):
-    """One clip (from frame 0) of every video of ``split`` with the current weights."""
-    return evaluator.Evaluator(split, batch_size=self.config.eval.batch_size).run(
-      self.predict_fn(), self.builder, self.config.data, self.mesh
-    )
+  def score(self, split: str, clips: str = "one"):
+    """Every video of ``split`` with the current weights: one clip (from frame 0), or all
+    clips (``eval.clip_stride`` apart) averaged per video."""
+    return evaluator.Evaluator(
+      split,
+      clips=clips,
+      stride=self.config.eval.clip_stride,
+      batch_size=self.config.eval.batch_size,
+    ).run(self.predict_fn(), self.builder, self.config.data, self.mesh)
 
 
 def build_experiment(config, workdir: str | pathlib.Path) -> Experiment:
@@ -452,9 +456,10 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, overwrite: bool =
 def evaluate_best(exp: Experiment, history: list[dict]) -> dict:
   """Restores the best checkpoint (the latest if none is marked best) and scores every split.
 
-  Writes ``results.json``, ``predictions_{split}.csv`` and ``plots/`` into the workdir: the
-  paper's protocol (one clip from frame 0 of each video). ``launch.py --mode=eval`` goes further
-  (all clips, confidence intervals, ROC, prediction intervals).
+  Writes ``results.json``, ``predictions_{split}.csv`` and ``plots/`` into the workdir, with
+  ``eval.clips`` clips per video: ``one`` (from frame 0, the paper's protocol; the default) or
+  ``all``. Validation during training always uses one clip. ``launch.py --mode=eval`` goes
+  further (confidence intervals, ROC, prediction intervals).
   """
   kind = "best" if exp.checkpoints.epoch("best") is not None else "latest"
   exp.state, meta = exp.checkpoints.restore(kind, exp.state)
@@ -464,10 +469,10 @@ def evaluate_best(exp: Experiment, history: list[dict]) -> dict:
     meta["epoch"],
     ", ".join(exp.config.eval.splits),
   )
-  results = {"best_epoch": meta["epoch"], "splits": {}}
+  results = {"best_epoch": meta["epoch"], "eval_clips": exp.config.eval.clips, "splits": {}}
   is_main = jax.process_index() == 0
   for split in exp.config.eval.splits:
-    p = exp.score(split)
+    p = exp.score(split, exp.config.eval.clips)
     scores = metrics.regression_metrics(p.ef, p.ef_pred)
     results["splits"][split] = {key: scores[key] for key in run_files.RESULT_KEYS}
     if is_main:
