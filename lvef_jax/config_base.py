@@ -129,6 +129,9 @@ def base_config() -> ml_collections.ConfigDict:
       # Frame rate of the training videos (EchoNet-Dynamic: 50). --mode=predict resamples a
       # video in time when its rate differs from this by more than 10 %.
       typical_fps=50.0,
+      # A listed video that is missing or unreadable: "error" refuses the folder (every problem
+      # listed); "skip" leaves it out and lists it in the workdir's skipped_videos.csv.
+      on_bad_video="error",
       shuffle_buffer=1000,
       cache_in_memory=False,
       num_parallel_calls=-1,

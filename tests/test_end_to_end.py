@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from lvef_jax.data import echonet, pipeline
+from lvef_jax.errors import LvefError
 from lvef_jax.training import trainer
 from tests.conftest import ROOT, load_config, shrink
 
@@ -380,3 +381,26 @@ def test_killed_during_the_final_evaluation_ends_with_the_same_results(finished_
   assert done.returncode == 0, done.stderr[-3000:]
   for name in ("results.json", "predictions_test.csv"):
     assert (tmp_path / "run" / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+def test_on_bad_video_skip_leaves_out_missing_and_corrupt_videos(finished_run, tmp_path):
+  config, _, _ = finished_run
+  source = next(pathlib.Path(config.data.cache_dir).glob("synthetic-n24-*"))
+  root = tmp_path / "echonet"
+  shutil.copytree(source, root)
+  rows = list(csv.DictReader((root / "FileList.csv").open()))
+  train = [r["FileName"] for r in rows if r["Split"].lower() == "train"]
+  (root / "Videos" / f"{train[0]}.avi").unlink()
+  (root / "Videos" / f"{train[1]}.avi").write_bytes(b"not a video")
+  config = shrink(load_config("quickstart"), tmp_path / "cache")
+  config.data.root = str(root)
+  with pytest.raises(LvefError, match="missing from"):  # the default refuses the folder
+    trainer.train_and_evaluate(config, tmp_path / "refused")
+  config.data.on_bad_video = "skip"
+  results = trainer.train_and_evaluate(config, tmp_path / "run")
+  skipped = list(csv.DictReader((tmp_path / "run" / "skipped_videos.csv").open()))
+  assert {r["FileName"]: r["reason"].split()[0] for r in skipped} == {
+    train[0]: "missing",
+    train[1]: "cannot",
+  }
+  assert sum(s["n"] for s in results["splits"].values()) == len(rows) - 2

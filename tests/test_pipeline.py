@@ -39,6 +39,7 @@ def make_cfg(**overrides):
       image_size=112,
       augment_pad=0,
       train_clip_start="random",
+      on_bad_video="error",
       shuffle_buffer=64,
       cache_in_memory=False,
       num_parallel_calls=2,

@@ -375,12 +375,17 @@ def _video_readable(path) -> bool:
     cap.release()
 
 
-def _check_videos(videos_dir, names, check_videos, problems):
-  """Reports listed videos that are missing from, or unreadable in, `videos_dir`."""
+def _check_videos(videos_dir, names, check_videos, problems, skipped=None):
+  """Reports listed videos that are missing from, or unreadable in, `videos_dir`.
+
+  With `skipped` (a dict), such videos are recorded there with their reason instead.
+  """
   present = set(os.listdir(videos_dir))
   listed = [n + ".avi" for n in names]
   missing = [f for f in listed if f not in present]
-  if missing:
+  if missing and skipped is not None:
+    skipped.update({f[:-4]: f"missing from {videos_dir}/" for f in missing})
+  elif missing:
     problems.append(
       f"{len(missing)} videos listed in {FILE_LIST} are missing from "
       f"{videos_dir}/: {_name_list(missing)}"
@@ -394,7 +399,9 @@ def _check_videos(videos_dir, names, check_videos, problems):
     with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
       ok = list(pool.map(lambda f: _video_readable(os.path.join(videos_dir, f)), to_open))
     unreadable = [f for f, good in zip(to_open, ok) if not good]
-    if unreadable:
+    if unreadable and skipped is not None:
+      skipped.update({f[:-4]: "cannot be read by OpenCV (no frames)" for f in unreadable})
+    elif unreadable:
       problems.append(
         f"{len(unreadable)} videos in {videos_dir}/ cannot be read by "
         f"OpenCV (cannot be opened or have no frames): "
@@ -402,13 +409,18 @@ def _check_videos(videos_dir, names, check_videos, problems):
       )
 
 
-def load_dataset_index(root, *, check_videos: bool = True) -> list[VideoRecord]:
+def load_dataset_index(
+  root, *, check_videos: bool = True, skipped: dict[str, str] | None = None
+) -> list[VideoRecord]:
   """Reads and validates a whole EchoNet-Dynamic folder: the entry point for other modules.
 
   Args:
       root: Dataset folder.
       check_videos: Also open every listed video and decode its first frame (a few ms per
           video). Whether the files exist is checked either way.
+      skipped: If given (``data.on_bad_video=skip``), videos that are missing or unreadable
+          are left out of the result and recorded here (FileName -> reason) instead of being
+          problems; a split left empty is still one.
 
   Returns:
       One record per FileList.csv row, in file order, with ed_frame/es_frame from the tracings.
@@ -424,20 +436,24 @@ def load_dataset_index(root, *, check_videos: bool = True) -> list[VideoRecord]:
   list_path = os.path.join(root, FILE_LIST)
   videos_dir = os.path.join(root, VIDEOS)
   tracings_path = os.path.join(root, TRACINGS)
-  records, names = [], []
+  records, names, parsed = [], [], None
   if os.path.isfile(list_path):
     parsed = _parse_file_list(root, problems)
     if parsed is not None:
       records, names = parsed
-      for split in SPLITS:
-        if not any(r.split == split for r in records):
-          problems.append(f"{list_path}: split {split.upper()} has no (valid) rows")
   else:
     problems.append(f"{list_path} is missing")
   if not os.path.isdir(videos_dir):
     problems.append(f"{videos_dir}/ folder is missing")
   elif names:
-    _check_videos(videos_dir, names, check_videos, problems)
+    _check_videos(videos_dir, names, check_videos, problems, skipped)
+    if skipped:
+      records = [r for r in records if r.file_name not in skipped]
+      names = [r.file_name for r in records]
+  if os.path.isfile(list_path) and parsed is not None:
+    for split in SPLITS:
+      if not any(r.split == split for r in records):
+        problems.append(f"{list_path}: split {split.upper()} has no (valid) rows")
   tracings, first_line = _parse_tracings(tracings_path, problems)
   listed = set(names)
   unknown = [n + ".avi" for n in tracings if n not in listed]

@@ -37,6 +37,7 @@ from lvef_jax.data import tfds_builder
 from lvef_jax.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
+SKIPPED_FILE = "skipped_videos.csv"  # with data.on_bad_video=skip: the videos left out, why
 _SOURCE_FILE = "source.json"  # Fingerprint of the folder a TFDS dir was prepared from.
 
 
@@ -70,6 +71,7 @@ class _Settings:
   image_size: int
   augment_pad: int
   train_clip_start: str
+  on_bad_video: str
   shuffle_buffer: int
   cache_in_memory: bool
   num_parallel_calls: int
@@ -82,6 +84,8 @@ class _Settings:
     if s.clip_frames < 1 or s.period < 1 or s.image_size < 1 or s.augment_pad < 0:
       raise ConfigError(f"Bad clip settings: clip_frames={s.clip_frames}, period={s.period}, "
                         f"image_size={s.image_size}, augment_pad={s.augment_pad}")
+    if s.on_bad_video not in ("error", "skip"):
+      raise ConfigError(f"data.on_bad_video={s.on_bad_video!r}: expected error or skip")
     if s.train_clip_start not in ("random", "first"):
       raise ConfigError(f"data.train_clip_start={s.train_clip_start!r}: expected random or first")
     return s
@@ -203,17 +207,24 @@ def _prepare(data_cfg, s: _Settings) -> tfds.core.DatasetBuilder:
     recorded = json.loads(source_file.read_text()) if source_file.is_file() else None
     # Training needs only the prepared data, so a folder moved away afterwards is no error.
     # No record: prepared by someone else into an explicit tfds_dir; trust it.
-    if not root.is_dir() or recorded is None or recorded.get("fingerprint") == fingerprint:
+    same_policy = recorded is None or recorded.get("on_bad_video", "error") == s.on_bad_video
+    if same_policy and (
+        not root.is_dir() or recorded is None or recorded.get("fingerprint") == fingerprint):
       if not root.is_dir():
         logging.warning("%s is gone; using the data prepared from it earlier.", root)
       logging.info("Reusing prepared data %s (%s).", builder.data_dir, _counts(builder))
       return builder
-    logging.warning("%s changed since %s was prepared: preparing it again.", root,
-                    builder.data_dir)
+    logging.warning("%s changed since %s was prepared (or data.on_bad_video did): preparing "
+                    "it again.", root, builder.data_dir)
     shutil.rmtree(builder.data_dir)
   # Validated here, before TFDS runs at all, so that a bad folder is refused in the reader's
   # words (every problem listed) and nothing is created for it.
-  records = echonet.load_dataset_index(root)
+  skipped = {} if s.on_bad_video == "skip" else None
+  records = echonet.load_dataset_index(root, skipped=skipped)
+  if skipped:
+    logging.warning("data.on_bad_video=skip: %d videos left out (listed in %s): %s",
+                    len(skipped), SKIPPED_FILE, ", ".join(sorted(skipped)[:10])
+                    + (", ..." if len(skipped) > 10 else ""))
   builder = tfds_builder.EchonetDynamic(data_dir=data_dir, index=records)
   logging.info("preparing the dataset copy of %s in %s (%s); every video is decoded once.",
                root, builder.data_dir, tfds_builder.split_counts(records))
@@ -227,11 +238,21 @@ def _prepare(data_cfg, s: _Settings) -> tfds.core.DatasetBuilder:
     # TFDS already deletes its incomplete dir on failure; this removes the empty download
     # and dataset folders it creates around it.
     _remove_empty_dirs(data_dir)
-  source_file.write_text(json.dumps({"root": str(root), "fingerprint": fingerprint}, indent=1))
+  rows = "".join(f"{name},{reason}\n" for name, reason in sorted((skipped or {}).items()))
+  (pathlib.Path(builder.data_dir) / SKIPPED_FILE).write_text("FileName,reason\n" + rows)
+  source_file.write_text(json.dumps({"root": str(root), "fingerprint": fingerprint,
+                                     "on_bad_video": s.on_bad_video}, indent=1))
   _DATASET_MEMO.clear()  # Cached datasets may hold the previous preparation's data.
   logging.info("Prepared %s in %.1f s (%s).", builder.data_dir, time.perf_counter() - start,
                _counts(builder))
   return builder
+
+
+def skipped_videos_csv(builder: tfds.core.DatasetBuilder) -> str:
+  """The CSV of videos the preparation left out (``FileName,reason``), or "" if none."""
+  path = pathlib.Path(builder.data_dir) / SKIPPED_FILE
+  text = path.read_text() if path.is_file() else ""
+  return text if text.count("\n") > 1 else ""
 
 
 def num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:

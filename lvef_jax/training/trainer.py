@@ -372,6 +372,9 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, overwrite: bool =
   if is_main:
     exp.workdir.mkdir(parents=True, exist_ok=True)
     (exp.workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    skipped = pipeline.skipped_videos_csv(exp.builder)
+    if skipped:
+      (exp.workdir / pipeline.SKIPPED_FILE).write_text(skipped)
   stopping, first_epoch = EarlyStopping(), 0
   if exp.checkpoints.epoch("latest") is not None:
     exp.state, meta = exp.checkpoints.restore("latest", exp.state)
