@@ -63,9 +63,18 @@ class Checkpoints:
     if writer and jax.process_index() == 0:
       for kind in KINDS:
         _set_aside_incomplete(self.directory / kind)
-    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+    # The two managers save the same epoch at once; with several processes their barriers
+    # would share names ("async_write_complete.<epoch>") and collide without a prefix each.
     self._managers = {
-      kind: ocp.CheckpointManager(self.directory / kind, options=options) for kind in KINDS
+      kind: ocp.CheckpointManager(
+        self.directory / kind,
+        options=ocp.CheckpointManagerOptions(
+          max_to_keep=1,
+          create=True,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=kind),
+        ),
+      )
+      for kind in KINDS
     }
 
   def epoch(self, kind: str) -> int | None:
