@@ -45,15 +45,11 @@ class VideoPredictions:
   ef_pred: np.ndarray
   ef_pred_std: np.ndarray
   n_clips: np.ndarray
-  predictions_per_clip: int = 1  # dropout samples x ensemble members
 
   def interval(self, level: float = INTERVAL_LEVEL) -> tuple[np.ndarray, np.ndarray]:
     """The central ``level`` interval of a normal with the predictions' mean and spread."""
     z = metrics.central_z(level)
     return self.ef_pred - z * self.ef_pred_std, self.ef_pred + z * self.ef_pred_std
-
-  def __len__(self) -> int:
-    return len(self.ef)
 
 
 def local_rows(x: jax.Array) -> np.ndarray:
@@ -85,6 +81,22 @@ class _Sums:
     np.add.at(self.values, index, 1)
     if clips:
       np.add.at(self.clips, index, 1)
+
+  def score(self, predict_fns, video, video_index, mask, number: int, options) -> None:
+    """Adds every prediction of one batch: each function, each dropout sample.
+
+    ``options`` gives ``mc_samples`` and ``seed``; ``number`` (the batch's) seeds its samples.
+    """
+    first = True
+    for fn in predict_fns:
+      if options.mc_samples <= 0:
+        samples = [fn(video)]
+      else:
+        base = jax.random.fold_in(jax.random.key(options.seed), number)
+        samples = (fn(video, key) for key in jax.random.split(base, options.mc_samples))
+      for values in samples:
+        self.add(video_index, mask, local_rows(values), clips=first)
+        first = False
 
   def gathered(self) -> "_Sums":
     """The sums over every process (each process scored its own videos)."""
@@ -145,24 +157,11 @@ class Evaluator:
     listing = pipeline.split_listing(builder, self.split)
     sums = _Sums(len(listing["ef"]))
     for number, (host, device) in enumerate(self.batches(builder, data_cfg, mesh)):
-      first = True
-      for fn in predict_fns:
-        for values in self._predictions(fn, device["video"], number):
-          sums.add(host["video_index"], host["mask"], values, clips=first)
-          first = False
-    sums = sums.gathered()
-    return _finish(listing, sums, per_clip=len(predict_fns) * max(1, self.mc_samples))
-
-  def _predictions(self, fn: PredictFn, video: jax.Array, number: int) -> Iterable[np.ndarray]:
-    if self.mc_samples <= 0:
-      yield local_rows(fn(video))
-      return
-    base = jax.random.fold_in(jax.random.key(self.seed), number)
-    for key in jax.random.split(base, self.mc_samples):
-      yield local_rows(fn(video, key))
+      sums.score(predict_fns, device["video"], host["video_index"], host["mask"], number, self)
+    return _finish(listing, sums.gathered())
 
 
-def _finish(listing: dict, sums: _Sums, per_clip: int) -> VideoPredictions:
+def _finish(listing: dict, sums: _Sums) -> VideoPredictions:
   missing = np.flatnonzero(sums.values == 0)
   if len(missing):
     raise RuntimeError(f"{len(missing)} videos got no prediction, e.g. index {missing[0]}")
@@ -174,7 +173,6 @@ def _finish(listing: dict, sums: _Sums, per_clip: int) -> VideoPredictions:
     ef_pred=mean,
     ef_pred_std=np.sqrt(variance),
     n_clips=sums.clips,
-    predictions_per_clip=per_clip,
   )
 
 
@@ -195,7 +193,7 @@ def predict_clips(
     mesh: the device mesh.
     batch_size: clips per compiled call (global, padded).
   """
-  evaluator = Evaluator("", batch_size=batch_size, mc_samples=mc_samples, seed=seed)
+  options = Evaluator("", batch_size=batch_size, mc_samples=mc_samples, seed=seed)
   results = []
   for clips in clips_of_videos:
     sums = _Sums(1)
@@ -206,11 +204,7 @@ def predict_clips(
       padded = np.zeros((batch_size, *clips.shape[1:]), clips.dtype)
       padded[: len(chunk)] = chunk
       video = sharding.shard_batch({"video": padded}, mesh)["video"]
-      first = True
-      for fn in predict_fns:
-        for values in evaluator._predictions(fn, video, number):
-          sums.add(np.zeros(batch_size, np.int64), mask, values, clips=first)
-          first = False
+      sums.score(predict_fns, video, np.zeros(batch_size, np.int64), mask, number, options)
     mean = sums.total[0] / sums.values[0]
     std = math.sqrt(max(sums.squares[0] / sums.values[0] - mean**2, 0.0))
     results.append((float(mean), std, int(sums.clips[0])))
