@@ -99,7 +99,7 @@ def test_load_video_matches_written_frames(root):
 
 
 def test_load_video_errors_name_the_file(root, tmp_path):
-  with pytest.raises(echonet.EchoNetFormatError, match="NOPE.avi is missing"):
+  with pytest.raises(echonet.EchoNetFormatError, match="NOPE.avi: no such file"):
     echonet.load_video(tmp_path / "NOPE.avi")
   (tmp_path / "junk.avi").write_bytes(b"garbage" * 100)
   with pytest.raises(echonet.EchoNetFormatError, match="junk.avi"):
@@ -125,6 +125,18 @@ def test_missing_tracings_file_is_allowed(root, caplog):
     assert echonet.read_tracings(root) == {}
   assert "VolumeTracings.csv is missing" in caplog.text
   assert all(r.ed_frame == r.es_frame == -1 for r in echonet.load_dataset_index(root))
+
+
+def test_videos_without_tracings_are_one_warning_with_the_count(root, caplog):
+  lines = (root / "VolumeTracings.csv").read_text().splitlines()
+  kept = [line for line in lines if not line.startswith(("0XBBB.avi", "0XDDD.avi"))]
+  (root / "VolumeTracings.csv").write_text("\n".join(kept) + "\n")
+  with caplog.at_level(logging.WARNING):
+    records = {r.file_name: r for r in echonet.load_dataset_index(root)}
+  (warning,) = [r.getMessage() for r in caplog.records if "has no tracings" in r.getMessage()]
+  assert "no tracings for 3 listed videos" in warning  # 0XCCC never had any
+  assert "0XBBB.avi, 0XCCC.avi, 0XDDD.avi" in warning
+  assert records["0XBBB"].ed_frame == -1 and records["0XAAA"].ed_frame >= 0
 
 
 def test_tracings_for_unlisted_video_only_warn(root, caplog):
@@ -236,8 +248,8 @@ def test_unreadable_video(root):
   (root / "Videos" / "0XBBB.avi").write_bytes(b"\x00garbage" * 64)
   (root / "Videos" / "0XDDD.avi").write_bytes(b"")
   message = load_error(root)
-  assert "2 videos in" in message and "cannot be read" in message
-  assert "0XBBB.avi, 0XDDD.avi" in message
+  assert "2 videos in" in message and "cannot be used" in message
+  assert "0XBBB.avi cannot be opened by OpenCV, 0XDDD.avi cannot be opened by OpenCV" in message
   assert len(echonet.load_dataset_index(root, check_videos=False)) == len(VIDEOS)
 
 
@@ -296,7 +308,8 @@ def test_several_problems_reported_together(root):
     "line 6 (FileName '0XEEE'): Split 'EXTERNAL'",
     "split TEST has no (valid) rows",
     "1 videos listed in FileList.csv are missing from",
-    "cannot be read by OpenCV (cannot be opened or have no frames): 0XDDD.avi",
+    "1 videos in",
+    "cannot be used: 0XDDD.avi cannot be opened by OpenCV",
   ]:
     assert expected in message
 

@@ -358,6 +358,62 @@ def test_half_written_checkpoints_are_set_aside_and_the_run_resumes(finished_run
   assert (tmp_path / "results.json").read_bytes() == (reference / "results.json").read_bytes()
 
 
+# Runs launch.py with Orbax's final rename of checkpoint latest/2 held up: the step's files are
+# all written but not yet committed when the marker file appears and the test kills the process.
+_SAVE_HELD_UP = """
+import pathlib, runpy, sys, time
+from orbax.checkpoint._src.path import async_path
+rename, marker = async_path.rename, pathlib.Path(sys.argv[1])
+async def held_up(src, dst):
+  dst = pathlib.Path(str(dst))
+  if dst.name == "2" and dst.parent.name == "latest":
+    marker.write_text(str(src))
+    time.sleep(600)
+  return await rename(src, dst)
+async_path.rename = held_up
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_killed_while_writing_a_checkpoint_resumes_from_the_one_before(finished_run, tmp_path):
+  config, reference, _ = finished_run
+  config = shrink(load_config("quickstart"), pathlib.Path(config.data.cache_dir))
+  script, marker = tmp_path / "held_up.py", tmp_path / "saving"
+  script.write_text(_SAVE_HELD_UP)
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  process = subprocess.Popen(
+    [sys.executable, str(script), str(marker), *_launch(tmp_path / "run", config)[1:]],
+    cwd=ROOT,
+    env=env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
+  deadline = time.time() + 300
+  while not marker.exists() and process.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert process.returncode == -signal.SIGKILL and marker.exists()
+  latest = tmp_path / "run" / "checkpoints" / "latest"
+  assert pathlib.Path(marker.read_text()).parent == latest  # its temporary folder, left behind
+  assert (latest / "1").is_dir() and not (latest / "2").exists()
+
+  done = subprocess.run(
+    _launch(tmp_path / "run", config),
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "is a half-written checkpoint" in done.stderr and "resuming" in done.stderr
+  assert [r["epoch"] for r in _records(tmp_path / "run")] == [1, 2]
+  for name in ("results.json", "predictions_test.csv"):
+    assert (tmp_path / "run" / name).read_bytes() == (reference / name).read_bytes(), name
+
+
 def test_killed_during_the_final_evaluation_ends_with_the_same_results(finished_run, tmp_path):
   config, reference, _ = finished_run
   config = shrink(load_config("quickstart"), pathlib.Path(config.data.cache_dir))

@@ -5,11 +5,17 @@ TFDS files, and the pipeline's batches are checked against frames taken from the
 with plain numpy.
 """
 
+import csv
+import io
 import json
 import math
 import os
 import pathlib
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import ml_collections
 import numpy as np
@@ -20,7 +26,9 @@ from lvef_jax.data import echonet
 from lvef_jax.data import pipeline
 from lvef_jax.data import synthetic
 from lvef_jax.data import tfds_builder
+from lvef_jax.data import video_io
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_VIDEOS = 24
 
 
@@ -368,7 +376,7 @@ def test_builder_alone_validates_the_folder_itself(tmp_path, capfd):
     prepare(tmp_path / "nowhere")
   root = synthetic.generate(tmp_path / "echonet", 3, 0, min_frames=4, max_frames=6, workers=1)
   (root / "Videos" / sorted(os.listdir(root / "Videos"))[0]).write_bytes(b"not a video")
-  with pytest.raises(echonet.EchoNetFormatError, match="cannot be read"):
+  with pytest.raises(echonet.EchoNetFormatError, match="cannot be opened by OpenCV"):
     prepare(root)
   assert "Downloading" not in capfd.readouterr().out
 
@@ -418,3 +426,145 @@ def test_cache_in_memory_gives_same_batches(data):
     ]
     for a, b in zip(*runs, strict=True):
       np.testing.assert_array_equal(a["video"], b["video"])
+
+
+def _copy_of(data, tmp_path, **overrides):
+  """A copy of the module's dataset folder and a config that prepares it into tmp_path."""
+  root = tmp_path / "copy"
+  shutil.copytree(data["root"], root)
+  cfg = make_cfg(**{**data["cfg"], "root": str(root), "cache_dir": str(tmp_path / "cache")})
+  cfg.update(overrides)
+  return root, cfg
+
+
+def _longest_train_video(data, root) -> pathlib.Path:
+  record = max((r for r in data["records"] if r.split == "train"), key=lambda r: r.num_frames)
+  return root / "Videos" / f"{record.file_name}.avi"
+
+
+def _zero_bytes(path: pathlib.Path, low: float, high: float) -> None:
+  """Overwrites the file's bytes between the two fractions of its length with zeros."""
+  content = bytearray(path.read_bytes())
+  a, b = int(len(content) * low), int(len(content) * high)
+  content[a:b] = bytes(b - a)
+  path.write_bytes(bytes(content))
+
+
+def _prepared_leftovers(cache: pathlib.Path) -> list[pathlib.Path]:
+  return [p for p in files_under(cache) if p.name != ".prepare.lock"]
+
+
+def test_a_video_cut_short_is_refused_before_anything_is_prepared(data, tmp_path):
+  root, cfg = _copy_of(data, tmp_path)
+  video = _longest_train_video(data, root)
+  video.write_bytes(video.read_bytes()[: video.stat().st_size // 2])  # an interrupted copy
+  with pytest.raises(echonet.EchoNetFormatError, match=f"{video.name} is truncated"):
+    pipeline.prepare(cfg)
+  assert _prepared_leftovers(tmp_path / "cache") == []
+
+  cfg.on_bad_video = "skip"
+  builder = pipeline.prepare(cfg)
+  assert sum(pipeline.num_examples(builder, s) for s in pipeline.SPLITS) == NUM_VIDEOS - 1
+  skipped = pipeline.skipped_videos_csv(builder).splitlines()
+  assert len(skipped) == 2 and skipped[1].startswith(f"{video.stem},is truncated")
+
+
+def test_a_video_damaged_in_the_middle_stops_preparation_naming_it(data, tmp_path):
+  root, cfg = _copy_of(data, tmp_path)
+  video = _longest_train_video(data, root)
+  _zero_bytes(video, 0.45, 0.55)
+  # Both ends still decode, so validation passes it: only the full decode finds the damage.
+  assert video_io.probe_video(video) is None
+  with pytest.raises(echonet.EchoNetFormatError) as error:
+    pipeline.prepare(cfg)
+  assert "1 videos of split train cannot be decoded in full" in str(error.value)
+  assert f"{video}: only" in str(error.value) and "truncated or corrupt" in str(error.value)
+  assert _prepared_leftovers(tmp_path / "cache") == []
+
+  cfg.on_bad_video = "skip"
+  builder = pipeline.prepare(cfg)
+  assert (
+    pipeline.num_examples(builder, "train") == sum(r.split == "train" for r in data["records"]) - 1
+  )
+  rows = list(csv.DictReader(io.StringIO(pipeline.skipped_videos_csv(builder))))
+  assert [r["FileName"] for r in rows] == [video.stem]
+  assert "frames listed by the container could be decoded" in rows[0]["reason"]
+
+
+def test_file_list_metadata_that_disagrees_with_the_videos_is_one_warning_per_kind(
+  data, tmp_path, caplog
+):
+  root, cfg = _copy_of(data, tmp_path)
+  lines = (root / "FileList.csv").read_text().splitlines()
+  header = lines[0].split(",")
+  train_rows = [i for i, line in enumerate(lines) if line.endswith(",TRAIN")]
+  for i in train_rows[:3]:  # three stale NumberOfFrames, one stale FrameHeight
+    fields = lines[i].split(",")
+    fields[header.index("NumberOfFrames")] = "999"
+    if i == train_rows[0]:
+      fields[header.index("FrameHeight")] = "600"
+    lines[i] = ",".join(fields)
+  (root / "FileList.csv").write_text("\n".join(lines) + "\n")
+  caplog.set_level("WARNING")
+  builder = pipeline.prepare(cfg)
+  assert sum(pipeline.num_examples(builder, s) for s in pipeline.SPLITS) == NUM_VIDEOS
+  warnings = [
+    r.getMessage() for r in caplog.records if "disagrees with the decoded" in r.getMessage()
+  ]
+  assert len(warnings) == 2, warnings
+  assert warnings[0].startswith("3 videos of split train: FileList.csv's NumberOfFrames")
+  assert "999 listed" in warnings[0]
+  assert warnings[1].startswith("1 videos of split train: FileList.csv's FrameHeight/FrameWidth")
+
+
+_SLOW_PREPARE = """
+import json, sys, time
+import ml_collections
+from lvef_jax.data import pipeline, tfds_builder
+decode = tfds_builder._decode
+def slow(record):  # a slow disk: the kill surely lands while TFDS is writing
+  time.sleep(0.5)
+  return decode(record)
+tfds_builder._decode = slow
+pipeline.prepare(ml_collections.ConfigDict(json.loads(sys.argv[1])))
+"""
+
+
+def test_a_preparation_killed_midway_is_cleaned_up_and_redone(data, tmp_path, caplog):
+  root, cfg = _copy_of(data, tmp_path)
+  script = tmp_path / "slow_prepare.py"
+  script.write_text(_SLOW_PREPARE)
+  cache = tmp_path / "cache"
+  process = subprocess.Popen(
+    [sys.executable, str(script), json.dumps(cfg.to_dict())],
+    cwd=ROOT,
+    env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
+  deadline = time.time() + 120
+  while not list(cache.glob("tfds/*/echonet_dynamic/incomplete.*")) and time.time() < deadline:
+    assert process.poll() is None, "the preparation ended before it could be killed"
+    time.sleep(0.05)
+  time.sleep(1.0)  # a few videos into the writing
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  (data_dir,) = cache.glob("tfds/*")
+  assert (data_dir / ".preparing").exists()
+  assert list(data_dir.glob("echonet_dynamic/incomplete.*"))  # what TFDS could not clean up
+
+  caplog.set_level("WARNING")
+  builder = pipeline.prepare(cfg)
+  assert any("was interrupted" in r.getMessage() for r in caplog.records)
+  assert sum(pipeline.num_examples(builder, s) for s in pipeline.SPLITS) == NUM_VIDEOS
+  assert not list(data_dir.glob("echonet_dynamic/incomplete.*"))
+  assert not (data_dir / ".preparing").exists()
+  assert (data_dir / "source.json").is_file()
+
+  # Killed after TFDS's final rename but before the source record: prepared again, not trusted.
+  (data_dir / ".preparing").write_text("pid 1\n")
+  info = pathlib.Path(builder.data_dir) / "dataset_info.json"
+  before = info.stat().st_mtime_ns
+  builder = pipeline.prepare(cfg)
+  assert info.stat().st_mtime_ns != before
+  assert sum(pipeline.num_examples(builder, s) for s in pipeline.SPLITS) == NUM_VIDEOS

@@ -25,6 +25,7 @@ from absl import logging
 import cv2
 import numpy as np
 
+from lvef_jax.data import video_io
 from lvef_jax.errors import LvefError
 
 SPLITS = ("train", "val", "test")
@@ -331,7 +332,7 @@ def tracing_frames(tracings_for_video: dict[int, np.ndarray]) -> tuple[int, int]
 
 
 def load_video(path) -> np.ndarray:
-  """Decodes a whole video to grey.
+  """Decodes a whole EchoNet video to grey, as `video_io.read_video` decodes any video.
 
   Args:
       path: Path to an .avi file.
@@ -341,38 +342,13 @@ def load_video(path) -> np.ndarray:
       BGR->grey conversion returns the channel value unchanged.
 
   Raises:
-      EchoNetFormatError: the file is missing, cannot be opened or has no frames.
+      EchoNetFormatError: the file is missing, cannot be opened, has no frames, or is truncated
+          or corrupt (fewer frames decode than its container lists).
   """
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise EchoNetFormatError(f"video {path} is missing")
-  cap, frames = cv2.VideoCapture(path), []
   try:
-    if not cap.isOpened():
-      raise EchoNetFormatError(f"video {path} cannot be opened by OpenCV")
-    ok, frame = cap.read()
-    while ok:
-      frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame)
-      ok, frame = cap.read()
-  finally:
-    cap.release()
-  if not frames:
-    raise EchoNetFormatError(f"video {path} has no readable frames")
-  return np.stack(frames).astype(np.uint8, copy=False)
-
-
-def _video_readable(path) -> bool:
-  """True if OpenCV opens the video and decodes its first frame (cheap: one frame only)."""
-  try:
-    cap = cv2.VideoCapture(path)
-  except cv2.error:
-    return False
-  try:
-    return bool(cap.isOpened() and cap.read()[0])
-  except cv2.error:
-    return False
-  finally:
-    cap.release()
+    return video_io.read_video(path)[0]
+  except video_io.VideoReadError as e:
+    raise EchoNetFormatError(str(e)) from None
 
 
 def _check_videos(videos_dir, names, check_videos, problems, skipped=None):
@@ -397,15 +373,14 @@ def _check_videos(videos_dir, names, check_videos, problems, skipped=None):
     to_open = [f for f in listed if f in present]
     # OpenCV releases the GIL while decoding, so a few threads overlap file I/O and decode.
     with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-      ok = list(pool.map(lambda f: _video_readable(os.path.join(videos_dir, f)), to_open))
-    unreadable = [f for f, good in zip(to_open, ok) if not good]
-    if unreadable and skipped is not None:
-      skipped.update({f[:-4]: "cannot be read by OpenCV (no frames)" for f in unreadable})
-    elif unreadable:
+      reasons = pool.map(lambda f: video_io.probe_video(os.path.join(videos_dir, f)), to_open)
+      bad = {f: reason for f, reason in zip(to_open, reasons) if reason}
+    if bad and skipped is not None:
+      skipped.update({f[:-4]: reason for f, reason in bad.items()})
+    elif bad:
       problems.append(
-        f"{len(unreadable)} videos in {videos_dir}/ cannot be read by "
-        f"OpenCV (cannot be opened or have no frames): "
-        f"{_name_list(unreadable)}"
+        f"{len(bad)} videos in {videos_dir}/ cannot be used: "
+        f"{_name_list([f'{f} {reason}' for f, reason in bad.items()])}"
       )
 
 
@@ -416,8 +391,9 @@ def load_dataset_index(
 
   Args:
       root: Dataset folder.
-      check_videos: Also open every listed video and decode its first frame (a few ms per
-          video). Whether the files exist is checked either way.
+      check_videos: Also open every listed video and decode its first and last frames (a few
+          ms per video): a file cut short is refused before anything is prepared. Whether the
+          files exist is checked either way.
       skipped: If given (``data.on_bad_video=skip``), videos that are missing or unreadable
           are left out of the result and recorded here (FileName -> reason) instead of being
           problems; a split left empty is still one.
@@ -491,4 +467,13 @@ def load_dataset_index(
     out.append(dataclasses.replace(record, ed_frame=ed_frame, es_frame=es_frame))
   if odd:
     logging.warning("%d videos have other than 2 traced frames: %s", len(odd), _name_list(odd))
+  untraced = [r.file_name + ".avi" for r in records if r.file_name not in tracings]
+  if tracings and untraced:  # (No file at all was warned about once, by _parse_tracings.)
+    logging.warning(
+      "%s has no tracings for %d listed videos (their EF labels are used; they have no traced "
+      "ED/ES frames): %s",
+      tracings_path,
+      len(untraced),
+      _name_list(untraced),
+    )
   return out

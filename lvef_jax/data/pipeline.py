@@ -35,10 +35,14 @@ from lvef_jax.data import echonet
 from lvef_jax.data import synthetic
 from lvef_jax.data import tfds_builder
 from lvef_jax.errors import ConfigError
+from lvef_jax.reporting import files
 
 SPLITS = ("train", "val", "test")
 SKIPPED_FILE = "skipped_videos.csv"  # with data.on_bad_video=skip: the videos left out, why
 _SOURCE_FILE = "source.json"  # Fingerprint of the folder a TFDS dir was prepared from.
+# Exists while a preparation runs (its last step removes it): found by the next preparer, who
+# holds the lock, it marks one that was killed, whose leftovers are removed.
+_PREPARING_FILE = ".preparing"
 
 
 def hide_gpus_from_tensorflow() -> None:
@@ -203,6 +207,16 @@ def _prepare(data_cfg, s: _Settings) -> tfds.core.DatasetBuilder:
   source_file = data_dir / _SOURCE_FILE
   fingerprint = _fingerprint(root) if root.is_dir() else {}
   builder = tfds_builder.EchonetDynamic(data_dir=data_dir)
+  marker = data_dir / _PREPARING_FILE
+  if marker.exists():
+    # TFDS writes into a temporary folder and renames it when done, but a process killed before
+    # the rename leaves that folder behind (for EchoNet, gigabytes), and one killed after it
+    # leaves data without its record of the source folder: either way, start again.
+    logging.warning("An earlier preparation into %s was interrupted; removing what it left and "
+                    "preparing again.", data_dir)
+    shutil.rmtree(data_dir / builder.name, ignore_errors=True)
+    (data_dir / _SOURCE_FILE).unlink(missing_ok=True)
+    marker.unlink()
   if _is_prepared(builder):
     recorded = json.loads(source_file.read_text()) if source_file.is_file() else None
     # Training needs only the prepared data, so a folder moved away afterwards is no error.
@@ -225,23 +239,28 @@ def _prepare(data_cfg, s: _Settings) -> tfds.core.DatasetBuilder:
     logging.warning("data.on_bad_video=skip: %d videos left out (listed in %s): %s",
                     len(skipped), SKIPPED_FILE, ", ".join(sorted(skipped)[:10])
                     + (", ..." if len(skipped) > 10 else ""))
-  builder = tfds_builder.EchonetDynamic(data_dir=data_dir, index=records)
+  builder = tfds_builder.EchonetDynamic(data_dir=data_dir, index=records, skipped=skipped)
   logging.info("preparing the dataset copy of %s in %s (%s); every video is decoded once.",
                root, builder.data_dir, tfds_builder.split_counts(records))
   start = time.perf_counter()
+  data_dir.mkdir(parents=True, exist_ok=True)
+  marker.write_text(f"pid {os.getpid()}\n")
   try:
     builder.download_and_prepare(
         download_dir=data_dir / "downloads",
         download_config=tfds.download.DownloadConfig(
             manual_dir=os.fspath(root), try_download_gcs=False))
+  except BaseException:
+    marker.unlink()  # TFDS deleted its temporary folder: nothing is left to clean up.
+    raise
   finally:
-    # TFDS already deletes its incomplete dir on failure; this removes the empty download
-    # and dataset folders it creates around it.
+    # This removes the empty download and dataset folders TFDS creates around its own.
     _remove_empty_dirs(data_dir)
-  rows = "".join(f"{name},{reason}\n" for name, reason in sorted((skipped or {}).items()))
-  (pathlib.Path(builder.data_dir) / SKIPPED_FILE).write_text("FileName,reason\n" + rows)
+  (pathlib.Path(builder.data_dir) / SKIPPED_FILE).write_text(
+      files.csv_text(("FileName", "reason"), sorted((skipped or {}).items())))
   source_file.write_text(json.dumps({"root": str(root), "fingerprint": fingerprint,
                                      "on_bad_video": s.on_bad_video}, indent=1))
+  marker.unlink()
   _DATASET_MEMO.clear()  # Cached datasets may hold the previous preparation's data.
   logging.info("Prepared %s in %.1f s (%s).", builder.data_dir, time.perf_counter() - start,
                _counts(builder))

@@ -48,22 +48,38 @@ def split_counts(records: list[echonet.VideoRecord]) -> str:
   return f"{len(records)} videos: {counts}"
 
 
-def _decode_in_order(records: Iterable[echonet.VideoRecord],
-                     window: int) -> Iterator[tuple[echonet.VideoRecord, np.ndarray]]:
-  """Yields (record, frames) in input order, decoding up to `window` videos ahead in threads.
+def _decode(record: echonet.VideoRecord) -> np.ndarray | echonet.EchoNetFormatError:
+  """The video's frames, or the error that names why it cannot be decoded."""
+  try:
+    return echonet.load_video(record.video_path)
+  except echonet.EchoNetFormatError as e:
+    return e
+
+
+def _decode_in_order(
+    records: Iterable[echonet.VideoRecord], window: int
+) -> Iterator[tuple[echonet.VideoRecord, np.ndarray | echonet.EchoNetFormatError]]:
+  """Yields (record, frames or decoding error) in input order, decoding up to `window` videos
+  ahead in threads.
 
   The window bounds memory: at most `window` decoded videos wait for the writer.
   """
   with concurrent.futures.ThreadPoolExecutor(max(1, _DECODE_THREADS)) as pool:
     pending = collections.deque()
     for record in records:
-      pending.append((record, pool.submit(echonet.load_video, record.video_path)))
+      pending.append((record, pool.submit(_decode, record)))
       if len(pending) >= window:
         record_, future = pending.popleft()
         yield record_, future.result()
     while pending:
       record_, future = pending.popleft()
       yield record_, future.result()
+
+
+def _listing(items: list[str], limit: int = 10) -> str:
+  """The first `limit` items, comma-separated, and how many more there are."""
+  more = f" and {len(items) - limit} more" if len(items) > limit else ""
+  return ", ".join(items[:limit]) + more
 
 
 class EchonetDynamic(tfds.core.GeneratorBasedBuilder):
@@ -81,17 +97,23 @@ class EchonetDynamic(tfds.core.GeneratorBasedBuilder):
   Any folder in this layout works, e.g. one written by lvef_jax.data.synthetic.generate.
   """
 
-  def __init__(self, *, index: list[echonet.VideoRecord] | None = None, **kwargs):
+  def __init__(self, *, index: list[echonet.VideoRecord] | None = None,
+               skipped: dict[str, str] | None = None, **kwargs):
     """Builder over the folder later passed as `manual_dir`.
 
     Args:
       index: `echonet.load_dataset_index` of that folder, if the caller has validated it
         already: preparation then uses it instead of validating the folder a second time
         (every video opened again, every warning about the folder logged twice).
+      skipped: ``data.on_bad_video=skip``: a video that fails to decode in full (damaged in
+        the middle: validation decodes only its ends) is left out and recorded here
+        (FileName -> reason). Without it, such videos stop the preparation with one error that
+        lists every one of them in the split, and nothing prepared is kept.
       **kwargs: As for `tfds.core.GeneratorBasedBuilder` (`data_dir`, ...).
     """
     super().__init__(**kwargs)
     self._validated_index = index
+    self._skipped = skipped
 
   def _log_download_bytes(self) -> None:
     # TFDS prints "Downloading and preparing dataset Unknown size ..." to stdout here, bypassing
@@ -156,14 +178,23 @@ class EchonetDynamic(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, records: list[echonet.VideoRecord]):
     """Yields (file_name, example); file names are unique, as load_dataset_index checks."""
+    failed, frame_counts, sizes, written = [], [], [], 0
     for i, (record, frames) in enumerate(_decode_in_order(records, 4 * _DECODE_THREADS)):
-      if frames.shape[0] != record.num_frames:
-        # The stored frames are the truth the pipeline samples from; a stale NumberOfFrames
-        # column is worth knowing about but not fatal (the official loader ignores it too).
-        logging.warning("%s: FileList says %d frames, the video has %d; storing %d.",
-                        record.file_name, record.num_frames, frames.shape[0], frames.shape[0])
       if (i + 1) % _LOG_EVERY == 0:
         logging.info("Prepared %d/%d videos of split %s.", i + 1, len(records), record.split)
+      if isinstance(frames, echonet.EchoNetFormatError):
+        failed.append((record.file_name, str(frames)))
+        continue
+      # The stored frames are the truth the pipeline samples from; FileList's metadata columns
+      # disagreeing with them is worth knowing about but not fatal (the official loader ignores
+      # them too), and is summarised below rather than logged per video.
+      if frames.shape[0] != record.num_frames:
+        frame_counts.append(f"{record.file_name} ({record.num_frames} listed, "
+                            f"{frames.shape[0]} decoded)")
+      if frames.shape[1:] != (record.frame_height, record.frame_width):
+        sizes.append(f"{record.file_name} ({record.frame_height}x{record.frame_width} listed, "
+                     f"{frames.shape[1]}x{frames.shape[2]} decoded)")
+      written += 1
       yield record.file_name, {
           "video": frames,
           "file_name": record.file_name,
@@ -175,3 +206,20 @@ class EchonetDynamic(tfds.core.GeneratorBasedBuilder):
           "ed_frame": np.int32(record.ed_frame),
           "es_frame": np.int32(record.es_frame),
       }
+    split = records[0].split if records else "?"
+    for what, rows in (("NumberOfFrames", frame_counts), ("FrameHeight/FrameWidth", sizes)):
+      if rows:
+        logging.warning("%d videos of split %s: FileList.csv's %s disagrees with the decoded "
+                        "video (the decoded frames are stored): %s", len(rows), split, what,
+                        _listing(rows))
+    if failed and self._skipped is None:
+      raise echonet.EchoNetFormatError(
+          f"{len(failed)} videos of split {split} cannot be decoded in full (nothing was "
+          "prepared; data.on_bad_video=skip leaves such videos out): "
+          + _listing([message for _, message in failed]))
+    if failed:
+      self._skipped.update(failed)
+      logging.warning("data.on_bad_video=skip: %d videos of split %s fail to decode and are left "
+                      "out: %s", len(failed), split, _listing([name for name, _ in failed]))
+    if not written:
+      raise echonet.EchoNetFormatError(f"split {split} has no video that decodes")

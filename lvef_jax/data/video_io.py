@@ -184,8 +184,7 @@ def _read_opencv(path: pathlib.Path) -> tuple[np.ndarray, float]:
   if not frames:
     raise VideoReadError(f"{path}: no frame could be decoded (the file is corrupt or truncated)")
   if math.isfinite(listed) and listed > 0:
-    allowed = max(_MISSING_FRAMES_ALLOWED, math.ceil(_MISSING_SHARE_ALLOWED * listed))
-    if len(frames) < listed - allowed:
+    if len(frames) < _fewest_frames(listed):
       raise VideoReadError(
         f"{path}: only {len(frames)} of the {int(listed)} frames listed by the container "
         "could be decoded; the file is truncated or corrupt"
@@ -194,6 +193,42 @@ def _read_opencv(path: pathlib.Path) -> tuple[np.ndarray, float]:
     raise VideoReadError(f"{path}: frames of different sizes ({sorted({f.shape for f in frames})})")
   fps = float(fps) if math.isfinite(fps) and fps > 0 else 0.0
   return np.stack(frames).astype(np.uint8, copy=False), fps
+
+
+def _fewest_frames(listed: float) -> int:
+  """The fewest frames a video whose container lists `listed` frames may decode to."""
+  return int(listed) - max(_MISSING_FRAMES_ALLOWED, math.ceil(_MISSING_SHARE_ALLOWED * listed))
+
+
+def probe_video(path) -> str | None:
+  """Checks cheaply that a video opens and that both its ends decode.
+
+  Decodes the first frame and the last frame a complete file must have (by the container's
+  frame count, with the tolerance `read_video` allows), seeking there: a few milliseconds a
+  video, against tens for a full decode, and it catches the common damage, a file cut short by
+  an interrupted download or copy. Damage in the middle is found when the video is decoded.
+
+  Returns:
+    None if the video looks whole, else the reason, e.g. "cannot be opened by OpenCV".
+  """
+  try:
+    cap = cv2.VideoCapture(os.fspath(path))
+  except cv2.error:
+    return "cannot be opened by OpenCV"
+  try:
+    if not cap.isOpened():
+      return "cannot be opened by OpenCV"
+    if not cap.read()[0]:
+      return "has no readable frames"
+    listed = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+    last = _fewest_frames(listed) - 1 if math.isfinite(listed) else 0
+    if last > 0 and not (cap.set(cv2.CAP_PROP_POS_FRAMES, last) and cap.read()[0]):
+      return f"is truncated (frame {last + 1} of the {int(listed)} it lists does not decode)"
+    return None
+  except cv2.error as e:
+    return f"cannot be decoded by OpenCV ({e})"
+  finally:
+    cap.release()
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
