@@ -84,14 +84,18 @@ def test_run_directory_has_every_file(finished_run):
   assert (workdir / "plots" / "history.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_rerun_resumes_and_matches_an_uninterrupted_run(finished_run, tmp_path):
+def test_rerun_resumes_and_matches_an_uninterrupted_run(finished_run, tmp_path, caplog):
   config, reference, _ = finished_run
   config = shrink(load_config("quickstart"), pathlib.Path(config.data.cache_dir))
   config.train.num_epochs = 1
+  caplog.set_level("INFO")
   trainer.train_and_evaluate(config, tmp_path)
   assert [r["epoch"] for r in _records(tmp_path)] == [1]
   config.train.num_epochs = 2  # the same command with more epochs continues from epoch 1
   trainer.train_and_evaluate(config, tmp_path)
+  # One compilation of the train step per run, the resumed one (restored state) included.
+  compiled = [r.getMessage() for r in caplog.records if "train step was compiled" in r.getMessage()]
+  assert compiled == ["the train step was compiled once in this process"] * 2
   resumed, expected = _records(tmp_path), _records(reference)
   assert [r["step"] for r in resumed] == [2, 4]
   for a, b in zip(resumed, expected):

@@ -314,3 +314,17 @@ def test_results_can_average_every_clip_of_each_video(tmp_path, data_cache):
 
   assert results["splits"]["test"]["rmse"] == pytest.approx(rmse("all"), abs=1e-5)
   assert results["splits"]["test"]["rmse"] != pytest.approx(rmse("one"), abs=1e-5)
+
+
+def test_a_second_train_step_compilation_is_reported(caplog):
+  config = _config()
+  mesh = sharding.make_mesh()
+  graphdef, tx, state = _setup(config, mesh)
+  train_step = steps.make_train_step(graphdef, tx, mesh)
+  state, _ = train_step(state, sharding.shard_batch(_batch(), mesh))
+  state, _ = train_step(state, sharding.shard_batch(_batch(seed=1), mesh))
+  assert trainer._log_compilations(train_step) == 1
+  state, _ = train_step(state, sharding.shard_batch(_batch(batch_size=16), mesh))
+  caplog.set_level("WARNING")
+  assert trainer._log_compilations(train_step) == 2
+  assert "the train step was compiled 2 times in this process" in caplog.text

@@ -451,9 +451,26 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, overwrite: bool =
       " *best*" if improved else "",
       record["seconds"],
     )
+  _log_compilations(exp.train_step)
   exp.checkpoints.wait()
   writer.close()
   return evaluate_best(exp, history)
+
+
+def _log_compilations(train_step) -> int:
+  """Says how often this process compiled the train step: once, unless a batch of another
+  shape, dtype or sharding (or a state placed differently) reached it; each recompilation
+  costs as much time as the first step. Returns the count."""
+  count = train_step._cache_size()  # jax.jit's count of compiled versions
+  if count > 1:
+    logging.warning(
+      "the train step was compiled %d times in this process (expected once): a batch or "
+      "state of another shape, dtype or placement reached it",
+      count,
+    )
+  elif count == 1:
+    logging.info("the train step was compiled once in this process")
+  return count
 
 
 def evaluate_best(exp: Experiment, history: list[dict]) -> dict:
