@@ -322,15 +322,19 @@ def _resize(clip: tf.Tensor, size: int) -> tf.Tensor:
   return tf.ensure_shape(out, (clip.shape[0], size, size, 1))
 
 
-def _pad_and_crop(clip: tf.Tensor, pad: int, seed: tf.Tensor) -> tf.Tensor:
-  """EchoNet-Dynamic's augmentation: zero-pad `pad` px per side, crop back at a random offset.
+def _crop_offset(pad: int, seed: tf.Tensor) -> tf.Tensor:
+  """The random (y, x) crop offset of `_pad_and_crop`, in [0, 2*pad] each."""
+  return tf.random.stateless_uniform((2,), seed, minval=0, maxval=2 * pad + 1, dtype=tf.int32)
+
+
+def _pad_and_crop(clip: tf.Tensor, pad: int, offset: tf.Tensor) -> tf.Tensor:
+  """EchoNet-Dynamic's augmentation: zero-pad `pad` px per side, crop back at `offset` (y, x).
 
   One offset for the whole clip, so motion between frames is not distorted. Offsets span
   [0, 2*pad] inclusive, i.e. shifts of up to `pad` px in either direction.
   """
   t, h, w, c = clip.shape
   padded = tf.pad(clip, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-  offset = tf.random.stateless_uniform((2,), seed, minval=0, maxval=2 * pad + 1, dtype=tf.int32)
   return tf.slice(padded, tf.stack([0, offset[0], offset[1], 0]), (t, h, w, c))
 
 
@@ -383,6 +387,41 @@ def _numpy_batches(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
     yield batch
 
 
+def _clip_plan(ex, num_frames: tf.Tensor, seed: int, s: _Settings) -> dict[str, tf.Tensor]:
+  """Where a training clip of `ex` starts and where its augmentation crops.
+
+  Randomness keyed on (seed, file name): independent of read order, shard and buffer size, and
+  the same for the tf.data path and the device-resident one.
+  """
+  key = tf.stack([tf.constant(seed, tf.int64),
+                  tf.strings.to_hash_bucket_fast(ex["file_name"], 2**62)])
+  start_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+  if s.train_clip_start == "first":  # the paper's recipe: every epoch the same clip
+    start = tf.constant(0, tf.int32)
+  else:  # Highest start, as in max_clip_start.
+    hi = tf.maximum(num_frames - (s.clip_frames - 1) * s.period - 1, 0)
+    start = tf.random.stateless_uniform((), start_seed, minval=0, maxval=hi + 1, dtype=tf.int32)
+  offset = _crop_offset(s.augment_pad, crop_seed) if s.augment_pad > 0 else tf.zeros(2, tf.int32)
+  return {"start": start, "offset": offset}
+
+
+def _train_order(ds: tf.data.Dataset, s: _Settings, total: int, *, batch_size: int, seed: int,
+                 shard_index: int, num_shards: int) -> tf.data.Dataset:
+  """An epoch's examples in training order: shuffled, whole global batches, this process's rows.
+
+  Shuffling does not look at the elements, so datasets of the same length in the same order
+  come out in the same order: the device-resident path relies on this.
+  """
+  global_batch = batch_size * num_shards
+  if s.shuffle_buffer > 1:
+    ds = ds.shuffle(s.shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+  ds = ds.take(total // global_batch * global_batch)
+  if num_shards > 1:  # this process's rows of each global batch, before any decoding
+    ds = ds.enumerate().filter(lambda i, ex: (i // batch_size) % num_shards == shard_index)
+    ds = ds.map(lambda i, ex: ex)
+  return ds
+
+
 def train_batches(builder, data_cfg, *, batch_size: int, seed: int, shard_index: int = 0,
                   num_shards: int = 1) -> Iterator[dict[str, np.ndarray]]:
   """One shuffled, augmented epoch of this process's rows of every global batch of the train split.
@@ -417,33 +456,72 @@ def train_batches(builder, data_cfg, *, batch_size: int, seed: int, shard_index:
     ds = _memo((os.fspath(builder.data_dir), "train"), lambda: _read(builder, "train"))
   else:
     ds = _read(builder, "train", shuffle_seed=seed)
-  if s.shuffle_buffer > 1:
-    ds = ds.shuffle(s.shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
-  ds = ds.take(total // global_batch * global_batch)
-  if num_shards > 1:  # this process's rows of each global batch, before any decoding
-    ds = ds.enumerate().filter(lambda i, ex: (i // batch_size) % num_shards == shard_index)
-    ds = ds.map(lambda i, ex: ex)
+  ds = _train_order(ds, s, total, batch_size=batch_size, seed=seed, shard_index=shard_index,
+                    num_shards=num_shards)
   decode = _decode_video(builder)
 
   def make_clip(ex):
-    # Randomness keyed on (seed, file name): independent of read order, shard and buffer size.
-    key = tf.stack([tf.constant(seed, tf.int64),
-                    tf.strings.to_hash_bucket_fast(ex["file_name"], 2**62)])
-    start_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(key, 2))
     frames = decode(ex["video"])
-    if s.train_clip_start == "first":  # the paper's recipe: every epoch the same clip
-      start = tf.constant(0, tf.int32)
-    else:  # Highest start, as in max_clip_start.
-      hi = tf.maximum(tf.shape(frames)[0] - (s.clip_frames - 1) * s.period - 1, 0)
-      start = tf.random.stateless_uniform((), start_seed, minval=0, maxval=hi + 1, dtype=tf.int32)
-    clip = _resize(_take_clip(frames, start, s), s.image_size)
+    plan = _clip_plan(ex, tf.shape(frames)[0], seed, s)
+    clip = _resize(_take_clip(frames, plan["start"], s), s.image_size)
     if s.augment_pad > 0:
-      clip = _pad_and_crop(clip, s.augment_pad, crop_seed)
+      clip = _pad_and_crop(clip, s.augment_pad, plan["offset"])
     return {"video": clip, "ef": ex["ef"]}
 
   ds = ds.map(make_clip, num_parallel_calls=s.parallel, deterministic=True)
   ds = _with_prefetch(ds.batch(batch_size, drop_remainder=True), s)
   yield from _numpy_batches(ds)
+
+
+# ----------------------------------------------------------------------------- device-resident
+def train_videos(builder, data_cfg) -> dict[str, np.ndarray]:
+  """The whole train split as one array, for `lvef_jax.data.device_data`.
+
+  Every video is resized to `image_size` here, once, with the op the tf.data path applies per
+  clip (it works frame by frame, so the pixels are the same).
+
+  Returns:
+    ``frames`` uint8 [total frames, S, S] (the videos one after another, in split order),
+    ``first`` int32 [V] (each video's first row in ``frames``), ``length`` int32 [V], ``ef``
+    float32 [V]; video i is the i-th example of the unshuffled split, as `train_plans` counts.
+  """
+  s = _Settings.from_cfg(data_cfg)
+  decode = _decode_video(builder)
+  ds = _read(builder, "train").map(
+      lambda ex: _resize(decode(ex["video"])[..., None], s.image_size)[..., 0],
+      num_parallel_calls=s.parallel, deterministic=True)
+  listing = split_listing(builder, "train")
+  length = listing["num_frames"].astype(np.int32)
+  first = (np.cumsum(length) - length).astype(np.int32)
+  # Filled in place: EchoNet's split is ~16 GB at 112x112, so no second copy is ever made.
+  frames = np.empty((int(length.sum()), s.image_size, s.image_size), np.uint8)
+  for i, video in enumerate(ds.as_numpy_iterator()):
+    frames[first[i]:first[i] + length[i]] = video
+  return {"frames": frames, "first": first, "length": length,
+          "ef": listing["ef"].astype(np.float32)}
+
+
+def train_plans(builder, data_cfg, *, batch_size: int, seed: int, shard_index: int = 0,
+                num_shards: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """The epoch `train_batches` would give for the same arguments with `cache_in_memory`, as
+  indices: ``index`` (video, as in `train_videos`) int32 [B], ``start`` int32 [B] and
+  ``offset`` (the crop's y, x) int32 [B, 2]. No video is read or decoded.
+  """
+  s = _Settings.from_cfg(data_cfg)
+  _check_shard(shard_index, num_shards, batch_size)
+  listing = split_listing(builder, "train")
+  total = len(listing["file_name"])
+  if total < batch_size * num_shards:
+    raise ConfigError(f"Train split has {total} examples, fewer than one batch of "
+                      f"{batch_size * num_shards}.")
+  ds = tf.data.Dataset.from_tensor_slices({
+      "index": np.arange(total, dtype=np.int32),
+      "file_name": [name.encode("utf-8") for name in listing["file_name"]],
+      "num_frames": listing["num_frames"].astype(np.int32)})
+  ds = _train_order(ds, s, total, batch_size=batch_size, seed=seed, shard_index=shard_index,
+                    num_shards=num_shards)
+  ds = ds.map(lambda ex: {"index": ex["index"], **_clip_plan(ex, ex["num_frames"], seed, s)})
+  yield from ds.batch(batch_size, drop_remainder=True).prefetch(2).as_numpy_iterator()
 
 
 # ----------------------------------------------------------------------------- every clip

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from lvef_jax.data import pipeline
+from lvef_jax.data import device_data, pipeline
 from lvef_jax.errors import ConfigError, NonFiniteLossError
 from lvef_jax.evaluation import evaluator, metrics
 from lvef_jax.reporting import plots, results as run_files, tensorboard
@@ -67,6 +67,9 @@ class Experiment:
   batch_stats_step: object
   checkpoints: checkpoints.Checkpoints
   bad_streak: int = 0  # train steps in a row skipped for a non-finite loss or gradient
+  # data.device_resident: the train split on the devices, and the jitted clip sampler.
+  device_videos: device_data.DeviceVideos | None = None
+  clip_sampler: object = None
 
   def predict_fn(self):
     """The current weights as an evaluator's prediction function."""
@@ -101,6 +104,7 @@ def build_experiment(config, workdir: str | pathlib.Path) -> Experiment:
       )
   graphdef, state, tx = state_lib.create(config, steps_per_epoch)
   state = jax.device_put(state, sharding.replicated(mesh))
+  device_videos, clip_sampler = _device_videos(config.data, builder, mesh)
   return Experiment(
     config=config,
     workdir=workdir,
@@ -114,14 +118,54 @@ def build_experiment(config, workdir: str | pathlib.Path) -> Experiment:
     predict_step=steps.make_predict_step(graphdef, mesh),
     batch_stats_step=steps.make_batch_stats_step(graphdef, mesh),
     checkpoints=checkpoints.Checkpoints(workdir / "checkpoints", writer=True),
+    device_videos=device_videos,
+    clip_sampler=clip_sampler,
   )
 
 
-def _train_stream(exp: Experiment, epoch: int, num_batches: int, salt: int = 0) -> Iterator[dict]:
+def _device_videos(data_cfg, builder, mesh):
+  """The train split on the devices and its clip sampler, if ``data.device_resident`` says so;
+  else ``(None, None)``."""
+  frames = int(pipeline.split_listing(builder, "train")["num_frames"].sum())
+  on, why = device_data.use_device_videos(data_cfg.device_resident, frames * data_cfg.image_size**2)
+  if not on:
+    logging.info("training clips from tf.data (%s)", why)
+    return None, None
+  start = time.perf_counter()
+  videos = device_data.DeviceVideos.put(pipeline.train_videos(builder, data_cfg), mesh)
+  logging.info(
+    "training clips cut on the devices from the train split held there (%s; loaded in %.1f s)",
+    why,
+    time.perf_counter() - start,
+  )
+  sampler = device_data.make_clip_sampler(
+    mesh, clip_frames=data_cfg.clip_frames, period=data_cfg.period, pad=data_cfg.augment_pad
+  )
+  return videos, sampler
+
+
+def _device_batches(exp: Experiment, epoch: int, num_batches: int, salt: int = 0) -> Iterator:
+  """``num_batches`` train batches for ``epoch`` on the devices, each ``(host, device)`` as
+  from `sharding.device_prefetch` (``host`` is None on the device-resident path)."""
+  if exp.device_videos is None:
+    return sharding.device_prefetch(
+      _train_stream(exp, epoch, num_batches, salt),
+      exp.mesh,
+      keys=("video", "ef"),
+      size=exp.config.data.prefetch,
+    )
+  plans = _train_stream(exp, epoch, num_batches, salt, make=pipeline.train_plans)
+  return ((None, exp.clip_sampler(exp.device_videos, plan)) for plan in plans)
+
+
+def _train_stream(
+  exp: Experiment, epoch: int, num_batches: int, salt: int = 0, make=pipeline.train_batches
+) -> Iterator[dict]:
   """``num_batches`` train batches for ``epoch``, passing over the split as often as needed.
 
   ``salt`` gives another, equally reproducible, draw of the same epoch (BatchNorm
-  recalibration uses 1).
+  recalibration uses 1). ``make`` is `pipeline.train_batches` (clips) or
+  `pipeline.train_plans` (where to cut them, for the device-resident path).
   """
   config = exp.config
 
@@ -129,7 +173,7 @@ def _train_stream(exp: Experiment, epoch: int, num_batches: int, salt: int = 0) 
     for repeat in itertools.count():
       # A distinct, reproducible shuffle and clip sampling for every epoch (and repeat).
       seed = ((config.seed * 100_003 + epoch) * 1_009 + repeat) * 7 + salt
-      yield from pipeline.train_batches(
+      yield from make(
         exp.builder,
         config.data,
         batch_size=exp.local_batch_size,
@@ -205,12 +249,7 @@ def _train_epoch(
   config = exp.config
   log_every = max(1, config.train.log_every_steps)
   losses, logged, start = [], 0, time.perf_counter()
-  batches = sharding.device_prefetch(
-    _train_stream(exp, epoch, exp.steps_per_epoch),
-    exp.mesh,
-    keys=("video", "ef"),
-    size=config.data.prefetch,
-  )
+  batches = _device_batches(exp, epoch, exp.steps_per_epoch)
   skipped_flags, skipped = [], 0
   for index, (_, batch) in enumerate(batches, start=1):
     exp.state, step_metrics = exp.train_step(exp.state, batch)
@@ -277,12 +316,7 @@ def _recalibrate_batch_norm(exp: Experiment, epoch: int) -> None:
   if num_batches <= 0 or not jax.tree.leaves(exp.state.batch_stats):
     return  # disabled, or a model without BatchNorm
   total, count = None, 0
-  for _, batch in sharding.device_prefetch(
-    _train_stream(exp, epoch, num_batches, salt=1),
-    exp.mesh,
-    keys=("video",),
-    size=exp.config.data.prefetch,
-  ):
+  for _, batch in _device_batches(exp, epoch, num_batches, salt=1):
     stats = exp.batch_stats_step(exp.state, batch)
     total = stats if total is None else jax.tree.map(jnp.add, total, stats)
     count += 1
