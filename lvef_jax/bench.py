@@ -13,6 +13,12 @@ in ``docs/benchmarks.md`` with the machine. Every model family works (``--config
   python -m lvef_jax.bench --model=i3d_mini --batch=4 --precision=bf16
   python -m lvef_jax.bench --model=table3/B2        # any experiment of the benchmark too
 
+``--data=device`` (the default) times the step on one random batch already on the devices;
+``--data=resident`` feeds it batches cut on the devices from a synthesised device-resident
+split (``data.device_resident`` in training); ``--data=tfdata`` feeds it from the tf.data
+pipeline over the configured dataset (end to end; TensorFlow is imported only then) and also
+reports ``input_clips_per_s``, what the pipeline alone delivers.
+
 ``--model`` names a registry model (``MODELS`` below, or an experiment name) instead of a config
 file; ``--config.KEY=VALUE`` overrides apply to it. Each line has the FLOPs per clip of the
 whole step (XLA's cost analysis of the lowered step), the achieved TFLOP/s, and the MFU where
@@ -28,6 +34,7 @@ with its time at an assumed sustained rate: an estimate until a sweep is timed o
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import time
@@ -114,6 +121,14 @@ MODEL = flags.DEFINE_string(
 PRECISION = flags.DEFINE_enum(
   "precision", None, ["fp32", "bf16"], "Compute dtype (parameters and Adam stay float32)."
 )
+DATA = flags.DEFINE_enum(
+  "data",
+  "device",
+  ["device", "resident", "tfdata"],
+  "Where batches come from: one random batch on the devices (the step alone), a synthesised "
+  "device-resident split (sampler + step), or the tf.data pipeline (end to end; imports "
+  "TensorFlow).",
+)
 PEAK = flags.DEFINE_float("peak_tflops", None, "The device's peak TFLOP/s, for the MFU.")
 SUITE = flags.DEFINE_bool("suite", False, "FLOPs of every benchmark run, and the sweep total.")
 SUSTAINED = flags.DEFINE_float(
@@ -171,24 +186,105 @@ def suite(sustained_tflops: float) -> list[dict]:
   return records
 
 
-def benchmark(config, batch_size: int, num_steps: int, peak_tflops: float | None = None) -> dict:
-  """Compiles and times ``num_steps`` train steps; returns the figures as a dict."""
+# Videos and frames per video of the device-resident split that --data=resident synthesises:
+# a stand-in with EchoNet-Dynamic's typical length (its train split: 7,465 videos).
+RESIDENT_VIDEOS, RESIDENT_FRAMES = 64, 175
+# --data=tfdata times the pipeline alone for at least this long.
+INPUT_SECONDS = 5.0
+
+
+def _random_batch(data, batch_size: int, rng: np.random.Generator) -> dict:
+  shape = (batch_size, data.clip_frames, data.image_size, data.image_size, 1)
+  return {
+    "video": rng.integers(0, 256, shape, dtype=np.uint8),
+    "ef": rng.uniform(10, 80, batch_size).astype(np.float32),
+  }
+
+
+def _resident_batches(data, batch_size: int, mesh, rng: np.random.Generator):
+  """Batches cut on the devices from a synthesised device-resident split, as training with
+  ``data.device_resident`` does (random plans; no TensorFlow, no files)."""
+  from lvef_jax.data import device_data  # JAX and numpy only
+
+  size, frames = data.image_size, RESIDENT_FRAMES
+  videos = device_data.DeviceVideos.put(
+    {
+      "frames": rng.integers(0, 256, (RESIDENT_VIDEOS * frames, size, size), dtype=np.uint8),
+      "first": np.arange(RESIDENT_VIDEOS, dtype=np.int32) * frames,
+      "length": np.full(RESIDENT_VIDEOS, frames, np.int32),
+      "ef": rng.uniform(10, 80, RESIDENT_VIDEOS).astype(np.float32),
+    },
+    mesh,
+  )
+  sampler = device_data.make_clip_sampler(
+    mesh, clip_frames=data.clip_frames, period=data.period, pad=data.augment_pad
+  )
+  top = frames - (data.clip_frames - 1) * data.period
+  while True:
+    plan = {
+      "index": rng.integers(0, RESIDENT_VIDEOS, batch_size, dtype=np.int32),
+      "start": rng.integers(0, max(top, 1), batch_size, dtype=np.int32),
+      "offset": rng.integers(0, 2 * data.augment_pad + 1, (batch_size, 2), dtype=np.int32),
+    }
+    yield sampler(videos, plan)
+
+
+def _tfdata_batches(config, batch_size: int, mesh, stats: dict):
+  """Batches of the tf.data path from the configured (by default synthetic) dataset, put on the
+  devices as training does. Imports TensorFlow. Also times the pipeline alone into ``stats``."""
+  from lvef_jax.data import pipeline
+
+  builder = pipeline.prepare(config.data)
+
+  def host_batches():
+    for epoch in range(1_000_000):  # passes over the split, as training makes
+      yield from pipeline.train_batches(builder, config.data, batch_size=batch_size, seed=epoch)
+
+  # The pipeline alone: clips/s it delivers to the host, warm (after its first batches).
+  batches, count = host_batches(), 0
+  for _ in range(3):
+    next(batches)
+  start = time.perf_counter()
+  while time.perf_counter() - start < INPUT_SECONDS or count < 4:
+    next(batches)
+    count += 1
+  stats["input_clips_per_s"] = round(count * batch_size / (time.perf_counter() - start), 3)
+  for _, batch in sharding.device_prefetch(
+    host_batches(), mesh, keys=("video", "ef"), size=config.data.prefetch
+  ):
+    yield batch
+
+
+def benchmark(
+  config,
+  batch_size: int,
+  num_steps: int,
+  peak_tflops: float | None = None,
+  data_mode: str = "device",
+) -> dict:
+  """Compiles and times ``num_steps`` train steps; returns the figures as a dict.
+
+  ``data_mode``: ``device``, one random batch already on the devices, every step (the step
+  alone); ``resident``, batches cut on the devices from a synthesised device-resident split
+  (the sampler and the step); ``tfdata``, batches from the tf.data pipeline (end to end; the
+  line then also has ``input_clips_per_s``, the pipeline alone).
+  """
   mesh = sharding.make_mesh()
   sharding.check_batch_size(batch_size, mesh, "batch")
   data = config.data
   graphdef, state, tx = state_lib.create(config, steps_per_epoch=1000)
   state = jax.device_put(state, sharding.replicated(mesh))
   train_step = steps.make_train_step(graphdef, tx, mesh)
-  rng = np.random.default_rng(0)
-  batch = sharding.shard_batch(
-    {
-      "video": rng.integers(
-        0, 256, (batch_size, data.clip_frames, data.image_size, data.image_size, 1), dtype=np.uint8
-      ),
-      "ef": rng.uniform(10, 80, batch_size).astype(np.float32),
-    },
-    mesh,
-  )
+  rng, stats = np.random.default_rng(0), {}
+  if data_mode == "device":
+    batches = itertools.repeat(sharding.shard_batch(_random_batch(data, batch_size, rng), mesh))
+  elif data_mode == "resident":
+    batches = _resident_batches(data, batch_size, mesh, rng)
+  elif data_mode == "tfdata":
+    batches = _tfdata_batches(config, batch_size, mesh, stats)
+  else:
+    raise LvefError(f"--data={data_mode}: expected device, resident or tfdata")
+  batch = next(batches)
 
   start = time.perf_counter()
   # The whole step's FLOPs, before it is partitioned over the devices.
@@ -200,7 +296,7 @@ def benchmark(config, batch_size: int, num_steps: int, peak_tflops: float | None
   times = []
   for _ in range(num_steps):
     start = time.perf_counter()
-    state, out = train_step(state, batch)
+    state, out = train_step(state, next(batches))
     jax.block_until_ready(out)
     times.append(time.perf_counter() - start)
   step = float(np.median(times))
@@ -225,6 +321,8 @@ def benchmark(config, batch_size: int, num_steps: int, peak_tflops: float | None
     "tflops": round(achieved, 6),
     "peak_tflops": peak,
     "mfu": round(achieved / (peak * jax.device_count()), 6) if peak else None,
+    "data": data_mode,
+    **stats,
   }
 
 
@@ -238,7 +336,7 @@ def main(argv):
   if PRECISION.value:
     config.model.dtype = {"fp32": "float32", "bf16": "bfloat16"}[PRECISION.value]
   batch = BATCH.value or config.train.batch_size
-  print(json.dumps(benchmark(config, batch, STEPS.value, PEAK.value)))
+  print(json.dumps(benchmark(config, batch, STEPS.value, PEAK.value, DATA.value)))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from lvef_jax import bench
-from tests.conftest import ROOT, load_config
+from tests.conftest import ROOT, load_config, shrink
 
 
 def test_benchmark_times_the_sharded_train_step():
@@ -93,3 +93,17 @@ def test_bench_command_line_with_a_model_name_and_overrides():
   result = json.loads(done.stdout.strip().splitlines()[-1])
   assert result["variant"] == "i3d_stem_conv2_1x1x1" and result["dtype"] == "bfloat16"
   assert result["shape"] == [8, 16, 16, 1]
+
+
+@pytest.mark.parametrize("data_mode", ["resident", "tfdata"])
+def test_benchmark_fed_by_the_device_resident_split_or_by_tf_data(
+  data_mode, data_cache, monkeypatch
+):
+  config = shrink(load_config("i3d", "variant=stem"), data_cache)
+  monkeypatch.setattr(bench, "INPUT_SECONDS", 0.2)
+  result = bench.benchmark(config, batch_size=8, num_steps=2, data_mode=data_mode)
+  assert result["data"] == data_mode and result["clips_per_s"] > 0
+  assert result["shape"] == [8, 16, 16, 1]
+  assert ("input_clips_per_s" in result) == (data_mode == "tfdata")
+  if data_mode == "tfdata":
+    assert result["input_clips_per_s"] > 0
