@@ -3,13 +3,16 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+# Optional extras installed with the project (pyproject.toml): `make test EXTRAS=test,peer` also
+# runs the PyTorch peer's tests (CI does; torch's CPU build is a large download elsewhere).
+EXTRAS ?= test
 
 .PHONY: install demo test lint format clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(INSTALLED)
 
 install: $(INSTALLED)

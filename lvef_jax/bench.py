@@ -24,6 +24,12 @@ file; ``--config.KEY=VALUE`` overrides apply to it. Each line has the FLOPs per 
 whole step (XLA's cost analysis of the lowered step), the achieved TFLOP/s, and the MFU where
 the device's peak is known (``PEAK_TFLOPS``, or ``--peak_tflops``).
 
+  python -m lvef_jax.bench --model=i3d_mini --batch=4 --peer=torch [--peer_compile]
+
+``--peer=torch`` then times ``benchmarks/torch_peer.py``, the same I3D model in PyTorch (the
+optional ``peer`` extra), in the same call, and prints its line and the ratio of clips/s. The
+peer refuses to run unless its parameter count equals ours.
+
   python -m lvef_jax.bench --suite [--sustained_tflops=100]
 
 prints, for every run of the paper's benchmark (``lvef_jax/experiments.py``), the FLOPs of one
@@ -36,6 +42,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import pathlib
+import subprocess
 import sys
 import time
 
@@ -130,6 +138,14 @@ DATA = flags.DEFINE_enum(
   "TensorFlow).",
 )
 PEAK = flags.DEFINE_float("peak_tflops", None, "The device's peak TFLOP/s, for the MFU.")
+PEER = flags.DEFINE_enum(
+  "peer",
+  None,
+  ["torch"],
+  "Also time the PyTorch implementation of the same I3D model (benchmarks/torch_peer.py, the "
+  "optional `peer` extra) in this call, and print the ratio.",
+)
+PEER_COMPILE = flags.DEFINE_bool("peer_compile", False, "--peer: torch.compile the peer's model.")
 SUITE = flags.DEFINE_bool("suite", False, "FLOPs of every benchmark run, and the sweep total.")
 SUSTAINED = flags.DEFINE_float(
   "sustained_tflops", 100.0, "--suite: assumed sustained TFLOP/s of the accelerator."
@@ -322,12 +338,55 @@ def benchmark(
     "peak_tflops": peak,
     "mfu": round(achieved / (peak * jax.device_count()), 6) if peak else None,
     "data": data_mode,
+    "params": int(sum(x.size for x in jax.tree.leaves(state.params))),
     **stats,
   }
 
 
+PEER_SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "torch_peer.py"
+
+
+def torch_peer(config, batch_size: int, num_steps: int, params: int, compile_: bool) -> dict:
+  """Times the PyTorch peer of an I3D config in a subprocess (its own threads and memory) and
+  returns its JSON line; the peer refuses to run if its parameter count is not ``params``."""
+  m, data = config.model, config.data
+  if m.name != "i3d" or m.norm != "batch":
+    raise LvefError(
+      f"--peer=torch implements the I3D family with norm=batch, not {m.name}/{m.norm}"
+    )
+  if not PEER_SCRIPT.is_file():
+    raise LvefError(f"--peer=torch needs {PEER_SCRIPT} (a source checkout of the repository)")
+  command = [
+    sys.executable,
+    str(PEER_SCRIPT),
+    "time",
+    f"--variant={m.variant}",
+    f"--conv2={m.conv2}",
+    f"--head={m.head}",
+    f"--batch={batch_size}",
+    f"--steps={num_steps}",
+    f"--shape={data.clip_frames},{data.image_size},{data.image_size},1",
+    f"--device={'cuda' if jax.devices()[0].platform == 'gpu' else 'cpu'}",
+    f"--expect_params={params}",
+    *(["--amp"] if m.dtype == "bfloat16" else []),
+    *(["--compile"] if compile_ else []),
+  ]
+  done = subprocess.run(command, capture_output=True, text=True)
+  if done.returncode != 0:
+    raise LvefError(f"the PyTorch peer failed ({' '.join(command[1:])}):\n{done.stderr[-3000:]}")
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main(argv):
   del argv
+  try:
+    _main()
+  except LvefError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _main():
   if SUITE.value:
     for record in suite(SUSTAINED.value):
       print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in record.items()}))
@@ -336,7 +395,17 @@ def main(argv):
   if PRECISION.value:
     config.model.dtype = {"fp32": "float32", "bf16": "bfloat16"}[PRECISION.value]
   batch = BATCH.value or config.train.batch_size
-  print(json.dumps(benchmark(config, batch, STEPS.value, PEAK.value, DATA.value)))
+  ours = benchmark(config, batch, STEPS.value, PEAK.value, DATA.value)
+  print(json.dumps(ours), flush=True)
+  if PEER.value:
+    peer = torch_peer(config, batch, STEPS.value, ours["params"], PEER_COMPILE.value)
+    print(json.dumps(peer))
+    ratio = ours["clips_per_s"] / peer["clips_per_s"]
+    print(
+      json.dumps(
+        {"ratio": f"{ours['framework']} / {peer['framework']}", "clips_per_s": round(ratio, 3)}
+      )
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from lvef_jax.models import heads, layers
 from tests.conftest import load_config
 
 # Counted with a PyTorch implementation of the same layers (PyTorch 2.13.0, CPU), built
-# independently of this code base; head A (GAP-Dropout-Dense), BatchNorm.
+# independently of this code base; head A (GAP-Dropout-Dense), BatchNorm. The project's own
+# peer, benchmarks/torch_peer.py, is checked against the JAX model in tests/test_torch_peer.py.
 TORCH_PEER_COUNTS = {
   ("original", "1x1x1"): 13919617,
   ("original", "3x3x3"): 14239105,

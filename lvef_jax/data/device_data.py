@@ -1,7 +1,7 @@
 """The train split kept in accelerator memory, and training clips cut from it on the device.
 
-EchoNet-Dynamic's train split is 7,465 videos of about 175 frames: as uint8 112x112 grey
-frames, about 16 GB, which fits in one H100 or H200 with room for I3D. Kept there, a training
+EchoNet-Dynamic's train split is 7,465 videos; at 175 frames each, as uint8 112x112 grey frames
+it takes 16.4 GB, which fits in one H100 or H200 with room for I3D. Kept there, a training
 batch costs the host only a few integers per clip (which video, where the clip starts, where
 the augmentation crops: `pipeline.train_plans`, no video read); cutting, padding and cropping
 the clips is a gather on the device (`make_clip_sampler`), dispatched asynchronously like the

@@ -19,9 +19,7 @@ from flax import nnx
 
 from lvef_jax.errors import ConfigError
 from lvef_jax.models import layers
-
-HEADS = ("og", "a", "b", "c")
-OG_POOL = (2, 4, 4)
+from lvef_jax.models.i3d_layout import HEADS, OG_POOL
 
 
 def _og_window(map_shape: Sequence[int]) -> tuple[int, ...]:

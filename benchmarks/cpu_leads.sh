@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The CPU table of docs/benchmarks.md in one call: I3D-mini (batch 4, 28x112x112, fp32 train
+# step) beside the PyTorch peer, then each speed lead for XLA:CPU, one JSON line each, labelled.
+# Needs the `peer` extra (pip install -e .[peer]). Run it on an otherwise idle machine.
+#
+#   bash benchmarks/cpu_leads.sh 2>/dev/null | tee cpu.jsonl      # STEPS=3 by default
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-.venv/bin/python}
+steps="${STEPS:-3}"
+run() {  # run LABEL XLA_FLAGS [bench flags...]
+  local label=$1 flags=$2
+  shift 2
+  echo "{\"lead\": \"$label\", \"xla_flags\": \"$flags\"}"
+  XLA_FLAGS="$flags" "$python" -m lvef_jax.bench --model=i3d_mini --batch=4 --steps="$steps" "$@"
+}
+run baseline "" --peer=torch
+run onednn "--xla_cpu_use_onednn=true"
+run onednn_fusions "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_fusion_type=dot,eltwise,reduce"
+run onednn_custom_call "--xla_cpu_experimental_onednn_custom_call=true"
+run xnn_fusions "--xla_cpu_experimental_xnn_fusion_type=dot,eltwise,reduce"
+run xnn_graph_greedy "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY"
+run fast_math "--xla_cpu_enable_fast_math=true"
+run stem_conv "" --config.model.stem_impl=conv
+run bf16 "" --precision=bf16
