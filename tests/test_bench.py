@@ -71,24 +71,28 @@ def test_benchmark_reports_flops_and_mfu_and_model_short_names():
     bench._model_config_argv(["b", "--model=nope"])
 
 
-def test_bench_command_line_with_a_model_name_and_overrides():
-  done = subprocess.run(
+def tiny_bench(*flags: str) -> subprocess.CompletedProcess:
+  """``python -m lvef_jax.bench`` with ``flags`` at a tiny clip shape (8x16x16, batch 8)."""
+  return subprocess.run(
     [
       sys.executable,
       "-m",
       "lvef_jax.bench",
-      "--model=i3d_stem",
       "--batch=8",
       "--steps=1",
-      "--precision=bf16",
       "--config.data.clip_frames=8",
       "--config.data.image_size=16",
+      *flags,
     ],
     cwd=ROOT,
     capture_output=True,
     text=True,
     timeout=300,
   )
+
+
+def test_bench_command_line_with_a_model_name_and_overrides():
+  done = tiny_bench("--model=i3d_stem", "--precision=bf16")
   assert done.returncode == 0, done.stderr[-2000:]
   result = json.loads(done.stdout.strip().splitlines()[-1])
   assert result["variant"] == "i3d_stem_conv2_1x1x1" and result["dtype"] == "bfloat16"

@@ -14,6 +14,7 @@ from flax import nnx
 from lvef_jax import models
 from lvef_jax.models import heads, i3d, layers
 from tests.conftest import ROOT, load_config
+from tests.test_bench import tiny_bench
 
 torch = pytest.importorskip("torch")
 
@@ -204,23 +205,7 @@ def test_counts_prints_every_variant():
 
 
 def test_bench_times_the_peer_in_the_same_call_and_prints_the_ratio():
-  done = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "lvef_jax.bench",
-      "--model=i3d_stem",
-      "--batch=8",
-      "--steps=1",
-      "--config.data.clip_frames=8",
-      "--config.data.image_size=16",
-      "--peer=torch",
-    ],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  done = tiny_bench("--model=i3d_stem", "--peer=torch")
   assert done.returncode == 0, done.stderr[-3000:]
   ours, peer, ratio = [json.loads(line) for line in done.stdout.strip().splitlines()]
   assert ours["params"] == peer["params"] == _jax_count("variant=stem", 8, 16)
@@ -230,22 +215,6 @@ def test_bench_times_the_peer_in_the_same_call_and_prints_the_ratio():
 
 
 def test_bench_peer_refuses_a_family_it_does_not_implement():
-  done = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "lvef_jax.bench",
-      "--model=two_stream",
-      "--steps=1",
-      "--peer=torch",
-      "--config.data.clip_frames=8",
-      "--config.data.image_size=16",
-      "--batch=8",
-    ],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  done = tiny_bench("--model=two_stream", "--peer=torch")
   assert done.returncode == 1
   assert "error: --peer=torch implements the I3D family" in done.stderr
