@@ -8,6 +8,8 @@ channels-last tensors with any number of spatial axes: ``[B, T, H, W, C]`` for t
 
 from __future__ import annotations
 
+import functools
+
 from typing import Sequence
 
 import jax
@@ -138,6 +140,31 @@ class Norm(nnx.Module):
     return self.norm(x)
 
 
+class Conv(nnx.Conv):
+  """``nnx.Conv`` that runs a pointwise (all-ones kernel, stride 1) convolution as one matmul.
+
+  The same parameters and result; XLA's CPU backend runs the matmul, and above all its
+  gradient, about twice as fast as the equivalent convolution (docs/benchmarks.md).
+  """
+
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    kernel = self.kernel[...]
+    pointwise = (
+      all(k == 1 for k in kernel.shape[:-2])
+      and all(s == 1 for s in np.atleast_1d(self.strides if self.strides is not None else 1))
+      and self.feature_group_count == 1
+      and self.kernel_dilation in (None, 1)
+      and self.input_dilation in (None, 1)
+    )
+    if not pointwise:
+      return super().__call__(inputs)
+    dtype = self.dtype or inputs.dtype
+    y = jnp.dot(inputs.astype(dtype), kernel.reshape(kernel.shape[-2:]).astype(dtype))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(dtype)
+    return y
+
+
 def conv(
   in_features: int,
   features: int,
@@ -150,7 +177,7 @@ def conv(
   padding="SAME",
 ) -> nnx.Conv:
   """A Keras-initialised (Glorot-uniform kernel, zero bias) convolution of any dimension."""
-  return nnx.Conv(
+  return Conv(
     in_features,
     features,
     tuple(kernel),
@@ -194,8 +221,31 @@ class ConvNormAct(nnx.Module):
 def max_pool(
   x: jax.Array, window: Sequence[int], strides: Sequence[int], padding: str = "SAME"
 ) -> jax.Array:
-  """TF-style max pooling over the spatial axes of a channels-last tensor."""
-  return nnx.max_pool(x, window_shape=tuple(window), strides=tuple(strides), padding=padding)
+  """TF-style max pooling over the spatial axes of a channels-last tensor.
+
+  SAME pooling runs one spatial axis at a time, each as the elementwise maximum of ``k``
+  (strided) slices of the input padded with -inf: the same values as XLA's ``reduce_window``,
+  whose gradient (``select_and_scatter``) XLA's CPU backend runs several times slower than the
+  whole forward pass (measured in docs/benchmarks.md). Where several inputs tie for a window's
+  maximum the gradient is shared between them instead of going to the first; after a ReLU
+  such ties are zeros, whose gradient the ReLU stops either way.
+  """
+  if padding != "SAME":
+    return nnx.max_pool(x, window_shape=tuple(window), strides=tuple(strides), padding=padding)
+  for axis, (k, stride) in enumerate(zip(window, strides), start=1):
+    if k == 1 and stride == 1:
+      continue
+    size = x.shape[axis]
+    out = -(-size // stride)
+    total = max((out - 1) * stride + k - size, 0)
+    pads = [(0, 0)] * x.ndim
+    pads[axis] = (total // 2, total - total // 2)  # SAME: the odd one at the end
+    padded = jnp.pad(x, pads, constant_values=-jnp.inf)
+    slices = [
+      jax.lax.slice_in_dim(padded, d, d + stride * (out - 1) + 1, stride, axis) for d in range(k)
+    ]
+    x = functools.reduce(jnp.maximum, slices)
+  return x
 
 
 def global_average_pool(x: jax.Array) -> jax.Array:
