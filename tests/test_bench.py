@@ -111,3 +111,15 @@ def test_benchmark_fed_by_the_device_resident_split_or_by_tf_data(
   assert ("input_clips_per_s" in result) == (data_mode == "tfdata")
   if data_mode == "tfdata":
     assert result["input_clips_per_s"] > 0
+
+
+@pytest.mark.parametrize(
+  "model", ["i3d_mini", "two_stream", "fusion_single_input", "cnn_rnn_lstm"]
+)
+def test_the_bench_runs_every_family_at_a_tiny_shape(model):
+  family, arg = bench.MODELS[model]
+  config = load_config(family, arg or None)
+  config.data.update(clip_frames=8, image_size=32)
+  result = bench.benchmark(config, batch_size=8, num_steps=1)
+  assert result["clips_per_s"] > 0 and result["gflop_per_clip"] > 0
+  assert result["params"] > 0 and result["shape"] == [8, 32, 32, 1]

@@ -520,7 +520,9 @@ def test_file_list_metadata_that_disagrees_with_the_videos_is_one_warning_per_ki
 _SLOW_PREPARE = """
 import json, sys, time
 import ml_collections
+from absl import logging
 from lvef_jax.data import pipeline, tfds_builder
+logging.set_verbosity(logging.INFO)
 decode = tfds_builder._decode
 def slow(record):  # a slow disk: the kill surely lands while TFDS is writing
   time.sleep(0.5)
@@ -567,4 +569,27 @@ def test_a_preparation_killed_midway_is_cleaned_up_and_redone(data, tmp_path, ca
   before = info.stat().st_mtime_ns
   builder = pipeline.prepare(cfg)
   assert info.stat().st_mtime_ns != before
+  assert sum(pipeline.num_examples(builder, s) for s in pipeline.SPLITS) == NUM_VIDEOS
+
+
+def test_processes_preparing_at_once_prepare_once_and_all_use_it(data, tmp_path):
+  _, cfg = _copy_of(data, tmp_path)
+  script = tmp_path / "slow_prepare.py"
+  script.write_text(_SLOW_PREPARE)
+  processes = [
+    subprocess.Popen(
+      [sys.executable, str(script), json.dumps(cfg.to_dict())],
+      cwd=ROOT,
+      env=dict(os.environ, PYTHONPATH=str(ROOT)),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for _ in range(2)
+  ]
+  logs = [p.communicate(timeout=300)[1] for p in processes]
+  assert [p.returncode for p in processes] == [0, 0], [log[-2000:] for log in logs]
+  assert sum("preparing the dataset copy" in log for log in logs) == 1
+  assert sum("Reusing prepared data" in log for log in logs) == 1
+  builder = pipeline.prepare(cfg)
   assert sum(pipeline.num_examples(builder, s) for s in pipeline.SPLITS) == NUM_VIDEOS
