@@ -34,7 +34,7 @@ format: install
 TEST_XLA_FLAGS := --xla_force_host_platform_device_count=8 \
 	--xla_cpu_collective_call_terminate_timeout_seconds=600
 test: install lint
-	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest -q
+	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest -q --durations=10
 
 clean:
 	rm -rf runs/quickstart data
