@@ -5,6 +5,8 @@ A key is read in exactly one place in the code; this is the one place its defaul
 
 from __future__ import annotations
 
+import copy
+
 import importlib.util
 import json
 import pathlib
@@ -77,14 +79,18 @@ def load_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     values = json.loads(path.read_text())
   except json.JSONDecodeError as e:
     raise ConfigError(f"{path} is not valid JSON: {e}") from e
-  config = _as_config(values)
-  # Keys added to the project after the run was trained take their defaults.
+  return _as_config(with_new_defaults(values))
+
+
+def with_new_defaults(values: dict) -> dict:
+  """A run's saved config (``config.json``) with the data, train and eval keys added to the
+  project since it was written, at their defaults: the run was trained as they behave."""
+  values = copy.deepcopy(values)
   defaults = base_config()
   for section in ("data", "train", "eval"):
-    for key, value in defaults[section].items():
-      if key not in config.get(section, {}):
-        config[section][key] = value
-  return config
+    for key, value in defaults[section].to_dict().items():
+      values.setdefault(section, {}).setdefault(key, value)
+  return values
 
 
 def _as_config(values: dict) -> ml_collections.ConfigDict:

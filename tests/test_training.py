@@ -1,5 +1,7 @@
 """Train step, sharding, checkpoints and metrics on small real inputs."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -260,6 +262,12 @@ def test_a_workdir_of_another_config_is_refused_unless_overwritten(tmp_path, dat
   longer.train.num_epochs = 3
   assert trainer.train_and_evaluate(longer, workdir)["best_epoch"] >= 1
   assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 3
+
+  # A run saved before a key was added to the project resumes: it ran as the default does.
+  saved = json.loads((workdir / "config.json").read_text())
+  del saved["data"]["device_resident"]
+  (workdir / "config.json").write_text(json.dumps(saved))
+  trainer.check_workdir(longer, workdir, overwrite=False)
 
   trainer.train_and_evaluate(typo, workdir, overwrite=True)
   assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 2  # started again

@@ -366,7 +366,7 @@ def check_workdir(config, workdir: pathlib.Path, overwrite: bool) -> None:
   path = workdir / config_base.RUN_CONFIG_FILE
   if not path.is_file():
     return
-  old = json.loads(path.read_text())
+  old = config_base.with_new_defaults(json.loads(path.read_text()))
   differences = config_differences(old, json.loads(config.to_json_best_effort()))
   if not differences:
     return
