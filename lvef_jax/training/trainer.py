@@ -12,6 +12,7 @@ import json
 import math
 import pathlib
 import shutil
+import threading
 import time
 from typing import Iterator
 
@@ -182,7 +183,14 @@ def _train_stream(
         num_shards=jax.process_count(),
       )
 
-  return itertools.islice(passes(), num_batches)
+  def counted():
+    stream = passes()
+    yield from itertools.islice(stream, num_batches)
+    # Releasing a tf.data iterator can block for seconds (the demo's epochs stalled 4.5 s at
+    # their end); do it off the training thread.
+    threading.Thread(target=stream.close, daemon=True).start()
+
+  return counted()
 
 
 def _read_history(path: pathlib.Path, up_to_epoch: int) -> list[dict]:
