@@ -146,9 +146,10 @@ class Conv(nnx.Conv):
   The same parameters and, up to float rounding, the same result (docs/benchmarks.md):
   - a pointwise convolution (all-ones kernel, stride 1) runs as one matmul, everywhere: about
     twice as fast on the CPU, and its gradient too;
-  - on the CPU, a 3-D convolution with stride 1 and SAME padding runs as one 2-D convolution per
-    temporal tap, summed: XLA's CPU backend runs 2-D convolutions (and their gradients) 1.5 to
-    3 times as fast as 3-D ones. On GPUs cuDNN's 3-D convolution is kept.
+  - on the CPU, a 3-D convolution with stride 1 and SAME padding on frames of at least 8x8 runs
+    as one 2-D convolution per temporal tap, summed: XLA's CPU backend runs 2-D convolutions
+    (and their gradients) 1.5 to 3 times as fast as 3-D ones. On GPUs cuDNN's 3-D convolution
+    is kept.
   """
 
   def _plain(self) -> bool:
@@ -167,13 +168,23 @@ class Conv(nnx.Conv):
     x, kernel = inputs.astype(dtype), kernel.astype(dtype)
     if all(k == 1 for k in kernel.shape[:-2]):
       y = jnp.dot(x, kernel.reshape(kernel.shape[-2:]))
-    elif kernel.ndim == 5 and self.padding == "SAME" and jax.default_backend() == "cpu":
+    elif (
+      kernel.ndim == 5
+      and self.padding == "SAME"
+      and jax.default_backend() == "cpu"
+      and x.shape[2] * x.shape[3] >= _TAPS_MIN_FRAME_AREA
+    ):
       y = _temporal_taps(x, kernel)
     else:
       return super().__call__(inputs)
     if self.bias is not None:
       y = y + self.bias[...].astype(dtype)
     return y
+
+
+# Below this frame area (H*W) the 2-D taps gain little and their extra operations cost more
+# than they save: the demo's 4x4 Inception maps ran slower as taps (8 fake devices, 2 cores).
+_TAPS_MIN_FRAME_AREA = 64
 
 
 def _temporal_taps(x: jax.Array, kernel: jax.Array) -> jax.Array:
