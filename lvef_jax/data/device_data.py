@@ -45,10 +45,6 @@ class DeviceVideos:
   length: jax.Array
   ef: jax.Array
 
-  @property
-  def nbytes(self) -> int:
-    return int(self.frames.size)
-
   @classmethod
   def put(cls, videos: dict[str, np.ndarray], mesh: Mesh) -> "DeviceVideos":
     """Copies `pipeline.train_videos` output to every device of ``mesh``."""

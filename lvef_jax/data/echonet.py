@@ -91,7 +91,8 @@ def _raise(root, problems):
   raise EchoNetFormatError("\n  - ".join([head] + problems))
 
 
-def _name_list(names):
+def name_list(names) -> str:
+  """Sorted names for a message: the first `_MAX_LISTED`, then how many more there are."""
   names = sorted(names)
   text = ", ".join(names[:_MAX_LISTED])
   if len(names) > _MAX_LISTED:
@@ -364,7 +365,7 @@ def _check_videos(videos_dir, names, check_videos, problems, skipped=None):
   elif missing:
     problems.append(
       f"{len(missing)} videos listed in {FILE_LIST} are missing from "
-      f"{videos_dir}/: {_name_list(missing)}"
+      f"{videos_dir}/: {name_list(missing)}"
     )
   extra = len(present) - (len(listed) - len(missing))
   if extra > 0:
@@ -380,7 +381,7 @@ def _check_videos(videos_dir, names, check_videos, problems, skipped=None):
     elif bad:
       problems.append(
         f"{len(bad)} videos in {videos_dir}/ cannot be used: "
-        f"{_name_list([f'{f} {reason}' for f, reason in bad.items()])}"
+        f"{name_list([f'{f} {reason}' for f, reason in bad.items()])}"
       )
 
 
@@ -439,7 +440,7 @@ def load_dataset_index(
       tracings_path,
       len(unknown),
       FILE_LIST,
-      _name_list(unknown),
+      name_list(unknown),
     )
   if problems:
     _raise(root, problems)
@@ -456,7 +457,7 @@ def load_dataset_index(
       "ignored; the EF labels are used): %s",
       tracings_path,
       len(outside),
-      _name_list([f"{name}.avi ({where})" for name, where in outside.items()]),
+      name_list([f"{name}.avi ({where})" for name, where in outside.items()]),
     )
   out, odd = [], []
   for record in records:
@@ -466,7 +467,7 @@ def load_dataset_index(
     ed_frame, es_frame = tracing_frames(frames)
     out.append(dataclasses.replace(record, ed_frame=ed_frame, es_frame=es_frame))
   if odd:
-    logging.warning("%d videos have other than 2 traced frames: %s", len(odd), _name_list(odd))
+    logging.warning("%d videos have other than 2 traced frames: %s", len(odd), name_list(odd))
   untraced = [r.file_name + ".avi" for r in records if r.file_name not in tracings]
   if tracings and untraced:  # (No file at all was warned about once, by _parse_tracings.)
     logging.warning(
@@ -474,6 +475,6 @@ def load_dataset_index(
       "ED/ES frames): %s",
       tracings_path,
       len(untraced),
-      _name_list(untraced),
+      name_list(untraced),
     )
   return out

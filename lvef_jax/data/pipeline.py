@@ -237,8 +237,7 @@ def _prepare(data_cfg, s: _Settings) -> tfds.core.DatasetBuilder:
   records = echonet.load_dataset_index(root, skipped=skipped)
   if skipped:
     logging.warning("data.on_bad_video=skip: %d videos left out (listed in %s): %s",
-                    len(skipped), SKIPPED_FILE, ", ".join(sorted(skipped)[:10])
-                    + (", ..." if len(skipped) > 10 else ""))
+                    len(skipped), SKIPPED_FILE, echonet.name_list(skipped))
   builder = tfds_builder.EchonetDynamic(data_dir=data_dir, index=records, skipped=skipped)
   logging.info("preparing the dataset copy of %s in %s (%s); every video is decoded once.",
                root, builder.data_dir, tfds_builder.split_counts(records))
@@ -410,9 +409,14 @@ def _train_order(ds: tf.data.Dataset, s: _Settings, total: int, *, batch_size: i
   """An epoch's examples in training order: shuffled, whole global batches, this process's rows.
 
   Shuffling does not look at the elements, so datasets of the same length in the same order
-  come out in the same order: the device-resident path relies on this.
+  come out in the same order: the device-resident path relies on this. Building it checks the
+  shard and that the split holds at least one global batch (`ConfigError` if not); no example
+  is read until it is iterated.
   """
+  _check_shard(shard_index, num_shards, batch_size)
   global_batch = batch_size * num_shards
+  if total < global_batch:
+    raise ConfigError(f"Train split has {total} examples, fewer than one batch of {global_batch}.")
   if s.shuffle_buffer > 1:
     ds = ds.shuffle(s.shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
   ds = ds.take(total // global_batch * global_batch)
@@ -447,11 +451,7 @@ def train_batches(builder, data_cfg, *, batch_size: int, seed: int, shard_index:
     ConfigError: the split holds fewer examples than one global batch (an epoch would be empty).
   """
   s = _Settings.from_cfg(data_cfg)
-  _check_shard(shard_index, num_shards, batch_size)
-  global_batch = batch_size * num_shards
   total = num_examples(builder, "train")
-  if total < global_batch:
-    raise ConfigError(f"Train split has {total} examples, fewer than one batch of {global_batch}.")
   if s.cache_in_memory:
     ds = _memo((os.fspath(builder.data_dir), "train"), lambda: _read(builder, "train"))
   else:
@@ -508,12 +508,8 @@ def train_plans(builder, data_cfg, *, batch_size: int, seed: int, shard_index: i
   ``offset`` (the crop's y, x) int32 [B, 2]. No video is read or decoded.
   """
   s = _Settings.from_cfg(data_cfg)
-  _check_shard(shard_index, num_shards, batch_size)
   listing = split_listing(builder, "train")
   total = len(listing["file_name"])
-  if total < batch_size * num_shards:
-    raise ConfigError(f"Train split has {total} examples, fewer than one batch of "
-                      f"{batch_size * num_shards}.")
   ds = tf.data.Dataset.from_tensor_slices({
       "index": np.arange(total, dtype=np.int32),
       "file_name": [name.encode("utf-8") for name in listing["file_name"]],

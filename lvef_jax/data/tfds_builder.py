@@ -76,12 +76,6 @@ def _decode_in_order(
       yield record_, future.result()
 
 
-def _listing(items: list[str], limit: int = 10) -> str:
-  """The first `limit` items, comma-separated, and how many more there are."""
-  more = f" and {len(items) - limit} more" if len(items) > limit else ""
-  return ", ".join(items[:limit]) + more
-
-
 class EchonetDynamic(tfds.core.GeneratorBasedBuilder):
   """EchoNet-Dynamic echocardiogram videos with EF / ESV / EDV labels."""
 
@@ -211,15 +205,15 @@ class EchonetDynamic(tfds.core.GeneratorBasedBuilder):
       if rows:
         logging.warning("%d videos of split %s: FileList.csv's %s disagrees with the decoded "
                         "video (the decoded frames are stored): %s", len(rows), split, what,
-                        _listing(rows))
+                        echonet.name_list(rows))
     if failed and self._skipped is None:
       raise echonet.EchoNetFormatError(
           f"{len(failed)} videos of split {split} cannot be decoded in full (nothing was "
           "prepared; data.on_bad_video=skip leaves such videos out): "
-          + _listing([message for _, message in failed]))
+          + echonet.name_list([message for _, message in failed]))
     if failed:
       self._skipped.update(failed)
       logging.warning("data.on_bad_video=skip: %d videos of split %s fail to decode and are left "
-                      "out: %s", len(failed), split, _listing([name for name, _ in failed]))
+                      "out: %s", len(failed), split, echonet.name_list([name for name, _ in failed]))
     if not written:
       raise echonet.EchoNetFormatError(f"split {split} has no video that decodes")
