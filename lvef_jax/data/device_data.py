@@ -49,8 +49,12 @@ class DeviceVideos:
   def put(cls, videos: dict[str, np.ndarray], mesh: Mesh) -> "DeviceVideos":
     """Copies `pipeline.train_videos` output to every device of ``mesh``."""
     replicated = sharding.replicated(mesh)
-    return cls(**{k: jax.device_put(np.asarray(videos[k]), replicated) for k in
-                  ("frames", "first", "length", "ef")})
+    return cls(
+      **{
+        k: jax.device_put(np.asarray(videos[k]), replicated)
+        for k in ("frames", "first", "length", "ef")
+      }
+    )
 
 
 def take_clips(

@@ -9,8 +9,8 @@ The layout (see SPEC.md, "EchoNet-Dynamic on disk")::
 Users bring their own copy of the dataset, so every problem is reported with the file, the
 1-based line number and the FileName it concerns, and `load_dataset_index` gathers all problems
 into one `EchoNetFormatError` instead of stopping at the first: fixing a 10,030-row CSV one error
-per run would be miserable. Only numpy, csv and cv2 are used so that any module (TensorFlow input
-pipelines included) can import this without pulling in JAX.
+per run would be miserable. Only numpy, csv and OpenCV (through video_io) are used, so that any
+module (TensorFlow input pipelines included) can import this without pulling in JAX.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import math
 import os
 
 from absl import logging
-import cv2
 import numpy as np
 
 from lvef_jax.data import video_io

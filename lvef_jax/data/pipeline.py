@@ -63,6 +63,7 @@ tfds.disable_progress_bar()  # Carriage-return bars garble log files; progress i
 @dataclasses.dataclass(frozen=True)
 class _Settings:
   """The data config, read and type-checked in one place."""
+
   root: str
   cache_dir: str
   synthetic_num_videos: int
@@ -86,8 +87,10 @@ class _Settings:
     casts = {"str": str, "int": int, "bool": bool}  # Field types are strings (annotations).
     s = cls(**{f.name: casts[f.type](data_cfg[f.name]) for f in dataclasses.fields(cls)})
     if s.clip_frames < 1 or s.period < 1 or s.image_size < 1 or s.augment_pad < 0:
-      raise ConfigError(f"Bad clip settings: clip_frames={s.clip_frames}, period={s.period}, "
-                        f"image_size={s.image_size}, augment_pad={s.augment_pad}")
+      raise ConfigError(
+        f"Bad clip settings: clip_frames={s.clip_frames}, period={s.period}, "
+        f"image_size={s.image_size}, augment_pad={s.augment_pad}"
+      )
     if s.on_bad_video not in ("error", "skip"):
       raise ConfigError(f"data.on_bad_video={s.on_bad_video!r}: expected error or skip")
     if s.train_clip_start not in ("random", "first"):
@@ -101,8 +104,12 @@ class _Settings:
 
 # ----------------------------------------------------------------------------- preparation
 def _synthetic_params(s: _Settings) -> dict[str, int]:
-  return {"num_videos": s.synthetic_num_videos, "seed": s.synthetic_seed,
-          "min_frames": s.synthetic_min_frames, "max_frames": s.synthetic_max_frames}
+  return {
+    "num_videos": s.synthetic_num_videos,
+    "seed": s.synthetic_seed,
+    "min_frames": s.synthetic_min_frames,
+    "max_frames": s.synthetic_max_frames,
+  }
 
 
 def _marker_matches(folder: pathlib.Path, params: dict[str, int]) -> bool:
@@ -130,8 +137,9 @@ def resolve_root(data_cfg) -> pathlib.Path:
     return root
   params = _synthetic_params(s)
   folder = pathlib.Path(s.cache_dir).expanduser().absolute() / (
-      f"synthetic-n{s.synthetic_num_videos}-s{s.synthetic_seed}"
-      f"-f{s.synthetic_min_frames}-{s.synthetic_max_frames}")
+    f"synthetic-n{s.synthetic_num_videos}-s{s.synthetic_seed}"
+    f"-f{s.synthetic_min_frames}-{s.synthetic_max_frames}"
+  )
   if _marker_matches(folder, params):
     logging.info("Reusing synthetic dataset %s.", folder)
     return folder
@@ -139,11 +147,17 @@ def resolve_root(data_cfg) -> pathlib.Path:
     logging.warning("%s does not match %s (or is incomplete): regenerating it.", folder, params)
   logging.info("Generating synthetic dataset %s (%s).", folder, params)
   start = time.perf_counter()
-  synthetic.generate(folder, s.synthetic_num_videos, s.synthetic_seed,
-                     min_frames=s.synthetic_min_frames, max_frames=s.synthetic_max_frames,
-                     overwrite=True)
-  logging.info("Generated %d videos in %.1f s.", s.synthetic_num_videos,
-               time.perf_counter() - start)
+  synthetic.generate(
+    folder,
+    s.synthetic_num_videos,
+    s.synthetic_seed,
+    min_frames=s.synthetic_min_frames,
+    max_frames=s.synthetic_max_frames,
+    overwrite=True,
+  )
+  logging.info(
+    "Generated %d videos in %.1f s.", s.synthetic_num_videos, time.perf_counter() - start
+  )
   return folder
 
 
@@ -161,14 +175,19 @@ def _fingerprint(root: pathlib.Path) -> dict[str, str]:
   Lets `prepare` notice a folder edited after it was prepared (stale data would otherwise be
   reused silently). Sizes, not mtimes, so that copying the folder does not force a rebuild.
   """
+
   def file_hash(path):
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+
   videos = root / "Videos"
-  listing = sorted(f"{e.name}:{e.stat().st_size}" for e in os.scandir(videos)) \
-      if videos.is_dir() else []
-  return {"file_list": file_hash(root / "FileList.csv"),
-          "tracings": file_hash(root / "VolumeTracings.csv"),
-          "videos": hashlib.sha256("\n".join(listing).encode()).hexdigest()}
+  listing = (
+    sorted(f"{e.name}:{e.stat().st_size}" for e in os.scandir(videos)) if videos.is_dir() else []
+  )
+  return {
+    "file_list": file_hash(root / "FileList.csv"),
+    "tracings": file_hash(root / "VolumeTracings.csv"),
+    "videos": hashlib.sha256("\n".join(listing).encode()).hexdigest(),
+  }
 
 
 def _remove_empty_dirs(top: pathlib.Path) -> None:
@@ -212,8 +231,10 @@ def _prepare(data_cfg, s: _Settings) -> tfds.core.DatasetBuilder:
     # TFDS writes into a temporary folder and renames it when done, but a process killed before
     # the rename leaves that folder behind (for EchoNet, gigabytes), and one killed after it
     # leaves data without its record of the source folder: either way, start again.
-    logging.warning("An earlier preparation into %s was interrupted; removing what it left and "
-                    "preparing again.", data_dir)
+    logging.warning(
+      "An earlier preparation into %s was interrupted; removing what it left and preparing again.",
+      data_dir,
+    )
     shutil.rmtree(data_dir / builder.name, ignore_errors=True)
     (data_dir / _SOURCE_FILE).unlink(missing_ok=True)
     marker.unlink()
@@ -223,32 +244,46 @@ def _prepare(data_cfg, s: _Settings) -> tfds.core.DatasetBuilder:
     # No record: prepared by someone else into an explicit tfds_dir; trust it.
     same_policy = recorded is None or recorded.get("on_bad_video", "error") == s.on_bad_video
     if same_policy and (
-        not root.is_dir() or recorded is None or recorded.get("fingerprint") == fingerprint):
+      not root.is_dir() or recorded is None or recorded.get("fingerprint") == fingerprint
+    ):
       if not root.is_dir():
         logging.warning("%s is gone; using the data prepared from it earlier.", root)
       logging.info("Reusing prepared data %s (%s).", builder.data_dir, _counts(builder))
       return builder
-    logging.warning("%s changed since %s was prepared (or data.on_bad_video did): preparing "
-                    "it again.", root, builder.data_dir)
+    logging.warning(
+      "%s changed since %s was prepared (or data.on_bad_video did): preparing it again.",
+      root,
+      builder.data_dir,
+    )
     shutil.rmtree(builder.data_dir)
   # Validated here, before TFDS runs at all, so that a bad folder is refused in the reader's
   # words (every problem listed) and nothing is created for it.
   skipped = {} if s.on_bad_video == "skip" else None
   records = echonet.load_dataset_index(root, skipped=skipped)
   if skipped:
-    logging.warning("data.on_bad_video=skip: %d videos left out (listed in %s): %s",
-                    len(skipped), SKIPPED_FILE, echonet.name_list(skipped))
+    logging.warning(
+      "data.on_bad_video=skip: %d videos left out (listed in %s): %s",
+      len(skipped),
+      SKIPPED_FILE,
+      echonet.name_list(skipped),
+    )
   builder = tfds_builder.EchonetDynamic(data_dir=data_dir, index=records, skipped=skipped)
-  logging.info("preparing the dataset copy of %s in %s (%s); every video is decoded once.",
-               root, builder.data_dir, tfds_builder.split_counts(records))
+  logging.info(
+    "preparing the dataset copy of %s in %s (%s); every video is decoded once.",
+    root,
+    builder.data_dir,
+    tfds_builder.split_counts(records),
+  )
   start = time.perf_counter()
   data_dir.mkdir(parents=True, exist_ok=True)
   marker.write_text(f"pid {os.getpid()}\n")
   try:
     builder.download_and_prepare(
-        download_dir=data_dir / "downloads",
-        download_config=tfds.download.DownloadConfig(
-            manual_dir=os.fspath(root), try_download_gcs=False))
+      download_dir=data_dir / "downloads",
+      download_config=tfds.download.DownloadConfig(
+        manual_dir=os.fspath(root), try_download_gcs=False
+      ),
+    )
   except BaseException:
     marker.unlink()  # TFDS deleted its temporary folder: nothing is left to clean up.
     raise
@@ -256,13 +291,18 @@ def _prepare(data_cfg, s: _Settings) -> tfds.core.DatasetBuilder:
     # This removes the empty download and dataset folders TFDS creates around its own.
     _remove_empty_dirs(data_dir)
   (pathlib.Path(builder.data_dir) / SKIPPED_FILE).write_text(
-      files.csv_text(("FileName", "reason"), sorted((skipped or {}).items())))
-  source_file.write_text(json.dumps({"root": str(root), "fingerprint": fingerprint,
-                                     "on_bad_video": s.on_bad_video}, indent=1))
+    files.csv_text(("FileName", "reason"), sorted((skipped or {}).items()))
+  )
+  source_file.write_text(
+    json.dumps(
+      {"root": str(root), "fingerprint": fingerprint, "on_bad_video": s.on_bad_video}, indent=1
+    )
+  )
   marker.unlink()
   _DATASET_MEMO.clear()  # Cached datasets may hold the previous preparation's data.
-  logging.info("Prepared %s in %.1f s (%s).", builder.data_dir, time.perf_counter() - start,
-               _counts(builder))
+  logging.info(
+    "Prepared %s in %.1f s (%s).", builder.data_dir, time.perf_counter() - start, _counts(builder)
+  )
   return builder
 
 
@@ -310,11 +350,14 @@ def _take_clip(frames: tf.Tensor, start: tf.Tensor, s: _Settings) -> tf.Tensor:
 
 def _resize(clip: tf.Tensor, size: int) -> tf.Tensor:
   """Resizes [T, H, W, 1] uint8 to [T, size, size, 1], skipping the work if already that size."""
+
   def resized():
     # antialias only matters when shrinking, where plain bilinear would alias speckle.
-    out = tf.image.resize(tf.cast(clip, tf.float32), (size, size), method="bilinear",
-                          antialias=True)
+    out = tf.image.resize(
+      tf.cast(clip, tf.float32), (size, size), method="bilinear", antialias=True
+    )
     return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+
   shape = tf.shape(clip)
   same = tf.logical_and(tf.equal(shape[1], size), tf.equal(shape[2], size))
   out = tf.cond(same, lambda: clip, resized)
@@ -344,11 +387,15 @@ def _read(builder, split_spec, *, shuffle_seed=None) -> tf.data.Dataset:
   stored); videos are turned into tensors only inside the parallel map.
   """
   read_config = tfds.ReadConfig(
-      try_autocache=False,  # Caching is our decision (cache_in_memory), made after SkipDecoding.
-      shuffle_seed=shuffle_seed)
-  return builder.as_dataset(split=split_spec, shuffle_files=shuffle_seed is not None,
-                            read_config=read_config,
-                            decoders={"video": tfds.decode.SkipDecoding()})
+    try_autocache=False,  # Caching is our decision (cache_in_memory), made after SkipDecoding.
+    shuffle_seed=shuffle_seed,
+  )
+  return builder.as_dataset(
+    split=split_spec,
+    shuffle_files=shuffle_seed is not None,
+    read_config=read_config,
+    decoders={"video": tfds.decode.SkipDecoding()},
+  )
 
 
 def _decode_video(builder) -> Callable[[Any], tf.Tensor]:
@@ -392,8 +439,9 @@ def _clip_plan(ex, num_frames: tf.Tensor, seed: int, s: _Settings) -> dict[str, 
   Randomness keyed on (seed, file name): independent of read order, shard and buffer size, and
   the same for the tf.data path and the device-resident one.
   """
-  key = tf.stack([tf.constant(seed, tf.int64),
-                  tf.strings.to_hash_bucket_fast(ex["file_name"], 2**62)])
+  key = tf.stack(
+    [tf.constant(seed, tf.int64), tf.strings.to_hash_bucket_fast(ex["file_name"], 2**62)]
+  )
   start_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(key, 2))
   if s.train_clip_start == "first":  # the paper's recipe: every epoch the same clip
     start = tf.constant(0, tf.int32)
@@ -404,8 +452,16 @@ def _clip_plan(ex, num_frames: tf.Tensor, seed: int, s: _Settings) -> dict[str, 
   return {"start": start, "offset": offset}
 
 
-def _train_order(ds: tf.data.Dataset, s: _Settings, total: int, *, batch_size: int, seed: int,
-                 shard_index: int, num_shards: int) -> tf.data.Dataset:
+def _train_order(
+  ds: tf.data.Dataset,
+  s: _Settings,
+  total: int,
+  *,
+  batch_size: int,
+  seed: int,
+  shard_index: int,
+  num_shards: int,
+) -> tf.data.Dataset:
   """An epoch's examples in training order: shuffled, whole global batches, this process's rows.
 
   Shuffling does not look at the elements, so datasets of the same length in the same order
@@ -426,8 +482,9 @@ def _train_order(ds: tf.data.Dataset, s: _Settings, total: int, *, batch_size: i
   return ds
 
 
-def train_batches(builder, data_cfg, *, batch_size: int, seed: int, shard_index: int = 0,
-                  num_shards: int = 1) -> Iterator[dict[str, np.ndarray]]:
+def train_batches(
+  builder, data_cfg, *, batch_size: int, seed: int, shard_index: int = 0, num_shards: int = 1
+) -> Iterator[dict[str, np.ndarray]]:
   """One shuffled, augmented epoch of this process's rows of every global batch of the train split.
 
   Every process reads the same shuffled order and keeps its `batch_size` rows of each global
@@ -456,8 +513,9 @@ def train_batches(builder, data_cfg, *, batch_size: int, seed: int, shard_index:
     ds = _memo((os.fspath(builder.data_dir), "train"), lambda: _read(builder, "train"))
   else:
     ds = _read(builder, "train", shuffle_seed=seed)
-  ds = _train_order(ds, s, total, batch_size=batch_size, seed=seed, shard_index=shard_index,
-                    num_shards=num_shards)
+  ds = _train_order(
+    ds, s, total, batch_size=batch_size, seed=seed, shard_index=shard_index, num_shards=num_shards
+  )
   decode = _decode_video(builder)
 
   def make_clip(ex):
@@ -488,21 +546,28 @@ def train_videos(builder, data_cfg) -> dict[str, np.ndarray]:
   s = _Settings.from_cfg(data_cfg)
   decode = _decode_video(builder)
   ds = _read(builder, "train").map(
-      lambda ex: _resize(decode(ex["video"])[..., None], s.image_size)[..., 0],
-      num_parallel_calls=s.parallel, deterministic=True)
+    lambda ex: _resize(decode(ex["video"])[..., None], s.image_size)[..., 0],
+    num_parallel_calls=s.parallel,
+    deterministic=True,
+  )
   listing = split_listing(builder, "train")
   length = listing["num_frames"].astype(np.int32)
   first = (np.cumsum(length) - length).astype(np.int32)
   # Filled in place: EchoNet's split is ~16 GB at 112x112, so no second copy is ever made.
   frames = np.empty((int(length.sum()), s.image_size, s.image_size), np.uint8)
   for i, video in enumerate(ds.as_numpy_iterator()):
-    frames[first[i]:first[i] + length[i]] = video
-  return {"frames": frames, "first": first, "length": length,
-          "ef": listing["ef"].astype(np.float32)}
+    frames[first[i] : first[i] + length[i]] = video
+  return {
+    "frames": frames,
+    "first": first,
+    "length": length,
+    "ef": listing["ef"].astype(np.float32),
+  }
 
 
-def train_plans(builder, data_cfg, *, batch_size: int, seed: int, shard_index: int = 0,
-                num_shards: int = 1) -> Iterator[dict[str, np.ndarray]]:
+def train_plans(
+  builder, data_cfg, *, batch_size: int, seed: int, shard_index: int = 0, num_shards: int = 1
+) -> Iterator[dict[str, np.ndarray]]:
   """The epoch `train_batches` would give for the same arguments with `cache_in_memory`, as
   indices: ``index`` (video, as in `train_videos`) int32 [B], ``start`` int32 [B] and
   ``offset`` (the crop's y, x) int32 [B, 2]. No video is read or decoded.
@@ -510,12 +575,16 @@ def train_plans(builder, data_cfg, *, batch_size: int, seed: int, shard_index: i
   s = _Settings.from_cfg(data_cfg)
   listing = split_listing(builder, "train")
   total = len(listing["file_name"])
-  ds = tf.data.Dataset.from_tensor_slices({
+  ds = tf.data.Dataset.from_tensor_slices(
+    {
       "index": np.arange(total, dtype=np.int32),
       "file_name": [name.encode("utf-8") for name in listing["file_name"]],
-      "num_frames": listing["num_frames"].astype(np.int32)})
-  ds = _train_order(ds, s, total, batch_size=batch_size, seed=seed, shard_index=shard_index,
-                    num_shards=num_shards)
+      "num_frames": listing["num_frames"].astype(np.int32),
+    }
+  )
+  ds = _train_order(
+    ds, s, total, batch_size=batch_size, seed=seed, shard_index=shard_index, num_shards=num_shards
+  )
   ds = ds.map(lambda ex: {"index": ex["index"], **_clip_plan(ex, ex["num_frames"], seed, s)})
   yield from ds.batch(batch_size, drop_remainder=True).prefetch(2).as_numpy_iterator()
 
@@ -544,20 +613,27 @@ def split_listing(builder, split: str) -> dict[str, np.ndarray]:
   """
   key = (os.fspath(builder.data_dir), split)
   if key not in _LISTINGS:
-    ds = _read(builder, split).map(
-        lambda ex: {k: ex[k] for k in ("file_name", "ef", "num_frames")})
+    ds = _read(builder, split).map(lambda ex: {k: ex[k] for k in ("file_name", "ef", "num_frames")})
     rows = list(ds.as_numpy_iterator())
     _LISTINGS[key] = {
-        "file_name": np.array([r["file_name"].decode("utf-8") for r in rows], dtype=str),
-        "ef": np.array([r["ef"] for r in rows], np.float64),
-        "num_frames": np.array([r["num_frames"] for r in rows], np.int64),
+      "file_name": np.array([r["file_name"].decode("utf-8") for r in rows], dtype=str),
+      "ef": np.array([r["ef"] for r in rows], np.float64),
+      "num_frames": np.array([r["num_frames"] for r in rows], np.int64),
     }
   return _LISTINGS[key]
 
 
-def clip_batches(builder, split: str, data_cfg, *, batch_size: int, clips: str = "one",
-                 stride: int = 0, shard_index: int = 0,
-                 num_shards: int = 1) -> Iterator[dict[str, np.ndarray]]:
+def clip_batches(
+  builder,
+  split: str,
+  data_cfg,
+  *,
+  batch_size: int,
+  clips: str = "one",
+  stride: int = 0,
+  shard_index: int = 0,
+  num_shards: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
   """Evaluation clips of this shard of `split`, each tagged with its video's index.
 
   Args:
@@ -589,9 +665,11 @@ def clip_batches(builder, split: str, data_cfg, *, batch_size: int, clips: str =
   if clips == "one":
     counts = np.ones(total, np.int64)
   else:
-    counts = np.array([len(clip_starts(n, s.clip_frames, s.period, stride))
-                       for n in listing["num_frames"]], np.int64)
-  shard_clips = [int(counts[offsets[i]:offsets[i + 1]].sum()) for i in range(num_shards)]
+    counts = np.array(
+      [len(clip_starts(n, s.clip_frames, s.period, stride)) for n in listing["num_frames"]],
+      np.int64,
+    )
+  shard_clips = [int(counts[offsets[i] : offsets[i + 1]].sum()) for i in range(num_shards)]
   num_batches = math.ceil(max(shard_clips) / batch_size) if total else 0
   spec = tfds.even_splits(split, n=num_shards)[shard_index]
   decode = _decode_video(builder)
@@ -602,35 +680,59 @@ def clip_batches(builder, split: str, data_cfg, *, batch_size: int, clips: str =
 
   def first_clip(index, ex):
     frames, video_index = tagged(index, ex)
-    return {"video": _resize(_take_clip(frames, tf.constant(0), s), s.image_size),
-            "video_index": video_index, "mask": tf.constant(1.0)}
+    return {
+      "video": _resize(_take_clip(frames, tf.constant(0), s), s.image_size),
+      "video_index": video_index,
+      "mask": tf.constant(1.0),
+    }
 
   def every_clip(index, ex):
     frames, video_index = tagged(index, ex)
     last = tf.maximum(tf.shape(frames)[0] - (s.clip_frames - 1) * s.period - 1, 0)
     starts = tf.range(0, last + 1, stride, dtype=tf.int32)
     return tf.data.Dataset.from_tensor_slices(starts).map(
-        lambda start: {"video": _resize(_take_clip(frames, start, s), s.image_size),
-                       "video_index": video_index, "mask": tf.constant(1.0)})
+      lambda start: {
+        "video": _resize(_take_clip(frames, start, s), s.image_size),
+        "video_index": video_index,
+        "mask": tf.constant(1.0),
+      }
+    )
 
   def read():
     return _read(builder, spec).enumerate()
 
   if clips == "one":
+
     def one_per_video():
       return read().map(first_clip, num_parallel_calls=s.parallel, deterministic=True)
+
     if s.cache_in_memory:  # one clip per video: small enough to keep after decoding
-      ds = _memo((os.fspath(builder.data_dir), split, "first_clip", shard_index, num_shards,
-                  s.clip_frames, s.period, s.image_size), one_per_video)
+      ds = _memo(
+        (
+          os.fspath(builder.data_dir),
+          split,
+          "first_clip",
+          shard_index,
+          num_shards,
+          s.clip_frames,
+          s.period,
+          s.image_size,
+        ),
+        one_per_video,
+      )
     else:
       ds = one_per_video()
   else:
     # A few videos decode in parallel, each streaming its clips: memory holds those videos
     # and the batches in flight, however long the videos and however many their clips.
-    ds = read().interleave(every_clip, cycle_length=4, block_length=batch_size,
-                           num_parallel_calls=4, deterministic=True)
-  dummy = {"video": tf.zeros((s.clip_frames, s.image_size, s.image_size, 1), tf.uint8),
-           "video_index": tf.constant(-1, tf.int32), "mask": tf.constant(0.0)}
+    ds = read().interleave(
+      every_clip, cycle_length=4, block_length=batch_size, num_parallel_calls=4, deterministic=True
+    )
+  dummy = {
+    "video": tf.zeros((s.clip_frames, s.image_size, s.image_size, 1), tf.uint8),
+    "video_index": tf.constant(-1, tf.int32),
+    "mask": tf.constant(0.0),
+  }
   pad = num_batches * batch_size - shard_clips[shard_index]
   ds = ds.concatenate(tf.data.Dataset.from_tensors(dummy).repeat(pad))
   ds = _with_prefetch(ds.batch(batch_size, drop_remainder=True), s)

@@ -56,14 +56,17 @@ def _fill_fraction(phase, es_phase, early_share):
   systole = 0.5 * (1.0 + np.cos(np.pi * np.clip(phase / es_phase, 0.0, 1.0)))
   y = (phase - es_phase) / (1.0 - es_phase)
   diastasis = 0.3 * (1.0 - early_share)
-  diastole = (early_share * _smoothstep(y / 0.35) + diastasis * _smoothstep((y - 0.35) / 0.4)
-              + (1.0 - early_share - diastasis) * _smoothstep((y - 0.75) / 0.25))
+  diastole = (
+    early_share * _smoothstep(y / 0.35)
+    + diastasis * _smoothstep((y - 0.35) / 0.4)
+    + (1.0 - early_share - diastasis) * _smoothstep((y - 0.75) / 0.25)
+  )
   return np.where(phase < es_phase, systole, diastole)
 
 
 def _truncation(beta):
   # An ellipsoid with semi-axes (a, b, b) cut a*beta past its centre holds pi*b^2*a*g(beta).
-  return beta - beta ** 3 / 3.0 + 2.0 / 3.0
+  return beta - beta**3 / 3.0 + 2.0 / 3.0
 
 
 # ------------------------------------------------------------------------------------ sampling
@@ -100,29 +103,48 @@ def _sample_video(rng, min_frames, max_frames):
     ed_frame = first if after else first + k
   else:
     ed_frame = rng.uniform(-60.0, 60.0)  # any phase; the extremes need not be in the video
-  p.update(hr=hr, es_phase=k * step if after else 1.0 - k * step, traced=traced,
-           ed_frame=ed_frame, early=rng.uniform(0.55, 0.8))
+  p.update(
+    hr=hr,
+    es_phase=k * step if after else 1.0 - k * step,
+    traced=traced,
+    ed_frame=ed_frame,
+    early=rng.uniform(0.55, 0.8),
+  )
   # LV shape: `beta` sets how far past the widest point the mitral plane cuts; low-EF hearts are
   # rounder. The pixel scale (cm/px) varies like imaging depth, so pixel size is no volume cue.
   p["beta"] = beta = rng.uniform(0.3, 0.6)
   aspect = rng.uniform(0.48, 0.6) + 0.1 * float(np.clip(55.0 - ef, 0.0, 40.0)) / 40.0
-  l_cm = (4.0 * (1 + beta) * edv / (math.pi * aspect ** 2 * _truncation(beta))) ** (1 / 3)
+  l_cm = (4.0 * (1 + beta) * edv / (math.pi * aspect**2 * _truncation(beta))) ** (1 / 3)
   scale = max(rng.uniform(0.12, 0.17), l_cm / 70.0)  # zoom out so that big hearts fit
-  p.update(scale=scale, l_ed=l_cm / scale,
-           shortening=rng.uniform(0.05, 0.20) * min(1.0, ef / 50.0),  # keeps D_es <= D_ed
-           wall=rng.uniform(4.0, 7.0), tilt=math.radians(8.0 + rng.uniform(-12.0, 12.0)),
-           apex=(SIZE / 2 + rng.uniform(0.0, 9.0), rng.uniform(12.0, 19.0)))
+  p.update(
+    scale=scale,
+    l_ed=l_cm / scale,
+    shortening=rng.uniform(0.05, 0.20) * min(1.0, ef / 50.0),  # keeps D_es <= D_ed
+    wall=rng.uniform(4.0, 7.0),
+    tilt=math.radians(8.0 + rng.uniform(-12.0, 12.0)),
+    apex=(SIZE / 2 + rng.uniform(0.0, 9.0), rng.uniform(12.0, 19.0)),
+  )
   # Other chambers, (length, half-width, cyclic amplitude): independent of EF, no shortcut.
-  p.update(rv=(rng.uniform(0.4, 0.6), rng.uniform(7.0, 12.0), rng.uniform(0.1, 0.35)),
-           la=(rng.uniform(13.0, 19.0), rng.uniform(11.0, 16.0), rng.uniform(0.05, 0.2)),
-           ra=(rng.uniform(11.0, 16.0), rng.uniform(9.0, 13.0), rng.uniform(0.05, 0.2)),
-           gap=rng.uniform(3.5, 5.5), mv_open=rng.uniform(0.4, 0.7))
-  p.update(sector_angle=math.radians(rng.uniform(38.0, 42.0)),
-           sector_radius=rng.uniform(105.0, 110.0), sector_x=SIZE / 2 + rng.uniform(-1.5, 1.5),
-           gain=rng.uniform(0.85, 1.2), attenuation=rng.uniform(0.2, 0.8),
-           tissue=rng.uniform(0.25, 0.38), myocardium=rng.uniform(0.6, 0.85),
-           blood=rng.uniform(0.03, 0.09), speckle_contrast=rng.uniform(0.5, 0.8),
-           speckle_drift=rng.uniform(0.03, 0.12), patchiness=rng.uniform(0.1, 0.25))
+  p.update(
+    rv=(rng.uniform(0.4, 0.6), rng.uniform(7.0, 12.0), rng.uniform(0.1, 0.35)),
+    la=(rng.uniform(13.0, 19.0), rng.uniform(11.0, 16.0), rng.uniform(0.05, 0.2)),
+    ra=(rng.uniform(11.0, 16.0), rng.uniform(9.0, 13.0), rng.uniform(0.05, 0.2)),
+    gap=rng.uniform(3.5, 5.5),
+    mv_open=rng.uniform(0.4, 0.7),
+  )
+  p.update(
+    sector_angle=math.radians(rng.uniform(38.0, 42.0)),
+    sector_radius=rng.uniform(105.0, 110.0),
+    sector_x=SIZE / 2 + rng.uniform(-1.5, 1.5),
+    gain=rng.uniform(0.85, 1.2),
+    attenuation=rng.uniform(0.2, 0.8),
+    tissue=rng.uniform(0.25, 0.38),
+    myocardium=rng.uniform(0.6, 0.85),
+    blood=rng.uniform(0.03, 0.09),
+    speckle_contrast=rng.uniform(0.5, 0.8),
+    speckle_drift=rng.uniform(0.03, 0.12),
+    patchiness=rng.uniform(0.1, 0.25),
+  )
   return p
 
 
@@ -188,7 +210,10 @@ def _shapes(p):
   fill, length, semi_a, semi_b = _lv_geometry(p)
   l_ed, gap, ed = p["l_ed"], p["gap"], int(np.argmax(fill))
   (rv_len, rv_half, rv_amp), (la_len, la_half, la_amp), (ra_len, ra_half, ra_amp) = (
-      p["rv"], p["la"], p["ra"])
+    p["rv"],
+    p["la"],
+    p["ra"],
+  )
   rv_s, la_s, ra_s = 1 - rv_amp * (1 - fill), 1 + la_amp * (1 - fill), 1 + ra_amp * (1 - fill)
   # Wall volume is roughly conserved: the wall thickens as the cavity outline shrinks.
   thickness = p["wall"] * ((length[ed] + semi_b[ed]) / (length + semi_b)) ** 1.3
@@ -202,18 +227,32 @@ def _shapes(p):
   ra_centre = apex + (l_ed + gap + ra_len) * along + 0.85 * rv_v * across
   far = np.full_like(length, 2.0 * SIZE)
   open_ = valve > 0  # a closed valve's band is moved out of the picture
-  wall = (("ellipse", _ellipses(lv_centre, semi_a + thickness, semi_b + thickness), 255),
-          ("poly", _bands(apex, along, across, length + 1.0, far, far), 0),  # open at the base
-          # Fibrous mitral annulus and closed leaflets: a bright plane between LV and LA.
-          ("poly", _bands(apex, along, across, length, length + gap, base_half + thickness), 255),
-          ("ellipse", _ellipses(rv_centre, rv_len * l_ed * rv_s + 2.5, rv_half * rv_s + 2.5), 255))
-  blood = (("ellipse", _ellipses(lv_centre, semi_a, semi_b), 255),
-           ("poly", _bands(apex, along, across, length, far, far), 0),  # the mitral plane
-           ("poly", _bands(apex, along, across, np.where(open_, length - 1.0, far),
-                           np.where(open_, length + gap + 1.0, far), valve), 255),
-           ("ellipse", _ellipses(la_centre, la_len * la_s, la_half * la_s), 255),
-           ("ellipse", _ellipses(rv_centre, rv_len * l_ed * rv_s, rv_half * rv_s), 255),
-           ("ellipse", _ellipses(ra_centre, ra_len * ra_s, ra_half * ra_s), 255))
+  wall = (
+    ("ellipse", _ellipses(lv_centre, semi_a + thickness, semi_b + thickness), 255),
+    ("poly", _bands(apex, along, across, length + 1.0, far, far), 0),  # open at the base
+    # Fibrous mitral annulus and closed leaflets: a bright plane between LV and LA.
+    ("poly", _bands(apex, along, across, length, length + gap, base_half + thickness), 255),
+    ("ellipse", _ellipses(rv_centre, rv_len * l_ed * rv_s + 2.5, rv_half * rv_s + 2.5), 255),
+  )
+  blood = (
+    ("ellipse", _ellipses(lv_centre, semi_a, semi_b), 255),
+    ("poly", _bands(apex, along, across, length, far, far), 0),  # the mitral plane
+    (
+      "poly",
+      _bands(
+        apex,
+        along,
+        across,
+        np.where(open_, length - 1.0, far),
+        np.where(open_, length + gap + 1.0, far),
+        valve,
+      ),
+      255,
+    ),
+    ("ellipse", _ellipses(la_centre, la_len * la_s, la_half * la_s), 255),
+    ("ellipse", _ellipses(rv_centre, rv_len * l_ed * rv_s, rv_half * rv_s), 255),
+    ("ellipse", _ellipses(ra_centre, ra_len * ra_s, ra_half * ra_s), 255),
+  )
   return wall, blood
 
 
@@ -222,8 +261,9 @@ def _static_gain(p, rng):
   yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
   dx, dy = xx - p["sector_x"], yy + 1.0
   radius = np.sqrt(dx * dx + dy * dy)
-  sector = (np.clip(p["sector_radius"] - radius, 0, 1)
-            * np.clip((p["sector_angle"] - np.abs(np.arctan2(dx, dy))) * radius, 0, 1))
+  sector = np.clip(p["sector_radius"] - radius, 0, 1) * np.clip(
+    (p["sector_angle"] - np.abs(np.arctan2(dx, dy))) * radius, 0, 1
+  )
   patches = cv2.GaussianBlur(rng.standard_normal((SIZE, SIZE)).astype(np.float32), (0, 0), 10.0)
   patches = np.clip(1.0 + p["patchiness"] * patches / patches.std(), 0.4, 1.6)
   gain = sector * np.exp(-p["attenuation"] * radius / 100.0) * patches * (p["gain"] * 255.0)
@@ -242,8 +282,12 @@ def render(p, rng):
   gain = _static_gain(p, rng)
   # Speckle: |complex Gaussian| (Rayleigh), smoothed wider laterally as in ultrasound; rotating
   # between two independent fields keeps its statistics while decorrelating slowly over time.
-  fields = [cv2.GaussianBlur(rng.standard_normal((SIZE, SIZE)).astype(np.float32), (0, 0),
-                             sigmaX=1.1, sigmaY=0.7) for _ in range(4)]
+  fields = [
+    cv2.GaussianBlur(
+      rng.standard_normal((SIZE, SIZE)).astype(np.float32), (0, 0), sigmaX=1.1, sigmaY=0.7
+    )
+    for _ in range(4)
+  ]
   mix = p["speckle_contrast"] / math.sqrt(np.mean([f.var() for f in fields]) * math.pi / 2.0)
   drift = np.cumsum(rng.normal(0.0, p["speckle_drift"], p["frames"]))
   video = np.empty((p["frames"], SIZE, SIZE), np.uint8)
@@ -258,8 +302,10 @@ def render(p, rng):
           cv2.fillConvexPoly(mask, geometry[n], value, cv2.LINE_AA, _SHIFT)
     wall, blood = (cv2.GaussianBlur(mask, (3, 3), 0.6) for mask in masks)
     c, s = math.cos(drift[n]), math.sin(drift[n])
-    speckle = cv2.magnitude(cv2.addWeighted(fields[0], c, fields[1], s, 0.0),
-                            cv2.addWeighted(fields[2], c, fields[3], s, 0.0))
+    speckle = cv2.magnitude(
+      cv2.addWeighted(fields[0], c, fields[1], s, 0.0),
+      cv2.addWeighted(fields[2], c, fields[3], s, 0.0),
+    )
     speckle *= mix  # mean 1 x contrast ...
     speckle += 1.0 - p["speckle_contrast"]  # ... on a constant floor
     image = np.multiply(wall, (p["myocardium"] - p["tissue"]) / 255.0, dtype=np.float32)
@@ -320,7 +366,8 @@ def _pool_context():
   # children: spawn clean interpreters then, and take the cheap fork otherwise.
   threaded = any(name in sys.modules for name in ("jax", "tensorflow", "torch"))
   return multiprocessing.get_context(
-      "fork" if sys.platform.startswith("linux") and not threaded else "spawn")
+    "fork" if sys.platform.startswith("linux") and not threaded else "spawn"
+  )
 
 
 def _write_csvs(folder, results, splits):
@@ -328,8 +375,19 @@ def _write_csvs(folder, results, splits):
     out = csv.writer(f, lineterminator="\n")
     out.writerow(echonet.FILE_LIST_HEADER)
     for (p, _), split in zip(results, splits):
-      out.writerow([p["name"], f"{p['ef']:.5f}", f"{p['esv']:.5f}", f"{p['edv']:.5f}", SIZE,
-                    SIZE, p["fps"], p["frames"], split])
+      out.writerow(
+        [
+          p["name"],
+          f"{p['ef']:.5f}",
+          f"{p['esv']:.5f}",
+          f"{p['edv']:.5f}",
+          SIZE,
+          SIZE,
+          p["fps"],
+          p["frames"],
+          split,
+        ]
+      )
   with open(folder / "VolumeTracings.csv", "w", newline="") as f:
     out = csv.writer(f, lineterminator="\n")
     out.writerow(echonet.TRACINGS_HEADER)
@@ -338,8 +396,16 @@ def _write_csvs(folder, results, splits):
         out.writerow([p["name"] + ".avi", *(f"{x:.4f}" for x in points), frame])
 
 
-def generate(out_dir, num_videos: int, seed: int, *, min_frames: int = 20, max_frames: int = 160,
-             workers: int = 0, overwrite: bool = False) -> pathlib.Path:
+def generate(
+  out_dir,
+  num_videos: int,
+  seed: int,
+  *,
+  min_frames: int = 20,
+  max_frames: int = 160,
+  workers: int = 0,
+  overwrite: bool = False,
+) -> pathlib.Path:
   """Writes a synthetic EchoNet-Dynamic dataset to `out_dir`, atomically.
 
   Args:
@@ -376,8 +442,13 @@ def generate(out_dir, num_videos: int, seed: int, *, min_frames: int = 20, max_f
     if len({p["name"] for p, _ in results}) != num_videos:  # 64 random bits: never in practice
       raise RuntimeError(f"duplicate FileName drawn with seed {seed}; choose another seed")
     _write_csvs(tmp, results, assign_splits(num_videos, seed))
-    marker = dict(generator=VERSION, num_videos=num_videos, seed=seed, min_frames=min_frames,
-                  max_frames=max_frames)
+    marker = dict(
+      generator=VERSION,
+      num_videos=num_videos,
+      seed=seed,
+      min_frames=min_frames,
+      max_frames=max_frames,
+    )
     (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n")  # last: marks it complete
     if overwrite and (out_dir.exists() or out_dir.is_symlink()):
       old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
@@ -398,16 +469,25 @@ def summarize(out_dir) -> str:
     rows = list(csv.DictReader(f))
   ef = np.array([float(row["EF"]) for row in rows])
   splits = ", ".join(f"{name} {sum(row['Split'] == name for row in rows)}" for name, _ in SPLITS)
-  return (f"{len(rows)} videos ({splits}), "
-          f"EF {ef.mean():.1f} +/- {ef.std():.1f} [{ef.min():.1f}, {ef.max():.1f}]")
+  return (
+    f"{len(rows)} videos ({splits}), "
+    f"EF {ef.mean():.1f} +/- {ef.std():.1f} [{ef.min():.1f}, {ef.max():.1f}]"
+  )
 
 
 def _main(argv):
   del argv
   flag, start = flags.FLAGS, time.time()
   try:
-    root = generate(flag.out, flag.num_videos, flag.seed, min_frames=flag.min_frames,
-                    max_frames=flag.max_frames, workers=flag.workers, overwrite=flag.overwrite)
+    root = generate(
+      flag.out,
+      flag.num_videos,
+      flag.seed,
+      min_frames=flag.min_frames,
+      max_frames=flag.max_frames,
+      workers=flag.workers,
+      overwrite=flag.overwrite,
+    )
   except (ValueError, FileExistsError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 1
@@ -419,6 +499,7 @@ if __name__ == "__main__":
   # Flags are defined only when run as a program, so importing this module (e.g. from another
   # absl program with its own --seed) never clashes.
   from absl import app, flags  # pylint: disable=g-import-not-at-top
+
   flags.DEFINE_string("out", None, "Output dataset directory.", required=True)
   flags.DEFINE_integer("num_videos", 200, "Number of videos (>= 3).")
   flags.DEFINE_integer("seed", 0, "Master random seed.")

@@ -57,7 +57,7 @@ def _decode(record: echonet.VideoRecord) -> np.ndarray | echonet.EchoNetFormatEr
 
 
 def _decode_in_order(
-    records: Iterable[echonet.VideoRecord], window: int
+  records: Iterable[echonet.VideoRecord], window: int
 ) -> Iterator[tuple[echonet.VideoRecord, np.ndarray | echonet.EchoNetFormatError]]:
   """Yields (record, frames or decoding error) in input order, decoding up to `window` videos
   ahead in threads.
@@ -80,8 +80,9 @@ class EchonetDynamic(tfds.core.GeneratorBasedBuilder):
   """EchoNet-Dynamic echocardiogram videos with EF / ESV / EDV labels."""
 
   VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Grey uint8 frames (raw bytes), labels from FileList.csv, ED/ES "
-                            "frames."}
+  RELEASE_NOTES = {
+    "1.0.0": "Grey uint8 frames (raw bytes), labels from FileList.csv, ED/ES frames."
+  }
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Obtain EchoNet-Dynamic from https://echonet.github.io/dynamic/ (a research-use agreement is
   required) and pass the unpacked folder as `manual_dir`. It must contain:
@@ -91,8 +92,13 @@ class EchonetDynamic(tfds.core.GeneratorBasedBuilder):
   Any folder in this layout works, e.g. one written by lvef_jax.data.synthetic.generate.
   """
 
-  def __init__(self, *, index: list[echonet.VideoRecord] | None = None,
-               skipped: dict[str, str] | None = None, **kwargs):
+  def __init__(
+    self,
+    *,
+    index: list[echonet.VideoRecord] | None = None,
+    skipped: dict[str, str] | None = None,
+    **kwargs,
+  ):
     """Builder over the folder later passed as `manual_dir`.
 
     Args:
@@ -131,26 +137,32 @@ class EchonetDynamic(tfds.core.GeneratorBasedBuilder):
     # DatasetInfo is built directly (not dataset_info_from_configs) because this package ships
     # no README/CITATIONS metadata files next to the builder.
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=("EchoNet-Dynamic apical-4-chamber echocardiogram videos (grey frames) "
-                     "with ejection fraction and volumes."),
-        features=tfds.features.FeaturesDict({
-            # (frames, height, width): every dimension varies between videos in principle.
-            "video": tfds.features.Tensor(shape=(None, None, None), dtype=np.uint8,
-                                          encoding=VIDEO_ENCODING),
-            "file_name": tfds.features.Text(),
-            "ef": tfds.features.Scalar(dtype=np.float32, doc="Ejection fraction, percent."),
-            "esv": tfds.features.Scalar(dtype=np.float32, doc="End-systolic volume, mL."),
-            "edv": tfds.features.Scalar(dtype=np.float32, doc="End-diastolic volume, mL."),
-            "fps": tfds.features.Scalar(dtype=np.float32),
-            "num_frames": tfds.features.Scalar(
-                dtype=np.int32, doc="Frames actually stored (decoded), == video.shape[0]."),
-            "ed_frame": tfds.features.Scalar(dtype=np.int32, doc="Traced ED frame, -1 if none."),
-            "es_frame": tfds.features.Scalar(dtype=np.int32, doc="Traced ES frame, -1 if none."),
-        }),
-        supervised_keys=("video", "ef"),
-        homepage="https://echonet.github.io/dynamic/",
-        citation="""@article{ouyang2020video,
+      builder=self,
+      description=(
+        "EchoNet-Dynamic apical-4-chamber echocardiogram videos (grey frames) "
+        "with ejection fraction and volumes."
+      ),
+      features=tfds.features.FeaturesDict(
+        {
+          # (frames, height, width): every dimension varies between videos in principle.
+          "video": tfds.features.Tensor(
+            shape=(None, None, None), dtype=np.uint8, encoding=VIDEO_ENCODING
+          ),
+          "file_name": tfds.features.Text(),
+          "ef": tfds.features.Scalar(dtype=np.float32, doc="Ejection fraction, percent."),
+          "esv": tfds.features.Scalar(dtype=np.float32, doc="End-systolic volume, mL."),
+          "edv": tfds.features.Scalar(dtype=np.float32, doc="End-diastolic volume, mL."),
+          "fps": tfds.features.Scalar(dtype=np.float32),
+          "num_frames": tfds.features.Scalar(
+            dtype=np.int32, doc="Frames actually stored (decoded), == video.shape[0]."
+          ),
+          "ed_frame": tfds.features.Scalar(dtype=np.int32, doc="Traced ED frame, -1 if none."),
+          "es_frame": tfds.features.Scalar(dtype=np.int32, doc="Traced ES frame, -1 if none."),
+        }
+      ),
+      supervised_keys=("video", "ef"),
+      homepage="https://echonet.github.io/dynamic/",
+      citation="""@article{ouyang2020video,
   title={Video-based AI for beat-to-beat assessment of cardiac function},
   author={Ouyang, David and others}, journal={Nature}, volume={580}, pages={252--256},
   year={2020}}""",
@@ -183,13 +195,18 @@ class EchonetDynamic(tfds.core.GeneratorBasedBuilder):
       # disagreeing with them is worth knowing about but not fatal (the official loader ignores
       # them too), and is summarised below rather than logged per video.
       if frames.shape[0] != record.num_frames:
-        frame_counts.append(f"{record.file_name} ({record.num_frames} listed, "
-                            f"{frames.shape[0]} decoded)")
+        frame_counts.append(
+          f"{record.file_name} ({record.num_frames} listed, {frames.shape[0]} decoded)"
+        )
       if frames.shape[1:] != (record.frame_height, record.frame_width):
-        sizes.append(f"{record.file_name} ({record.frame_height}x{record.frame_width} listed, "
-                     f"{frames.shape[1]}x{frames.shape[2]} decoded)")
+        sizes.append(
+          f"{record.file_name} ({record.frame_height}x{record.frame_width} listed, "
+          f"{frames.shape[1]}x{frames.shape[2]} decoded)"
+        )
       written += 1
-      yield record.file_name, {
+      yield (
+        record.file_name,
+        {
           "video": frames,
           "file_name": record.file_name,
           "ef": np.float32(record.ef),
@@ -199,21 +216,32 @@ class EchonetDynamic(tfds.core.GeneratorBasedBuilder):
           "num_frames": np.int32(frames.shape[0]),
           "ed_frame": np.int32(record.ed_frame),
           "es_frame": np.int32(record.es_frame),
-      }
+        },
+      )
     split = records[0].split if records else "?"
     for what, rows in (("NumberOfFrames", frame_counts), ("FrameHeight/FrameWidth", sizes)):
       if rows:
-        logging.warning("%d videos of split %s: FileList.csv's %s disagrees with the decoded "
-                        "video (the decoded frames are stored): %s", len(rows), split, what,
-                        echonet.name_list(rows))
+        logging.warning(
+          "%d videos of split %s: FileList.csv's %s disagrees with the decoded "
+          "video (the decoded frames are stored): %s",
+          len(rows),
+          split,
+          what,
+          echonet.name_list(rows),
+        )
     if failed and self._skipped is None:
       raise echonet.EchoNetFormatError(
-          f"{len(failed)} videos of split {split} cannot be decoded in full (nothing was "
-          "prepared; data.on_bad_video=skip leaves such videos out): "
-          + echonet.name_list([message for _, message in failed]))
+        f"{len(failed)} videos of split {split} cannot be decoded in full (nothing was "
+        "prepared; data.on_bad_video=skip leaves such videos out): "
+        + echonet.name_list([message for _, message in failed])
+      )
     if failed:
       self._skipped.update(failed)
-      logging.warning("data.on_bad_video=skip: %d videos of split %s fail to decode and are left "
-                      "out: %s", len(failed), split, echonet.name_list([name for name, _ in failed]))
+      logging.warning(
+        "data.on_bad_video=skip: %d videos of split %s fail to decode and are left out: %s",
+        len(failed),
+        split,
+        echonet.name_list([name for name, _ in failed]),
+      )
     if not written:
       raise echonet.EchoNetFormatError(f"split {split} has no video that decodes")
