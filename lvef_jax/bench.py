@@ -220,7 +220,7 @@ def _random_batch(data, batch_size: int, rng: np.random.Generator) -> dict:
 def _resident_batches(data, batch_size: int, mesh, rng: np.random.Generator):
   """Batches cut on the devices from a synthesised device-resident split, as training with
   ``data.device_resident`` does (random plans; no TensorFlow, no files)."""
-  from lvef_jax.data import device_data  # JAX and numpy only
+  from lvef_jax.data import clips, device_data  # JAX and numpy only
 
   size, frames = data.image_size, RESIDENT_FRAMES
   videos = device_data.DeviceVideos.put(
@@ -235,11 +235,11 @@ def _resident_batches(data, batch_size: int, mesh, rng: np.random.Generator):
   sampler = device_data.make_clip_sampler(
     mesh, clip_frames=data.clip_frames, period=data.period, pad=data.augment_pad
   )
-  top = frames - (data.clip_frames - 1) * data.period
+  top = clips.max_clip_start(frames, data.clip_frames, data.period)
   while True:
     plan = {
       "index": rng.integers(0, RESIDENT_VIDEOS, batch_size, dtype=np.int32),
-      "start": rng.integers(0, max(top, 1), batch_size, dtype=np.int32),
+      "start": rng.integers(0, top + 1, batch_size, dtype=np.int32),
       "offset": rng.integers(0, 2 * data.augment_pad + 1, (batch_size, 2), dtype=np.int32),
     }
     yield sampler(videos, plan)

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from lvef_jax.data import clips
 from lvef_jax.data import echonet
 from lvef_jax.data import pipeline
 from lvef_jax.data import synthetic
@@ -79,7 +80,7 @@ def data(tmp_path_factory):
 
 def reference_clip(video, start, clip_frames, period):
   """[T, H, W, 1] clip cut with numpy from a stored [n, H, W] video."""
-  idx = pipeline.clip_indices(len(video), start, clip_frames, period)
+  idx = clips.clip_indices(len(video), start, clip_frames, period)
   return np.where((idx >= 0)[:, None, None], video[np.maximum(idx, 0)], 0)[..., None]
 
 
@@ -92,11 +93,16 @@ def by_ef(stored_split):
 
 
 def test_clip_indices_and_max_start():
-  np.testing.assert_array_equal(pipeline.clip_indices(10, 2, 5, 2), [2, 4, 6, 8, -1])
-  np.testing.assert_array_equal(pipeline.clip_indices(3, 0, 4, 1), [0, 1, 2, -1])
-  assert pipeline.max_clip_start(10, 5, 2) == 1  # Start 1 uses frames 1..9.
-  assert pipeline.max_clip_start(9, 5, 2) == 0
-  assert pipeline.max_clip_start(3, 5, 2) == 0  # Too short: start 0, padded.
+  np.testing.assert_array_equal(clips.clip_indices(10, 2, 5, 2), [2, 4, 6, 8, -1])
+  np.testing.assert_array_equal(clips.clip_indices(3, 0, 4, 1), [0, 1, 2, -1])
+  assert clips.max_clip_start(10, 5, 2) == 1  # Start 1 uses frames 1..9.
+  assert clips.max_clip_start(9, 5, 2) == 0
+  assert clips.max_clip_start(3, 5, 2) == 0  # Too short: start 0, padded.
+  frames = np.arange(1, 13, dtype=np.uint8).reshape(3, 2, 2)
+  clip = clips.take_clip(frames, 1, 3, 1)  # frames 1 and 2, then one zero frame
+  assert clip.shape == (3, 2, 2, 1)
+  np.testing.assert_array_equal(clip[:2, ..., 0], frames[1:])
+  assert not clip[2].any() and frames.all()
 
 
 def test_builder_round_trips_videos_and_labels(data):
@@ -132,7 +138,7 @@ def test_train_clips_are_cut_from_stored_videos(data, clip_frames, period):
     assert b["ef"].shape == (batch,) and b["ef"].dtype == np.float32
     for clip, ef in zip(b["video"], b["ef"]):
       video = videos[ef.item()]["video"]
-      starts = range(pipeline.max_clip_start(len(video), clip_frames, period) + 1)
+      starts = range(clips.max_clip_start(len(video), clip_frames, period) + 1)
       # The clip must be frames start + period * k of its video, zeros past the end.
       assert any(
         np.array_equal(clip, reference_clip(video, s, clip_frames, period)) for s in starts
@@ -160,10 +166,10 @@ def test_augmentation_reproducible_and_one_offset_per_clip(data):
   assert first[0]["video"].shape == (4, 4, 112, 112, 1)
 
   # Another seed re-draws start and crop for the same video, not only the order.
-  def clips(batches):
+  def clips_by_ef(batches):
     return {ef.item(): c for b in batches for c, ef in zip(b["video"], b["ef"])}
 
-  clips_7, clips_8 = clips(first), clips(other)
+  clips_7, clips_8 = clips_by_ef(first), clips_by_ef(other)
   assert any(not np.array_equal(clips_7[k], clips_8[k]) for k in clips_7.keys() & clips_8)
   # Each augmented clip is its un-augmented clip shifted by ONE offset in [-4, 4]^2 for all
   # frames, with zeros shifted in.
@@ -172,7 +178,7 @@ def test_augmentation_reproducible_and_one_offset_per_clip(data):
     video = videos[ef.item()]["video"]
     padded = [
       np.pad(reference_clip(video, s, 4, 3), ((0, 0), (4, 4), (4, 4), (0, 0)))
-      for s in range(pipeline.max_clip_start(len(video), 4, 3) + 1)
+      for s in range(clips.max_clip_start(len(video), 4, 3) + 1)
     ]
     assert any(
       np.array_equal(clip, p[:, i : i + 112, j : j + 112])
@@ -228,12 +234,12 @@ def test_all_clips_cover_every_start_of_every_video(data):
       else:
         assert index == -1 and not clip.any()
   assert sorted(seen) == list(range(len(listing["ef"])))
-  for index, clips in seen.items():
+  for index, video_clips in seen.items():
     name = listing["file_name"][index]
     frames = data["stored"]["val"][name]["video"]
-    starts = pipeline.clip_starts(len(frames), 4, 2, 3)
-    assert len(clips) == len(starts) == len(range(0, max(len(frames) - 7, 0) + 1, 3))
-    for clip, start in zip(clips, starts):
+    starts = clips.clip_starts(len(frames), 4, 2, 3)
+    assert len(video_clips) == len(starts) == len(range(0, max(len(frames) - 7, 0) + 1, 3))
+    for clip, start in zip(video_clips, starts):
       np.testing.assert_array_equal(clip, reference_clip(frames, start, 4, 2))
 
 

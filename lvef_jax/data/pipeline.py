@@ -32,6 +32,7 @@ import tensorflow_datasets as tfds
 
 from lvef_jax import filelock
 from lvef_jax.data import echonet
+from lvef_jax.data.clips import clip_starts
 from lvef_jax.data import synthetic
 from lvef_jax.data import tfds_builder
 from lvef_jax.errors import ConfigError
@@ -323,20 +324,6 @@ def _counts(builder) -> str:  # For log lines.
 
 
 # ----------------------------------------------------------------------------- clips
-def clip_indices(num_frames: int, start: int, clip_frames: int, period: int) -> np.ndarray:
-  """Frame indices of a clip; -1 marks positions past the video's end (zero frames).
-
-  The numpy reference of what `_take_clip` does in-graph.
-  """
-  idx = start + period * np.arange(clip_frames)
-  return np.where(idx < num_frames, idx, -1)
-
-
-def max_clip_start(num_frames: int, clip_frames: int, period: int) -> int:
-  """Largest random start: the last one whose clip still fits (0 if none fits)."""
-  return max(num_frames - (clip_frames - 1) * period - 1, 0)
-
-
 def _take_clip(frames: tf.Tensor, start: tf.Tensor, s: _Settings) -> tf.Tensor:
   """uint8 [n, H, W] -> [clip_frames, H, W, 1]; frames past the end are zeros (never dropped)."""
   n = tf.shape(frames)[0]
@@ -590,17 +577,6 @@ def train_plans(
 
 
 # ----------------------------------------------------------------------------- every clip
-def clip_starts(num_frames: int, clip_frames: int, period: int, stride: int) -> np.ndarray:
-  """Start frames of the clips that all-clips evaluation averages: 0, stride, 2*stride, ...
-
-  up to the last start whose clip fits in the video (`max_clip_start`); always at least [0]
-  (a video shorter than one clip gives one zero-padded clip, as in training).
-  """
-  if stride < 1:
-    raise ConfigError(f"clip stride must be at least 1, got {stride}")
-  return np.arange(0, max_clip_start(num_frames, clip_frames, period) + 1, stride)
-
-
 _LISTINGS: dict[tuple, dict[str, np.ndarray]] = {}
 
 

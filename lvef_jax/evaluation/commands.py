@@ -160,7 +160,8 @@ def predict(
   Returns:
     The number of videos scored (the caller exits non-zero when it is 0).
   """
-  from lvef_jax.data import pipeline, video_io
+  from lvef_jax.data import clips as clip_layout
+  from lvef_jax.data import video_io
 
   if clips not in ("one", "all"):
     raise ConfigError(f"predict clips {clips!r}: expected one or all")
@@ -185,11 +186,13 @@ def predict(
       rows.append(row)
       continue
     starts = (
-      pipeline.clip_starts(len(frames), data.clip_frames, data.period, stride)
+      clip_layout.clip_starts(len(frames), data.clip_frames, data.period, stride)
       if clips == "all"
       else np.zeros(1, np.int64)
     )
-    video = np.stack([_clip(frames, s, data.clip_frames, data.period) for s in starts])
+    video = np.stack(
+      [clip_layout.take_clip(frames, s, data.clip_frames, data.period) for s in starts]
+    )
     ((mean, std, n_clips),) = evaluator.predict_clips(
       members, [video], mesh, batch_size=batch_size, mc_samples=mc_samples, seed=config.seed
     )
@@ -220,11 +223,3 @@ def predict(
     + (f"; {failed} could not be read (see the error column)" if failed else "")
   )
   return scored
-
-
-def _clip(frames: np.ndarray, start: int, clip_frames: int, period: int) -> np.ndarray:
-  """``[T, S, S, 1]`` from ``[n, S, S]``, zero frames past the end (as the data pipeline)."""
-  index = start + period * np.arange(clip_frames)
-  clip = frames[np.minimum(index, len(frames) - 1)].copy()
-  clip[index >= len(frames)] = 0
-  return clip[..., None]
