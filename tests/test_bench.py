@@ -25,7 +25,7 @@ def test_model_step_and_bench_code_never_import_tensorflow():
   code = (
     "import sys, lvef_jax.bench, lvef_jax.models.i3d, lvef_jax.training.steps, "
     "lvef_jax.checkpoints, lvef_jax.reporting.summary, lvef_jax.data.clips, "
-    "lvef_jax.data.device_data; "
+    "lvef_jax.data.device_data, lvef_jax.evaluation.commands; "
     "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'"
   )
   done = subprocess.run(

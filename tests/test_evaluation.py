@@ -210,6 +210,37 @@ def test_predict_folder_with_corrupt_mp4_and_large_videos(run, tmp_path):
   assert rows["a.avi"]["n_clips"] == evaluated[name]["n_clips"]
 
 
+def test_predict_runs_without_tensorflow_at_the_model_size(run, tmp_path):
+  """GPU machines may have JAX but no TensorFlow: videos already at the model's frame size
+  need no resize, and so no TensorFlow, to be predicted."""
+  config, workdir, _ = run
+  paths, records = _video_files(config)
+  name = next(n for n, r in records.items() if r.split == "test")
+  size = config.data.image_size
+  writer = cv2.VideoWriter(
+    str(tmp_path / "a.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 50.0, (size,) * 2
+  )
+  for frame in echonet.load_video(paths[name]):
+    small = cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
+    writer.write(cv2.cvtColor(small, cv2.COLOR_GRAY2BGR))
+  writer.release()
+  output = tmp_path / "p.csv"
+  argv = ["launch.py", "--mode=predict", f"--workdir={workdir}", f"--videos={tmp_path}"]
+  argv.append(f"--output={output}")
+  code = (  # A None entry in sys.modules is how Python marks a module as not there.
+    "import runpy, sys\n"
+    "sys.modules.update(tensorflow=None, tensorflow_datasets=None)\n"
+    f"sys.argv = {argv!r}\n"
+    "runpy.run_path('launch.py', run_name='__main__')\n"
+  )
+  done = subprocess.run(
+    [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  (row,) = _rows(output)
+  assert row["FileName"] == "a.avi" and row["error"] == "" and 0 < float(row["EF_pred"]) < 100
+
+
 def test_predict_exits_non_zero_when_nothing_could_be_read(run, tmp_path):
   _, workdir, _ = run
   (tmp_path / "x.avi").write_bytes(b"junk")

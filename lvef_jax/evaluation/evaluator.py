@@ -21,7 +21,6 @@ import jax
 import numpy as np
 
 from lvef_jax import sharding
-from lvef_jax.data import pipeline
 from lvef_jax.evaluation import metrics
 
 # A prediction function: a device batch of clips (and a dropout key, for Monte-Carlo dropout)
@@ -135,6 +134,8 @@ class Evaluator:
   seed: int = 0
 
   def batches(self, builder, data_cfg, mesh) -> Iterator[tuple[dict, dict]]:
+    from lvef_jax.data import pipeline  # TensorFlow: only where a prepared split is read
+
     local = sharding.check_batch_size(self.batch_size, mesh, "eval.batch_size")
     host_batches = pipeline.clip_batches(
       builder,
@@ -152,6 +153,8 @@ class Evaluator:
     self, predict_fns: Sequence[PredictFn] | PredictFn, builder, data_cfg, mesh
   ) -> VideoPredictions:
     """Averages ``predict_fns`` (an ensemble, or one function) over the clips of every video."""
+    from lvef_jax.data import pipeline
+
     if callable(predict_fns):
       predict_fns = [predict_fns]
     listing = pipeline.split_listing(builder, self.split)
