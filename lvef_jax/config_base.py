@@ -6,7 +6,6 @@ A key is read in exactly one place in the code; this is the one place its defaul
 from __future__ import annotations
 
 import copy
-
 import importlib.util
 import json
 import pathlib

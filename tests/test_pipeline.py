@@ -78,12 +78,6 @@ def data(tmp_path_factory):
   return dict(root=root, base=base, cfg=cfg, builder=builder, stored=stored, records=records)
 
 
-def reference_clip(video, start, clip_frames, period):
-  """[T, H, W, 1] clip cut with numpy from a stored [n, H, W] video."""
-  idx = clips.clip_indices(len(video), start, clip_frames, period)
-  return np.where((idx >= 0)[:, None, None], video[np.maximum(idx, 0)], 0)[..., None]
-
-
 def all_batches(iterator):
   return list(iterator)
 
@@ -141,7 +135,7 @@ def test_train_clips_are_cut_from_stored_videos(data, clip_frames, period):
       starts = range(clips.max_clip_start(len(video), clip_frames, period) + 1)
       # The clip must be frames start + period * k of its video, zeros past the end.
       assert any(
-        np.array_equal(clip, reference_clip(video, s, clip_frames, period)) for s in starts
+        np.array_equal(clip, clips.take_clip(video, s, clip_frames, period)) for s in starts
       )
       if len(video) < (clip_frames - 1) * period + 1:
         padded += 1
@@ -177,7 +171,7 @@ def test_augmentation_reproducible_and_one_offset_per_clip(data):
   for clip, ef in zip(first[0]["video"], first[0]["ef"]):
     video = videos[ef.item()]["video"]
     padded = [
-      np.pad(reference_clip(video, s, 4, 3), ((0, 0), (4, 4), (4, 4), (0, 0)))
+      np.pad(clips.take_clip(video, s, 4, 3), ((0, 0), (4, 4), (4, 4), (0, 0)))
       for s in range(clips.max_clip_start(len(video), 4, 3) + 1)
     ]
     assert any(
@@ -204,7 +198,7 @@ def check_eval(data, split, batches, batch_size, num_batches, clip_frames, perio
       assert mask == 1
       ex = stored[name]
       assert ef == ex["ef"]
-      np.testing.assert_array_equal(clip, reference_clip(ex["video"], 0, clip_frames, period))
+      np.testing.assert_array_equal(clip, clips.take_clip(ex["video"], 0, clip_frames, period))
       names.append(name)
   return names
 
@@ -240,7 +234,7 @@ def test_all_clips_cover_every_start_of_every_video(data):
     starts = clips.clip_starts(len(frames), 4, 2, 3)
     assert len(video_clips) == len(starts) == len(range(0, max(len(frames) - 7, 0) + 1, 3))
     for clip, start in zip(video_clips, starts):
-      np.testing.assert_array_equal(clip, reference_clip(frames, start, 4, 2))
+      np.testing.assert_array_equal(clip, clips.take_clip(frames, start, 4, 2))
 
 
 @pytest.mark.parametrize("divides", [True, False])
@@ -299,7 +293,7 @@ def test_resize_to_32(data):
   batch = next(eval_batches(data["builder"], "val", cfg, batch_size=2))
   assert batch["video"].shape == (2, 8, 32, 32, 1)
   for clip, name in zip(batch["video"], batch["file_name"]):
-    full = reference_clip(data["stored"]["val"][name]["video"], 0, 8, 2).astype(np.float32)
+    full = clips.take_clip(data["stored"]["val"][name]["video"], 0, 8, 2).astype(np.float32)
     # Resizing keeps the picture: mean brightness and a coarse 4x4 layout agree.
     assert abs(clip.mean() - full.mean()) < 2.0
 
