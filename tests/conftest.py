@@ -16,12 +16,38 @@ for _flag in _FLAGS:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
 import pathlib  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
 
 import pytest  # noqa: E402
 
 from lvef_jax import config_base  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_command(command, *, timeout: float, **kwargs) -> subprocess.CompletedProcess:
+  """``subprocess.run(command, capture_output=True, text=True)``, but a command still running
+  after ``timeout`` seconds is not just killed: it is sent SIGABRT with Python's faulthandler
+  on, so it prints every thread's stack, and the test fails showing where it hung."""
+  env = dict(kwargs.pop("env", None) or os.environ, PYTHONFAULTHANDLER="1")
+  process = subprocess.Popen(
+    command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs
+  )
+  try:
+    stdout, stderr = process.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    process.send_signal(signal.SIGABRT)
+    try:
+      stdout, stderr = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+      process.kill()
+      stdout, stderr = process.communicate()
+    pytest.fail(
+      f"{' '.join(map(str, command))} still ran after {timeout} s; where its threads were:\n"
+      + stderr[-12000:]
+    )
+  return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def load_config(name: str, arg: str | None = None):

@@ -16,7 +16,7 @@ import pytest
 from lvef_jax.data import echonet, pipeline
 from lvef_jax.errors import LvefError
 from lvef_jax.training import trainer
-from tests.conftest import ROOT, load_config, shrink
+from tests.conftest import ROOT, load_config, run_command, shrink
 
 REQUIRED_METRICS = {
   "epoch",
@@ -91,8 +91,14 @@ def test_rerun_resumes_and_matches_an_uninterrupted_run(finished_run, tmp_path, 
   caplog.set_level("INFO")
   trainer.train_and_evaluate(config, tmp_path)
   assert [r["epoch"] for r in _records(tmp_path)] == [1]
+  # As if killed while saving the best checkpoint, after the latest one (the same epoch).
+  best = tmp_path / "checkpoints" / "best"
+  (best / "1").rename(best / "1.orbax-checkpoint-tmp-1795000000")
   config.train.num_epochs = 2  # the same command with more epochs continues from epoch 1
-  trainer.train_and_evaluate(config, tmp_path)
+  results = trainer.train_and_evaluate(config, tmp_path)
+  assert "the best checkpoint (epoch 1) was not saved" in caplog.text
+  assert results["best_epoch"] == json.loads((reference / "results.json").read_text())["best_epoch"]
+  assert (best / str(results["best_epoch"])).is_dir()
   # One compilation of the train step per run, the resumed one (restored state) included.
   compiled = [r.getMessage() for r in caplog.records if "train step was compiled" in r.getMessage()]
   assert compiled == ["the train step was compiled once in this process"] * 2
@@ -143,9 +149,7 @@ def test_killed_run_resumes_where_it_stopped(finished_run, tmp_path):
   assert first.is_dir() or (tmp_path / "checkpoints" / "latest" / "2").is_dir()
   assert not (tmp_path / "results.json").exists()
 
-  done = subprocess.run(
-    _launch(tmp_path, config), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-  )
+  done = run_command(_launch(tmp_path, config), cwd=ROOT, env=env, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
   assert "resuming" in done.stderr
   records = _records(tmp_path)
@@ -165,7 +169,7 @@ def test_bad_dataset_exits_non_zero_naming_the_problem(tmp_path):
     "0XAAAA,55.0,40,90,112,112,50,30,TRAIN\n"
     "0XBBBB,nan,40,90,112,112,50,30,VAL\n"
   )
-  done = subprocess.run(
+  done = run_command(
     [
       sys.executable,
       "launch.py",
@@ -176,8 +180,6 @@ def test_bad_dataset_exits_non_zero_naming_the_problem(tmp_path):
       "--config.train.batch_size=8",
     ],
     cwd=ROOT,
-    capture_output=True,
-    text=True,
     timeout=300,
   )
   assert done.returncode == 1
@@ -195,9 +197,7 @@ def test_bad_dataset_exits_non_zero_naming_the_problem(tmp_path):
 
 
 def _run_launch(*args, timeout=300):
-  return subprocess.run(
-    [sys.executable, "launch.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
-  )
+  return run_command([sys.executable, "launch.py", *args], cwd=ROOT, timeout=timeout)
 
 
 def test_missing_dataset_folder_is_one_error_message(tmp_path):
@@ -243,11 +243,9 @@ def test_unexpected_exception_keeps_its_traceback(tmp_path):
     "app.run(lambda argv: sys.exit(launch.main(argv)), argv=['launch.py', "
     f"'--config=configs/quickstart.py', '--workdir={tmp_path / 'run'}'])\n"
   )
-  done = subprocess.run(
+  done = run_command(
     [sys.executable, "-c", script],
     cwd=ROOT,
-    capture_output=True,
-    text=True,
     timeout=300,
     env=dict(os.environ, PYTHONPATH=str(ROOT)),
   )
@@ -259,11 +257,9 @@ def test_unexpected_exception_keeps_its_traceback(tmp_path):
 
 
 def test_summary_mode_ends_with_the_parameter_count():
-  done = subprocess.run(
+  done = run_command(
     [sys.executable, "launch.py", "--config=configs/i3d.py:variant=mini", "--mode=summary"],
     cwd=ROOT,
-    capture_output=True,
-    text=True,
     timeout=300,
   )
   assert done.returncode == 0, done.stderr[-2000:]
@@ -280,11 +276,9 @@ def test_summary_mode_ends_with_the_parameter_count():
   ],
 )
 def test_summary_of_every_family(arg, count):
-  done = subprocess.run(
+  done = run_command(
     [sys.executable, "launch.py", f"--config=configs/{arg}", "--mode=summary"],
     cwd=ROOT,
-    capture_output=True,
-    text=True,
     timeout=300,
   )
   assert done.returncode == 0, done.stderr[-2000:]
@@ -352,9 +346,7 @@ def test_half_written_checkpoints_are_set_aside_and_the_run_resumes(finished_run
   (latest / "3.orbax-checkpoint-tmp-1795000000" / "state").mkdir()
   (latest / "4" / "state").mkdir(parents=True)
   config = shrink(load_config("quickstart"), pathlib.Path(config.data.cache_dir))
-  done = subprocess.run(
-    _launch(tmp_path, config), cwd=ROOT, capture_output=True, text=True, timeout=600
-  )
+  done = run_command(_launch(tmp_path, config), cwd=ROOT, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
   assert done.stderr.count("is a half-written checkpoint") == 2
   assert "resuming" in done.stderr
@@ -403,13 +395,11 @@ def test_killed_while_writing_a_checkpoint_resumes_from_the_one_before(finished_
   assert pathlib.Path(marker.read_text()).parent == latest  # its temporary folder, left behind
   assert (latest / "1").is_dir() and not (latest / "2").exists()
 
-  done = subprocess.run(
+  done = run_command(
     _launch(tmp_path / "run", config),
     cwd=ROOT,
     env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
+    timeout=300,
   )
   assert done.returncode == 0, done.stderr[-3000:]
   assert "is a half-written checkpoint" in done.stderr and "resuming" in done.stderr
@@ -435,9 +425,7 @@ def test_killed_during_the_final_evaluation_ends_with_the_same_results(finished_
     process.wait()
   assert process.returncode == -signal.SIGKILL  # killed while evaluating, not finished
   assert not (tmp_path / "run" / "results.json").exists()
-  done = subprocess.run(
-    _launch(tmp_path / "run", config), cwd=ROOT, capture_output=True, text=True, timeout=600
-  )
+  done = run_command(_launch(tmp_path / "run", config), cwd=ROOT, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
   for name in ("results.json", "predictions_test.csv"):
     assert (tmp_path / "run" / name).read_bytes() == (reference / name).read_bytes(), name

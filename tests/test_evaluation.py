@@ -6,7 +6,6 @@ import csv
 import json
 import pathlib
 import shutil
-import subprocess
 import sys
 
 import cv2
@@ -16,15 +15,13 @@ import pytest
 from lvef_jax.data import echonet, synthetic
 from lvef_jax.evaluation import metrics
 from lvef_jax.training import trainer
-from tests.conftest import ROOT, load_config, shrink
+from tests.conftest import ROOT, load_config, run_command, shrink
 
 
 def _launch(*args, timeout=600):
-  return subprocess.run(
+  return run_command(
     [sys.executable, "launch.py", *args],
     cwd=ROOT,
-    capture_output=True,
-    text=True,
     timeout=timeout,
   )
 
@@ -233,9 +230,7 @@ def test_predict_runs_without_tensorflow_at_the_model_size(run, tmp_path):
     f"sys.argv = {argv!r}\n"
     "runpy.run_path('launch.py', run_name='__main__')\n"
   )
-  done = subprocess.run(
-    [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600
-  )
+  done = run_command([sys.executable, "-c", code], cwd=ROOT, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   (row,) = _rows(output)
   assert row["FileName"] == "a.avi" and row["error"] == "" and 0 < float(row["EF_pred"]) < 100
@@ -310,9 +305,7 @@ for batch in batches:
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(clips, (after - before) // 1024)
 """
-  done = subprocess.run(
-    [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600
-  )
+  done = run_command([sys.executable, "-c", code], cwd=ROOT, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   clips, grown_mb = map(int, done.stdout.split()[-2:])
   assert clips == 2000 - 27
@@ -326,7 +319,5 @@ def test_evaluation_code_imports_nothing_from_training():
     "bad = [m for m in sys.modules if m.startswith('lvef_jax.training')]; "
     "assert not bad, bad"
   )
-  done = subprocess.run(
-    [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
-  )
+  done = run_command([sys.executable, "-c", code], cwd=ROOT, timeout=120)
   assert done.returncode == 0, done.stderr[-2000:]

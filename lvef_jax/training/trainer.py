@@ -187,8 +187,9 @@ def _train_stream(
     stream = passes()
     yield from itertools.islice(stream, num_batches)
     # Releasing a tf.data iterator can block for seconds (the demo's epochs stalled 4.5 s at
-    # their end); do it off the training thread.
-    threading.Thread(target=stream.close, daemon=True).start()
+    # their end); do it off the training thread. Not a daemon thread: at exit Python waits for
+    # it, instead of finalising the interpreter while it may still be inside TensorFlow.
+    threading.Thread(target=stream.close, name="release-train-stream").start()
 
   return counted()
 
@@ -429,6 +430,14 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, overwrite: bool =
       stopping.best_val_rmse,
       stopping.best_epoch,
     )
+    if stopping.best_epoch == first_epoch and exp.checkpoints.epoch("best") != first_epoch:
+      # Killed while saving the best checkpoint (set aside above): the latest is that epoch.
+      logging.warning(
+        "the best checkpoint (epoch %d) was not saved before the run stopped: saving it again "
+        "from the latest checkpoint, which is the same epoch",
+        first_epoch,
+      )
+      exp.checkpoints.save("best", first_epoch, exp.state, meta)
   history_path = exp.workdir / METRICS_FILE
   history = _read_history(history_path, first_epoch)
   writer = tensorboard.SummaryWriter(exp.workdir, enabled=is_main)
