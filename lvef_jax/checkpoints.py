@@ -19,31 +19,36 @@ KINDS = ("latest", "best")
 FINISHED_MARKER = "_CHECKPOINT_METADATA"
 
 
+INCOMPLETE = "incomplete"  # beside the managers' folders: where half-written saves are moved
+
+
 def _set_aside_incomplete(folder: pathlib.Path) -> None:
   """Moves away the checkpoints a killed process left half-written, with a warning.
 
-  Orbax saves into ``<epoch>.orbax-checkpoint-tmp-*`` and renames the folder when done, so
+  Orbax saves into ``<epoch>.orbax-checkpoint-tmp*`` and renames the folder when done, so
   normally a half-written save only leaves such a folder; a step folder without Orbax's
-  finished marker (a filesystem without atomic renames) is just as incomplete. Either is
-  renamed ``<name>.incomplete`` (kept for inspection, never read), and the previous
-  checkpoint is used.
+  finished marker (a filesystem without atomic renames) is just as incomplete. Either is moved
+  to ``../incomplete/<kind>/<name>`` (kept for inspection, never read), and the previous
+  checkpoint is used. Not kept inside ``folder``: when Orbax later removes the epoch of the
+  same number it deletes a folder named ``<epoch>.*`` there instead of the epoch's own.
   """
   if not folder.is_dir():
     return
   for entry in sorted(folder.iterdir()):
-    if not entry.is_dir() or entry.name.endswith(".incomplete"):
+    if not entry.is_dir():
       continue
     interrupted = ".orbax-checkpoint-tmp" in entry.name
     unfinished = entry.name.isdigit() and not (entry / FINISHED_MARKER).exists()
     if interrupted or unfinished:
-      target = entry.with_name(entry.name + ".incomplete")
+      target = folder.parent / INCOMPLETE / folder.name / entry.name
       if target.exists():
         shutil.rmtree(target)
+      target.parent.mkdir(parents=True, exist_ok=True)
       entry.rename(target)
       logging.warning(
-        "%s is a half-written checkpoint (its save was interrupted): ignored, kept as %s",
+        "%s is a half-written checkpoint (its save was interrupted): ignored, moved to %s",
         entry,
-        target.name,
+        target,
       )
 
 

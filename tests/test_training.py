@@ -134,6 +134,24 @@ def test_predictions_identical_after_checkpoint_restore(tmp_path):
     restorer.restore("best", fresh)
 
 
+def test_a_half_written_save_is_moved_out_of_orbax_s_folder(tmp_path):
+  """Kept beside Orbax's folder, ``2.orbax-checkpoint-tmp`` would be what Orbax deletes when
+  it later drops epoch 2 (it deletes ``2.*``), leaving epoch 2 itself behind for good."""
+  state = {"w": jax.numpy.arange(4.0)}
+  saver = checkpoints.Checkpoints(tmp_path)
+  saver.save("latest", 1, state, {"epoch": 1})
+  saver.close()
+  (tmp_path / "latest" / "2.orbax-checkpoint-tmp" / "state").mkdir(parents=True)
+  saver = checkpoints.Checkpoints(tmp_path, writer=True)
+  assert (tmp_path / "incomplete" / "latest" / "2.orbax-checkpoint-tmp" / "state").is_dir()
+  for epoch in (2, 3):
+    saver.save("latest", epoch, state, {"epoch": epoch})
+    saver.wait()
+  saver.close()
+  assert sorted(p.name for p in (tmp_path / "latest").iterdir()) == ["3"]
+  assert (tmp_path / "incomplete" / "latest" / "2.orbax-checkpoint-tmp").is_dir()
+
+
 def test_batch_norm_recalibration_stores_the_batch_statistics():
   """After recalibrating on a batch, inference on it equals training-mode normalisation."""
   config = _config(variant="mini")
