@@ -18,6 +18,7 @@ for _flag in _FLAGS:
 import pathlib  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
+import time  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -26,27 +27,44 @@ from lvef_jax import config_base  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+# Every process a test starts inherits this: a child that hangs can then be made to print
+# every thread's stack (faulthandler, on SIGABRT) before the test fails (see `run_command`).
+os.environ["PYTHONFAULTHANDLER"] = "1"
+
+
+def communicate_all(processes, *, timeout: float) -> list[tuple]:
+  """``communicate()`` with each of ``processes`` (started with pipes), all within ``timeout``
+  seconds. If some are still running then, they are sent SIGABRT, so they print every thread's
+  stack, and the test fails showing each one's last output."""
+  deadline = time.monotonic() + timeout
+  outputs = []
+  try:
+    for process in processes:
+      outputs.append(process.communicate(timeout=max(1.0, deadline - time.monotonic())))
+  except subprocess.TimeoutExpired:
+    shown = []
+    for index, process in enumerate(processes[len(outputs) :], start=len(outputs)):
+      if process.poll() is None:
+        process.send_signal(signal.SIGABRT)
+      try:
+        stdout, stderr = process.communicate(timeout=60)
+      except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+      tail = ((stdout or "") + (stderr or ""))[-12000:]
+      shown.append(f"--- process {index}: {' '.join(map(str, process.args))}\n{tail}")
+    pytest.fail(f"still running after {timeout} s; where their threads were:\n" + "\n".join(shown))
+  return outputs
+
+
 def run_command(command, *, timeout: float, **kwargs) -> subprocess.CompletedProcess:
   """``subprocess.run(command, capture_output=True, text=True)``, but a command still running
-  after ``timeout`` seconds is not just killed: it is sent SIGABRT with Python's faulthandler
-  on, so it prints every thread's stack, and the test fails showing where it hung."""
-  env = dict(kwargs.pop("env", None) or os.environ, PYTHONFAULTHANDLER="1")
+  after ``timeout`` seconds is not just killed: it prints every thread's stack and the test
+  fails showing where it hung (`communicate_all`)."""
   process = subprocess.Popen(
-    command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs
+    command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
   )
-  try:
-    stdout, stderr = process.communicate(timeout=timeout)
-  except subprocess.TimeoutExpired:
-    process.send_signal(signal.SIGABRT)
-    try:
-      stdout, stderr = process.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-      process.kill()
-      stdout, stderr = process.communicate()
-    pytest.fail(
-      f"{' '.join(map(str, command))} still ran after {timeout} s; where its threads were:\n"
-      + stderr[-12000:]
-    )
+  ((stdout, stderr),) = communicate_all([process], timeout=timeout)
   return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 

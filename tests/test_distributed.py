@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, communicate_all, run_command
 
 SHRINK = {
   "data.synthetic_num_videos": 24,
@@ -65,14 +65,7 @@ def _free_port() -> int:
 
 def test_two_processes_match_one(tmp_path):
   cache = tmp_path / "cache"
-  single = subprocess.run(
-    _command(tmp_path / "one", cache),
-    cwd=ROOT,
-    env=_env(2),
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  single = run_command(_command(tmp_path / "one", cache), cwd=ROOT, env=_env(2), timeout=600)
   assert single.returncode == 0, single.stderr[-3000:]
   port = _free_port()
   processes = [
@@ -92,7 +85,7 @@ def test_two_processes_match_one(tmp_path):
     )
     for i in range(2)
   ]
-  outputs = [p.communicate(timeout=600)[0] for p in processes]
+  outputs = [out for out, _ in communicate_all(processes, timeout=600)]
   assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
   one = json.loads((tmp_path / "one" / "results.json").read_text())
   two = json.loads((tmp_path / "two" / "results.json").read_text())

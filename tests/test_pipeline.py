@@ -27,6 +27,7 @@ from lvef_jax.data import echonet
 from lvef_jax.data import pipeline
 from lvef_jax.data import synthetic
 from lvef_jax.data import tfds_builder
+from tests.conftest import communicate_all
 from lvef_jax.data import video_io
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -587,7 +588,7 @@ def test_processes_preparing_at_once_prepare_once_and_all_use_it(data, tmp_path)
     )
     for _ in range(2)
   ]
-  logs = [p.communicate(timeout=300)[1] for p in processes]
+  logs = [err for _, err in communicate_all(processes, timeout=300)]
   assert [p.returncode for p in processes] == [0, 0], [log[-2000:] for log in logs]
   assert sum("preparing the dataset copy" in log for log in logs) == 1
   assert sum("Reusing prepared data" in log for log in logs) == 1

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from lvef_jax import filelock, sweep
-from tests.conftest import ROOT
+from tests.conftest import ROOT, communicate_all
 
 # Two of the cheapest experiments, shrunk by --runlocal to a few seconds each.
 CHEAP = ["table1/stem", "table7/DIT-B1"]
@@ -109,7 +109,7 @@ def test_two_sweeps_on_one_root_never_run_an_experiment_twice(tmp_path):
     subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for _ in range(2)
   ]
-  outputs = [p.communicate(timeout=600)[0] for p in processes]
+  outputs = [out for out, _ in communicate_all(processes, timeout=600)]
   assert [p.returncode for p in processes] == [0, 0], outputs
   for name in CHEAP:
     run_dir = tmp_path / "root" / name
