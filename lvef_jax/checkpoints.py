@@ -17,9 +17,8 @@ from lvef_jax.errors import ConfigError, MissingCheckpointError
 KINDS = ("latest", "best")
 # Orbax writes this file last into a checkpoint's folder: without it the save never finished.
 FINISHED_MARKER = "_CHECKPOINT_METADATA"
-
-
-INCOMPLETE = "incomplete"  # beside the managers' folders: where half-written saves are moved
+# Beside the managers' folders: where half-written saves are moved (never read).
+INCOMPLETE = "incomplete"
 
 
 def _set_aside_incomplete(folder: pathlib.Path) -> None:

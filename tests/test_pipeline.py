@@ -27,10 +27,9 @@ from lvef_jax.data import echonet
 from lvef_jax.data import pipeline
 from lvef_jax.data import synthetic
 from lvef_jax.data import tfds_builder
-from tests.conftest import communicate_all
 from lvef_jax.data import video_io
+from tests.conftest import ROOT, communicate_all
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_VIDEOS = 24
 
 
