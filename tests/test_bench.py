@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from lvef_jax import bench
+from lvef_jax.models import layers
 from tests.conftest import ROOT, load_config, shrink
 
 
@@ -46,6 +47,20 @@ def test_train_flops_per_clip_follow_the_model():
   assert flops("variant=mini", 16) == pytest.approx(mini, rel=0.05)  # per clip, not per batch
   assert flops("variant=mini,conv2=3x3x3", 8) > 1.1 * mini  # a 27x larger conv2 kernel
   assert flops("variant=stem", 8) < 0.5 * mini
+
+
+def test_flops_count_every_slab_of_the_im2col_stem(monkeypatch):
+  """XLA's cost analysis counts a loop's body once: the bench must count the stem's slabs all."""
+  config = load_config("i3d", "variant=stem")
+  config.model.stem_impl = "im2col"
+  config.data.update(clip_frames=8, image_size=32)
+  config.train.batch_size = 8
+  monkeypatch.setattr(layers, "_IM2COL_CHUNK_ROWS", 10**9)  # one slab
+  whole = bench.train_flops_per_clip(config)
+  monkeypatch.setattr(layers, "_IM2COL_CHUNK_ROWS", 64)  # the 8x16x16 stem maps: 32 slabs
+  assert bench.train_flops_per_clip(config) == pytest.approx(whole, rel=1e-6)
+  result = bench.benchmark(config, batch_size=8, num_steps=1)
+  assert result["gflop_per_clip"] == pytest.approx(whole / 1e9, rel=1e-3)
 
 
 def test_suite_estimate_counts_every_run(monkeypatch):

@@ -138,6 +138,57 @@ def test_im2col_equals_the_xla_convolution_in_2d():
   )
 
 
+def _xla_conv(x, kernel, strides):
+  spatial = "DHW"[3 - (kernel.ndim - 2) :]
+  numbers = (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
+  return jax.lax.conv_general_dilated(x, kernel, strides, "SAME", dimension_numbers=numbers)
+
+
+def _assert_same_values_and_gradients(fast, x, kernel, strides):
+  """``fast(x, kernel)`` against XLA's convolution: output, input and kernel gradients."""
+  cotangent = jax.random.normal(jax.random.key(3), _xla_conv(x, kernel, strides).shape)
+  got_y, got_vjp = jax.vjp(jax.jit(fast), x, kernel)
+  want_y, want_vjp = jax.vjp(lambda x, k: _xla_conv(x, k, strides), x, kernel)
+  np.testing.assert_allclose(got_y, want_y, rtol=1e-5, atol=1e-5)
+  for got, want in zip(got_vjp(cotangent), want_vjp(cotangent)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(want))))
+
+
+@pytest.mark.parametrize(
+  "shape,window,strides",
+  [((3, 9, 13, 11, 1), (7, 7, 7), (2, 2, 2)), ((3, 15, 12, 2), (7, 7), (2, 2))],
+)
+def test_im2col_slabs_have_the_xla_convolution_s_values_and_gradients(
+  monkeypatch, shape, window, strides
+):
+  monkeypatch.setattr(layers, "_IM2COL_CHUNK_ROWS", 20)  # many slabs, some cut mid-axis
+  x = jax.random.uniform(jax.random.key(1), shape)
+  kernel = jax.random.normal(jax.random.key(2), (*window, shape[-1], 8))
+  plan = layers._Im2col(x, kernel, strides)
+  assert np.prod(plan.counts) > 4 and plan.chunks[-1] == plan.outs[-1]
+  _assert_same_values_and_gradients(
+    lambda x, k: layers._im2col_conv(x, k, strides), x, kernel, strides
+  )
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 8, 8, 4), (15, 9, 8, 4)])
+def test_cpu_convolutions_have_the_xla_convolution_s_values_and_gradients(shape):
+  """The 3-D convolution as 2-D taps, and the 2-D one whose kernel gradient is summed over
+  groups of frames (15 frames: three groups of five), against XLA's own convolution."""
+  conv = layers.conv(shape[-1], 6, (3,) * (len(shape) - 2), dtype=jnp.float32, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), shape)
+
+  graphdef, state = nnx.split(conv)
+
+  def fast(x, kernel):
+    layer = nnx.merge(graphdef, state, copy=True)
+    layer.kernel[...] = kernel
+    return layer(x) - layer.bias[...]
+
+  assert jax.default_backend() == "cpu"
+  _assert_same_values_and_gradients(fast, x, conv.kernel[...], (1,) * (len(shape) - 2))
+
+
 def test_unit_range_input():
   """uint8 clips are scaled by 1/255 on the device; float clips are taken as [0, 1]."""
   model = _model("variant=stem")

@@ -8,6 +8,7 @@ channels-last tensors with any number of spatial axes: ``[B, T, H, W, C]`` for t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 from typing import Sequence
@@ -149,7 +150,9 @@ class Conv(nnx.Conv):
   - on the CPU, a 3-D convolution with stride 1 and SAME padding on frames of at least 8x8 runs
     as one 2-D convolution per temporal tap, summed: XLA's CPU backend runs 2-D convolutions
     (and their gradients) 1.5 to 3 times as fast as 3-D ones. On GPUs cuDNN's 3-D convolution
-    is kept.
+    is kept;
+  - on the CPU, the kernel gradient of such 2-D convolutions (the taps, and the 2-D CNNs' own)
+    is summed over groups of frames, which XLA's CPU backend computes faster.
   """
 
   def _plain(self) -> bool:
@@ -169,12 +172,12 @@ class Conv(nnx.Conv):
     if all(k == 1 for k in kernel.shape[:-2]):
       y = jnp.dot(x, kernel.reshape(kernel.shape[-2:]))
     elif (
-      kernel.ndim == 5
+      kernel.ndim in (4, 5)
       and self.padding == "SAME"
       and jax.default_backend() == "cpu"
-      and x.shape[2] * x.shape[3] >= _TAPS_MIN_FRAME_AREA
+      and x.shape[-3] * x.shape[-2] >= _TAPS_MIN_FRAME_AREA
     ):
-      y = _temporal_taps(x, kernel)
+      y = _temporal_taps(x, kernel) if kernel.ndim == 5 else _conv2d_same(x, kernel)
     else:
       return super().__call__(inputs)
     if self.bias is not None:
@@ -197,11 +200,48 @@ def _temporal_taps(x: jax.Array, kernel: jax.Array) -> jax.Array:
   y = None
   for d in range(taps):
     frames = padded[:, d : d + t].reshape(b * t, h, w, x.shape[-1])
-    out = jax.lax.conv_general_dilated(
-      frames, kernel[d], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
+    out = _conv2d_same(frames, kernel[d])
     y = out if y is None else y + out
   return y.reshape(b, t, h, w, kernel.shape[-1])
+
+
+def _conv2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  return jax.lax.conv_general_dilated(
+    x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+
+
+@jax.custom_vjp
+def _conv2d_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """A SAME, stride-1 2-D convolution ``[N, H, W, C]``; its kernel gradient is computed over
+  groups of frames (``_WGRAD_CHUNK``) and summed."""
+  return _conv2d(x, kernel)
+
+
+def _conv2d_same_fwd(x, kernel):
+  return _conv2d(x, kernel), (x, kernel)
+
+
+# The kernel gradient of a 2-D convolution is summed over groups of at most this many frames.
+# XLA:CPU computes it as a convolution with the whole frame as its window, and for the I3D-mini
+# maps (56 frames of 14x14 or 28x28) that ran 25-45 % faster in groups of 4-14 frames than over
+# all frames at once (docs/benchmarks.md).
+_WGRAD_CHUNK = 8
+
+
+def _conv2d_same_bwd(residuals, grad):
+  x, kernel = residuals
+  dx = jax.vjp(lambda x: _conv2d(x, kernel), x)[1](grad)[0]
+  n = x.shape[0]
+  parts = next(d for d in range(1, n + 1) if n % d == 0 and n // d <= _WGRAD_CHUNK)
+  dk = None
+  for xc, gc in zip(jnp.split(x, parts), jnp.split(grad, parts)):
+    part = jax.vjp(lambda k: _conv2d(xc, k), kernel)[1](gc)[0]
+    dk = part if dk is None else dk + part
+  return dx, dk
+
+
+_conv2d_same.defvjp(_conv2d_same_fwd, _conv2d_same_bwd)
 
 
 def conv(
@@ -313,35 +353,165 @@ def dropout_keys(key: jax.Array | None, count: int) -> list:
 
 
 def conv_im2col(x: jax.Array, conv_layer: nnx.Conv, strides: Sequence[int]) -> jax.Array:
-  """Applies ``conv_layer`` (a SAME-padded ``nnx.Conv``, 2-D or 3-D) as patches plus one matmul.
+  """Applies ``conv_layer`` (a SAME-padded ``nnx.Conv``, 2-D or 3-D) as patches plus matmuls.
 
   Exactly the convolution ``conv_layer(x)`` computes, with the same parameters. XLA's CPU
   backend runs convolutions with one input channel (the I3D stem) at a small fraction of its
   matmul speed, and gathering the patches is cheap because the input has a single channel; on
   GPUs the cuDNN convolution is the better choice (see ``stem_impl`` in the I3D body).
+
+  The output is computed a slab at a time (``_im2col_chunks``), inside a loop, so that each
+  slab's patches stay in the CPU's cache between their gathering and their matmul; the kernel
+  gradient gathers them again, slab by slab, instead of keeping them all (hundreds of MB for
+  the I3D stem). Both made the stem's forward and kernel gradient three times as fast
+  (docs/benchmarks.md).
   """
   kernel = conv_layer.kernel[...].astype(x.dtype)
-  window = kernel.shape[:-2]
-  ndim = len(window)
-  pads, outs = [(0, 0)], []
-  for size, k, stride in zip(x.shape[1 : 1 + ndim], window, strides):
-    out = -(-size // stride)
-    total = max((out - 1) * stride + k - size, 0)
-    pads.append((total // 2, total - total // 2))  # SAME puts the odd pixel at the end, as XLA
-    outs.append(out)
-  x = jnp.pad(x, pads + [(0, 0)])
-  # Gather one axis at a time, innermost first, so that the features end up ordered
-  # (d_1, ..., d_n, c_in) like the kernel's (*window, I, O) layout: 21 slices instead of 343.
-  for axis in range(ndim, 0, -1):
-    k, stride, out = window[axis - 1], strides[axis - 1], outs[axis - 1]
-    x = jnp.concatenate(
-      [jax.lax.slice_in_dim(x, d, d + stride * (out - 1) + 1, stride, axis) for d in range(k)],
-      axis=-1,
-    )
-  y = x @ kernel.reshape(-1, kernel.shape[-1])
+  strides = tuple(int(s) for s in strides)
+  y = _im2col_plain(x, kernel, strides) if _FLOP_COUNTING else _im2col_conv(x, kernel, strides)
   if conv_layer.bias is not None:
     y = y + conv_layer.bias[...].astype(y.dtype)
   return y
+
+
+_FLOP_COUNTING = False
+
+
+@contextlib.contextmanager
+def flop_counting():
+  """While active, models trace without loops, for XLA's cost analysis: it counts a loop's body
+  once, not once per iteration, so the slabbed im2col would count 1/56 of the I3D stem. The
+  computation is the same; only how it is split differs."""
+  global _FLOP_COUNTING
+  previous, _FLOP_COUNTING = _FLOP_COUNTING, True
+  try:
+    yield
+  finally:
+    _FLOP_COUNTING = previous
+
+
+# The most patch rows (output positions, over the whole batch) that one slab gathers at a time.
+# On the 2-core development CPU the I3D stem was fastest at about 3,000 (docs/benchmarks.md).
+_IM2COL_CHUNK_ROWS = 4096
+
+
+def _same_pads(x_shape: Sequence[int], window: Sequence[int], strides: Sequence[int]):
+  """SAME padding (the odd pixel at the end, as XLA) and output size of each spatial axis."""
+  pads, outs = [], []
+  for size, k, stride in zip(x_shape[1:-1], window, strides):
+    out = -(-size // stride)
+    total = max((out - 1) * stride + k - size, 0)
+    pads.append((total // 2, total - total // 2))
+    outs.append(out)
+  return pads, outs
+
+
+def _im2col_chunks(batch: int, outs: Sequence[int]) -> list[int]:
+  """Slab size along each spatial output axis: whole axes from the innermost outwards, then the
+  largest divisor of the next axis that keeps a slab within ``_IM2COL_CHUNK_ROWS`` rows."""
+  chunks = list(outs)
+  for axis in range(len(outs) - 1):  # the innermost axis stays whole: contiguous rows
+    if batch * int(np.prod(chunks)) <= _IM2COL_CHUNK_ROWS:
+      break
+    rest = batch * int(np.prod(chunks[axis + 1 :]))
+    fits = [
+      d for d in range(1, outs[axis] + 1) if outs[axis] % d == 0 and d * rest <= _IM2COL_CHUNK_ROWS
+    ]
+    chunks[axis] = max(fits, default=1)
+  return chunks
+
+
+def _patches(xp: jax.Array, window: Sequence[int], strides: Sequence[int], outs: Sequence[int]):
+  """The ``[B, *outs, prod(window) * C]`` patches of an already padded ``xp``."""
+  # Gather one axis at a time, innermost first, so that the features end up ordered
+  # (d_1, ..., d_n, c_in) like the kernel's (*window, I, O) layout: 21 slices instead of 343.
+  for axis in range(len(window), 0, -1):
+    k, stride, out = window[axis - 1], strides[axis - 1], outs[axis - 1]
+    xp = jnp.concatenate(
+      [jax.lax.slice_in_dim(xp, d, d + stride * (out - 1) + 1, stride, axis) for d in range(k)],
+      axis=-1,
+    )
+  return xp
+
+
+class _Im2col:
+  """The slabs of one strided SAME convolution: where each starts and how to gather it."""
+
+  def __init__(self, x: jax.Array, kernel: jax.Array, strides: Sequence[int]):
+    self.window, self.strides = kernel.shape[:-2], strides
+    pads, self.outs = _same_pads(x.shape, self.window, strides)
+    self.xp = jnp.pad(x, [(0, 0), *pads, (0, 0)])
+    self.chunks = _im2col_chunks(x.shape[0], self.outs)
+    self.counts = [o // c for o, c in zip(self.outs, self.chunks)]
+    self.batch, self.features = x.shape[0], kernel.shape[-1]
+
+  def patches(self, index: jax.Array) -> jax.Array:
+    """Slab ``index`` (row-major over ``counts``) as ``[rows, prod(window) * C]``."""
+    starts, sizes, rest = [0], [self.batch], index
+    for axis in reversed(range(len(self.outs))):
+      starts.insert(1, (rest % self.counts[axis]) * self.chunks[axis] * self.strides[axis])
+      rest = rest // self.counts[axis]
+    for c, k, stride in zip(self.chunks, self.window, self.strides):
+      sizes.append(stride * (c - 1) + k)
+    piece = jax.lax.dynamic_slice(self.xp, starts + [0], sizes + [self.xp.shape[-1]])
+    p = _patches(piece, self.window, self.strides, self.chunks)
+    return p.reshape(-1, p.shape[-1])
+
+  def slab_order(self) -> tuple[list[int], list[int]]:
+    """The shape ``[*counts, B, *chunks, O]`` of the slabs' outputs and its permutation to
+    ``[B, count_1, chunk_1, ..., count_n, chunk_n, O]``."""
+    n = len(self.outs)
+    shape = [*self.counts, self.batch, *self.chunks, self.features]
+    perm = [n] + [i for axis in range(n) for i in (axis, n + 1 + axis)] + [2 * n + 1]
+    return shape, perm
+
+
+def _im2col_plain(x: jax.Array, kernel: jax.Array, strides: Sequence[int]) -> jax.Array:
+  pads, outs = _same_pads(x.shape, kernel.shape[:-2], strides)
+  xp = jnp.pad(x, [(0, 0), *pads, (0, 0)])
+  return _patches(xp, kernel.shape[:-2], strides, outs) @ kernel.reshape(-1, kernel.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _im2col_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, ...]) -> jax.Array:
+  return _im2col_conv_fwd(x, kernel, strides)[0]
+
+
+def _im2col_conv_fwd(x, kernel, strides):
+  plan = _Im2col(x, kernel, strides)
+  w = kernel.reshape(-1, kernel.shape[-1])
+  slabs = jax.lax.map(lambda i: plan.patches(i) @ w, jnp.arange(int(np.prod(plan.counts))))
+  shape, perm = plan.slab_order()
+  y = slabs.reshape(shape).transpose(perm).reshape(x.shape[0], *plan.outs, -1)
+  return y, (x, kernel)
+
+
+def _im2col_conv_bwd(strides, residuals, grad):
+  x, kernel = residuals
+  plan = _Im2col(x, kernel, strides)
+  _, perm = plan.slab_order()
+  split = [x.shape[0]] + [d for pair in zip(plan.counts, plan.chunks) for d in pair] + [-1]
+  grads = (
+    grad.reshape(split)
+    .transpose(np.argsort(perm))
+    .reshape(int(np.prod(plan.counts)), -1, grad.shape[-1])
+  )
+
+  def accumulate(dk, i):
+    p = plan.patches(i)
+    part = jax.lax.dot_general(
+      p, grads[i], (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32
+    )
+    return dk + part, None
+
+  zero = jnp.zeros((int(np.prod(kernel.shape[:-1])), kernel.shape[-1]), jnp.float32)
+  dk, _ = jax.lax.scan(accumulate, zero, jnp.arange(int(np.prod(plan.counts))))
+  # The input's gradient (unused when the input is data, and then left out by XLA).
+  dx = jax.vjp(lambda x: _im2col_plain(x, kernel, strides), x)[1](grad)[0]
+  return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_im2col_conv.defvjp(_im2col_conv_fwd, _im2col_conv_bwd)
 
 
 class EFModel(nnx.Module):
