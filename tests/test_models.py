@@ -189,6 +189,30 @@ def test_cpu_convolutions_have_the_xla_convolution_s_values_and_gradients(shape)
   _assert_same_values_and_gradients(fast, x, conv.kernel[...], (1,) * (len(shape) - 2))
 
 
+@pytest.mark.parametrize(
+  "shape,window,strides",
+  [
+    ((2, 5, 9, 8, 3), (1, 3, 3), (1, 2, 2)),
+    ((2, 5, 7, 6, 3), (3, 3, 3), (1, 1, 1)),
+    ((2, 5, 7, 6, 3), (3, 3, 3), (2, 2, 2)),
+    ((3, 11, 10, 2), (3, 3), (2, 2)),
+  ],
+)
+def test_max_pool_has_reduce_window_s_values_and_gradient(shape, window, strides):
+  """Without ties (random floats), the hand-written gradient is exactly reduce_window's."""
+  x = jax.random.normal(jax.random.key(1), shape)
+
+  def reference(x):
+    dims, steps = (1, *window, 1), (1, *strides, 1)
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, dims, steps, "SAME")
+
+  want, want_vjp = jax.vjp(reference, x)
+  got, got_vjp = jax.vjp(jax.jit(lambda x: layers.max_pool(x, window, strides)), x)
+  np.testing.assert_array_equal(got, want)
+  cotangent = jax.random.normal(jax.random.key(2), want.shape)
+  np.testing.assert_allclose(got_vjp(cotangent)[0], want_vjp(cotangent)[0], rtol=1e-6, atol=1e-6)
+
+
 def test_unit_range_input():
   """uint8 clips are scaled by 1/255 on the device; float clips are taken as [0, 1]."""
   model = _model("variant=stem")

@@ -305,26 +305,82 @@ def max_pool(
   SAME pooling runs one spatial axis at a time, each as the elementwise maximum of ``k``
   (strided) slices of the input padded with -inf: the same values as XLA's ``reduce_window``,
   whose gradient (``select_and_scatter``) XLA's CPU backend runs several times slower than the
-  whole forward pass (measured in docs/benchmarks.md). Where several inputs tie for a window's
-  maximum the gradient is shared between them instead of going to the first; after a ReLU
-  such ties are zeros, whose gradient the ReLU stops either way.
+  whole forward pass (measured in docs/benchmarks.md). The gradient is computed by hand
+  (``_max_pool_same``): each axis's pass finds, for each output, the first of its ``k`` inputs
+  that holds the maximum, and the gradient goes there. That is ``reduce_window``'s gradient
+  except where several inputs tie for a window's maximum across axes: both then give it to one
+  of them, not necessarily the same one; after a ReLU such ties are zeros, whose gradient the
+  ReLU stops either way.
   """
   if padding != "SAME":
     return nnx.max_pool(x, window_shape=tuple(window), strides=tuple(strides), padding=padding)
-  for axis, (k, stride) in enumerate(zip(window, strides), start=1):
-    if k == 1 and stride == 1:
-      continue
-    size = x.shape[axis]
-    out = -(-size // stride)
-    total = max((out - 1) * stride + k - size, 0)
-    pads = [(0, 0)] * x.ndim
-    pads[axis] = (total // 2, total - total // 2)  # SAME: the odd one at the end
-    padded = jnp.pad(x, pads, constant_values=-jnp.inf)
-    slices = [
-      jax.lax.slice_in_dim(padded, d, d + stride * (out - 1) + 1, stride, axis) for d in range(k)
-    ]
-    x = functools.reduce(jnp.maximum, slices)
+  return _max_pool_same(x, tuple(window), tuple(strides))
+
+
+def _pool_axes(window: Sequence[int], strides: Sequence[int]) -> list[tuple[int, int, int]]:
+  """(axis, k, stride) of each spatial axis that the pooling changes."""
+  pairs = zip(window, strides)
+  return [(a, k, s) for a, (k, s) in enumerate(pairs, start=1) if not k == s == 1]
+
+
+def _pool_geometry(size: int, k: int, stride: int) -> tuple[int, tuple[int, int]]:
+  out = -(-size // stride)
+  total = max((out - 1) * stride + k - size, 0)
+  return out, (total // 2, total - total // 2)  # SAME: the odd one at the end
+
+
+def _pool_pass(x: jax.Array, axis: int, k: int, stride: int) -> tuple[jax.Array, jax.Array]:
+  """The maximum along one axis and, for each output, which of its ``k`` inputs held it first."""
+  out, pad = _pool_geometry(x.shape[axis], k, stride)
+  pads = [(0, 0)] * x.ndim
+  pads[axis] = pad
+  padded = jnp.pad(x, pads, constant_values=-jnp.inf)
+  best = first = None
+  for d in range(k):
+    tap = jax.lax.slice_in_dim(padded, d, d + stride * (out - 1) + 1, stride, axis)
+    if best is None:
+      best, first = tap, jnp.zeros(tap.shape, jnp.int8)
+    else:
+      larger = tap > best
+      best, first = jnp.where(larger, tap, best), jnp.where(larger, jnp.int8(d), first)
+  return best, first
+
+
+def _pool_pass_grad(grad, first, axis: int, k: int, stride: int, size: int) -> jax.Array:
+  """Sends each output's gradient back to the input that held its maximum first."""
+  out, (low, high) = _pool_geometry(size, k, stride)
+  total = None
+  for d in range(k):
+    config = [(0, 0, 0)] * grad.ndim
+    config[axis] = (d, size + low + high - (d + stride * (out - 1) + 1), stride - 1)
+    part = jax.lax.pad(jnp.where(first == d, grad, 0), jnp.zeros((), grad.dtype), config)
+    total = part if total is None else total + part
+  return jax.lax.slice_in_dim(total, low, low + size, 1, axis)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_pool_same(x: jax.Array, window: tuple, strides: tuple) -> jax.Array:
+  for axis, k, stride in _pool_axes(window, strides):
+    x, _ = _pool_pass(x, axis, k, stride)
   return x
+
+
+def _max_pool_same_fwd(x, window, strides):
+  return _max_pool_same(x, window, strides), x
+
+
+def _max_pool_same_bwd(window, strides, x, grad):
+  passes = []  # recomputed: cheaper than keeping each pass's output and arg-max
+  for axis, k, stride in _pool_axes(window, strides):
+    size = x.shape[axis]
+    x, first = _pool_pass(x, axis, k, stride)
+    passes.append((axis, k, stride, size, first))
+  for axis, k, stride, size, first in reversed(passes):
+    grad = _pool_pass_grad(grad, first, axis, k, stride, size)
+  return (grad,)
+
+
+_max_pool_same.defvjp(_max_pool_same_fwd, _max_pool_same_bwd)
 
 
 def global_average_pool(x: jax.Array) -> jax.Array:
