@@ -196,6 +196,7 @@ def test_cpu_convolutions_have_the_xla_convolution_s_values_and_gradients(shape)
     ((2, 5, 7, 6, 3), (3, 3, 3), (1, 1, 1)),
     ((2, 5, 7, 6, 3), (3, 3, 3), (2, 2, 2)),
     ((3, 11, 10, 2), (3, 3), (2, 2)),
+    ((3, 11, 10, 2), (2, 1), (3, 2)),
   ],
 )
 def test_max_pool_has_reduce_window_s_values_and_gradient(shape, window, strides):

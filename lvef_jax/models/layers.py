@@ -349,13 +349,32 @@ def _pool_pass(x: jax.Array, axis: int, k: int, stride: int) -> tuple[jax.Array,
 def _pool_pass_grad(grad, first, axis: int, k: int, stride: int, size: int) -> jax.Array:
   """Sends each output's gradient back to the input that held its maximum first."""
   out, (low, high) = _pool_geometry(size, k, stride)
-  total = None
-  for d in range(k):
-    config = [(0, 0, 0)] * grad.ndim
-    config[axis] = (d, size + low + high - (d + stride * (out - 1) + 1), stride - 1)
-    part = jax.lax.pad(jnp.where(first == d, grad, 0), jnp.zeros((), grad.dtype), config)
-    total = part if total is None else total + part
-  return jax.lax.slice_in_dim(total, low, low + size, 1, axis)
+  if stride == 1:
+    total = None
+    for d in range(k):
+      part = _shifted(jnp.where(first == d, grad, 0), d, k - 1 - d, axis)
+      total = part if total is None else total + part
+    return jax.lax.slice_in_dim(total, low, low + size, 1, axis)
+  # Strided: padded input position stride * j + r gathers from outputs j - m, for the taps
+  # d = r + stride * m. Each residue r is one slot of length ``slots``; interleaving the slots
+  # is a reshape. (Scattering with interior padding instead ran 20-30 % slower.)
+  slots, residues = -(-(size + low + high) // stride), []
+  for r in range(stride):
+    total = jnp.zeros((*grad.shape[:axis], slots, *grad.shape[axis + 1 :]), grad.dtype)
+    for d in range(r, k, stride):
+      m = (d - r) // stride
+      total = total + _shifted(jnp.where(first == d, grad, 0), m, slots - out - m, axis)
+    residues.append(total)
+  interleaved = jnp.stack(residues, axis=axis + 1)
+  interleaved = interleaved.reshape(*grad.shape[:axis], slots * stride, *grad.shape[axis + 1 :])
+  return jax.lax.slice_in_dim(interleaved, low, low + size, 1, axis)
+
+
+def _shifted(x: jax.Array, before: int, after: int, axis: int) -> jax.Array:
+  """``x`` with ``before`` zeros in front and ``after`` zeros behind along ``axis``."""
+  config = [(0, 0, 0)] * x.ndim
+  config[axis] = (before, after, 0)
+  return jax.lax.pad(x, jnp.zeros((), x.dtype), config)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
