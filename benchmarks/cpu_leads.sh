@@ -23,3 +23,10 @@ run xnn_graph_greedy "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUS
 run fast_math "--xla_cpu_enable_fast_math=true"
 run stem_conv "" --config.model.stem_impl=conv
 run bf16 "" --precision=bf16
+# One core each (taskset, from util-linux): the same step and the peer with one thread.
+if command -v taskset >/dev/null; then
+  echo '{"lead": "one_core", "xla_flags": ""}'
+  taskset -c 0 "$python" -m lvef_jax.bench --model=i3d_mini --batch=4 --steps="$steps"
+  taskset -c 0 "$python" benchmarks/torch_peer.py time --variant=mini --batch=4 --steps="$steps" \
+    --threads=1
+fi
