@@ -157,12 +157,19 @@ ECHONET_SPLITS = {"train": 7465, "val": 1288, "test": 1277}
 MAX_EPOCHS = 50
 
 
+def _step_flops(graphdef, tx, mesh, state, batch) -> float:
+  """FLOPs of the whole train step (before it is partitioned over the devices), from XLA's cost
+  analysis of a step lowered (not compiled) for this alone, traced without loops
+  (``layers.flop_counting``), so as not to share a timed step's trace."""
+  with layers.flop_counting():
+    cost = steps.make_train_step(graphdef, tx, mesh).lower(state, batch).cost_analysis()
+  return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
 def train_flops_per_clip(config) -> float:
-  """FLOPs of one train step per clip, from XLA's cost analysis of the lowered (not compiled)
-  step at the config's batch and clip shape."""
+  """FLOPs of one train step per clip at the config's batch and clip shape."""
   mesh = sharding.make_mesh()
   graphdef, state, tx = state_lib.create(config, steps_per_epoch=1000)
-  step = steps.make_train_step(graphdef, tx, mesh)
   data, batch_size = config.data, config.train.batch_size
   shapes = {
     "video": jax.ShapeDtypeStruct(
@@ -171,8 +178,7 @@ def train_flops_per_clip(config) -> float:
     "ef": jax.ShapeDtypeStruct((batch_size,), np.float32),
   }
   state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
-  with layers.flop_counting():
-    return float(step.lower(state, shapes).cost_analysis()["flops"]) / batch_size
+  return _step_flops(graphdef, tx, mesh, state, shapes) / batch_size
 
 
 def suite(sustained_tflops: float) -> list[dict]:
@@ -304,11 +310,7 @@ def benchmark(
     raise LvefError(f"--data={data_mode}: expected device, resident or tfdata")
   batch = next(batches)
 
-  # The whole step's FLOPs, before it is partitioned over the devices, from a step of its own
-  # traced without loops (``layers.flop_counting``), so as not to share the timed step's trace.
-  with layers.flop_counting():
-    cost = steps.make_train_step(graphdef, tx, mesh).lower(state, batch).cost_analysis()
-  flops_per_clip = float(cost.get("flops", 0.0)) / batch_size if cost else 0.0
+  flops_per_clip = _step_flops(graphdef, tx, mesh, state, batch) / batch_size
   start = time.perf_counter()
   state, out = train_step(state, batch)
   jax.block_until_ready(out)

@@ -323,7 +323,8 @@ def _pool_axes(window: Sequence[int], strides: Sequence[int]) -> list[tuple[int,
   return [(a, k, s) for a, (k, s) in enumerate(pairs, start=1) if not k == s == 1]
 
 
-def _pool_geometry(size: int, k: int, stride: int) -> tuple[int, tuple[int, int]]:
+def _same_geometry(size: int, k: int, stride: int) -> tuple[int, tuple[int, int]]:
+  """Output size and SAME padding of one axis, for a window ``k`` and a stride."""
   out = -(-size // stride)
   total = max((out - 1) * stride + k - size, 0)
   return out, (total // 2, total - total // 2)  # SAME: the odd one at the end
@@ -331,7 +332,7 @@ def _pool_geometry(size: int, k: int, stride: int) -> tuple[int, tuple[int, int]
 
 def _pool_pass(x: jax.Array, axis: int, k: int, stride: int) -> tuple[jax.Array, jax.Array]:
   """The maximum along one axis and, for each output, which of its ``k`` inputs held it first."""
-  out, pad = _pool_geometry(x.shape[axis], k, stride)
+  out, pad = _same_geometry(x.shape[axis], k, stride)
   pads = [(0, 0)] * x.ndim
   pads[axis] = pad
   padded = jnp.pad(x, pads, constant_values=-jnp.inf)
@@ -348,16 +349,11 @@ def _pool_pass(x: jax.Array, axis: int, k: int, stride: int) -> tuple[jax.Array,
 
 def _pool_pass_grad(grad, first, axis: int, k: int, stride: int, size: int) -> jax.Array:
   """Sends each output's gradient back to the input that held its maximum first."""
-  out, (low, high) = _pool_geometry(size, k, stride)
-  if stride == 1:
-    total = None
-    for d in range(k):
-      part = _shifted(jnp.where(first == d, grad, 0), d, k - 1 - d, axis)
-      total = part if total is None else total + part
-    return jax.lax.slice_in_dim(total, low, low + size, 1, axis)
-  # Strided: padded input position stride * j + r gathers from outputs j - m, for the taps
+  out, (low, high) = _same_geometry(size, k, stride)
+  # Padded input position stride * j + r gathers from outputs j - m, for the taps
   # d = r + stride * m. Each residue r is one slot of length ``slots``; interleaving the slots
-  # is a reshape. (Scattering with interior padding instead ran 20-30 % slower.)
+  # is a reshape (a no-op for stride 1). (Scattering with interior padding instead ran 20-30 %
+  # slower for strided pools.)
   slots, residues = -(-(size + low + high) // stride), []
   for r in range(stride):
     total = jnp.zeros((*grad.shape[:axis], slots, *grad.shape[axis + 1 :]), grad.dtype)
@@ -471,14 +467,9 @@ _IM2COL_CHUNK_ROWS = 4096
 
 
 def _same_pads(x_shape: Sequence[int], window: Sequence[int], strides: Sequence[int]):
-  """SAME padding (the odd pixel at the end, as XLA) and output size of each spatial axis."""
-  pads, outs = [], []
-  for size, k, stride in zip(x_shape[1:-1], window, strides):
-    out = -(-size // stride)
-    total = max((out - 1) * stride + k - size, 0)
-    pads.append((total // 2, total - total // 2))
-    outs.append(out)
-  return pads, outs
+  """SAME padding and output size of each spatial axis of a ``[B, *spatial, C]`` input."""
+  geometry = [_same_geometry(*axis) for axis in zip(x_shape[1:-1], window, strides)]
+  return [pad for _, pad in geometry], [out for out, _ in geometry]
 
 
 def _im2col_chunks(batch: int, outs: Sequence[int]) -> list[int]:
@@ -518,6 +509,7 @@ class _Im2col:
     self.xp = jnp.pad(x, [(0, 0), *pads, (0, 0)])
     self.chunks = _im2col_chunks(x.shape[0], self.outs)
     self.counts = [o // c for o, c in zip(self.outs, self.chunks)]
+    self.count = int(np.prod(self.counts))
     self.batch, self.features = x.shape[0], kernel.shape[-1]
 
   def patches(self, index: jax.Array) -> jax.Array:
@@ -555,7 +547,7 @@ def _im2col_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, ...]) -> j
 def _im2col_conv_fwd(x, kernel, strides):
   plan = _Im2col(x, kernel, strides)
   w = kernel.reshape(-1, kernel.shape[-1])
-  slabs = jax.lax.map(lambda i: plan.patches(i) @ w, jnp.arange(int(np.prod(plan.counts))))
+  slabs = jax.lax.map(lambda i: plan.patches(i) @ w, jnp.arange(plan.count))
   shape, perm = plan.slab_order()
   y = slabs.reshape(shape).transpose(perm).reshape(x.shape[0], *plan.outs, -1)
   return y, (x, kernel)
@@ -564,13 +556,10 @@ def _im2col_conv_fwd(x, kernel, strides):
 def _im2col_conv_bwd(strides, residuals, grad):
   x, kernel = residuals
   plan = _Im2col(x, kernel, strides)
-  _, perm = plan.slab_order()
-  split = [x.shape[0]] + [d for pair in zip(plan.counts, plan.chunks) for d in pair] + [-1]
-  grads = (
-    grad.reshape(split)
-    .transpose(np.argsort(perm))
-    .reshape(int(np.prod(plan.counts)), -1, grad.shape[-1])
-  )
+  shape, perm = plan.slab_order()
+  # The forward's reordering, undone: [B, count_1, chunk_1, ..., O] -> [slab, rows, O].
+  grads = grad.reshape([shape[axis] for axis in perm]).transpose(np.argsort(perm))
+  grads = grads.reshape(plan.count, -1, grad.shape[-1])
 
   def accumulate(dk, i):
     p = plan.patches(i)
@@ -580,7 +569,7 @@ def _im2col_conv_bwd(strides, residuals, grad):
     return dk + part, None
 
   zero = jnp.zeros((int(np.prod(kernel.shape[:-1])), kernel.shape[-1]), jnp.float32)
-  dk, _ = jax.lax.scan(accumulate, zero, jnp.arange(int(np.prod(plan.counts))))
+  dk, _ = jax.lax.scan(accumulate, zero, jnp.arange(plan.count))
   # The input's gradient (unused when the input is data, and then left out by XLA).
   dx = jax.vjp(lambda x: _im2col_plain(x, kernel, strides), x)[1](grad)[0]
   return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
