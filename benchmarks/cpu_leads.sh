@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}
+# Huge pages for malloc (lvef_jax/hostmem.py), for both frameworks; one lead below goes without.
+export GLIBC_TUNABLES="${GLIBC_TUNABLES-glibc.malloc.hugetlb=1}"
 steps="${STEPS:-3}"
 run() {  # run LABEL XLA_FLAGS [bench flags...]
   local label=$1 flags=$2
@@ -15,11 +17,15 @@ run() {  # run LABEL XLA_FLAGS [bench flags...]
   XLA_FLAGS="$flags" "$python" -m lvef_jax.bench --model=i3d_mini --batch=4 --steps="$steps" "$@"
 }
 run baseline "" --peer=torch
+GLIBC_TUNABLES= run malloc_4k_pages "" --peer=torch
 run onednn "--xla_cpu_use_onednn=true"
 run onednn_fusions "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_fusion_type=dot,eltwise,reduce"
 run onednn_custom_call "--xla_cpu_experimental_onednn_custom_call=true"
 run xnn_fusions "--xla_cpu_experimental_xnn_fusion_type=dot,eltwise,reduce"
 run xnn_graph_greedy "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY"
+run ynn_fusions "--xla_cpu_experimental_ynn_fusion_type=individual_dot,individual_convolution,eltwise,reduce"
+run fast_runtime_preset "--xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_RUNTIME"
+run no_xnnpack "--xla_cpu_use_xnnpack=false"
 run fast_math "--xla_cpu_enable_fast_math=true"
 run stem_conv "" --config.model.stem_impl=conv
 run bf16 "" --precision=bf16

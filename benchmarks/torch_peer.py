@@ -32,7 +32,9 @@ import argparse
 import importlib.util
 import json
 import math
+import os
 import pathlib
+import resource
 import sys
 import time
 from typing import Sequence
@@ -360,7 +362,9 @@ def benchmark(args) -> dict:
     return time.perf_counter() - start
 
   first = timed()  # includes torch.compile's compilation and cuDNN's autotuning, if any
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   times = [timed() for _ in range(args.steps)]
+  faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / args.steps
   step_s = float(np.median(times))
   return {
     "framework": f"torch-{torch.__version__}",
@@ -379,6 +383,8 @@ def benchmark(args) -> dict:
     "threads": torch.get_num_threads(),
     "compiled": bool(args.compile),
     "channels_last": bool(args.channels_last),
+    "page_faults_per_step": round(faults),
+    "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
   }
 
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -52,7 +53,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from lvef_jax import config_base, sharding
+from lvef_jax import config_base, hostmem, sharding
 from lvef_jax.errors import LvefError
 from lvef_jax.models import layers
 from lvef_jax.training import state as state_lib, steps
@@ -315,12 +316,14 @@ def benchmark(
   state, out = train_step(state, batch)
   jax.block_until_ready(out)
   first = time.perf_counter() - start
-  times = []
+  times, faults = [], hostmem.minor_page_faults()
   for _ in range(num_steps):
     start = time.perf_counter()
     state, out = train_step(state, next(batches))
     jax.block_until_ready(out)
     times.append(time.perf_counter() - start)
+  if faults is not None:
+    faults = round((hostmem.minor_page_faults() - faults) / num_steps)
   step = float(np.median(times))
   m = config.model
   achieved = flops_per_clip * batch_size / step / 1e12
@@ -345,6 +348,10 @@ def benchmark(
     "mfu": round(achieved / (peak * jax.device_count()), 6) if peak else None,
     "data": data_mode,
     "params": int(sum(x.size for x in jax.tree.leaves(state.params))),
+    # Host page faults a timed step (the input pipeline's included with --data=tfdata), and the
+    # malloc settings they depend on (lvef_jax/hostmem.py).
+    "page_faults_per_step": faults,
+    "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
     **stats,
   }
 
@@ -401,6 +408,9 @@ def _main():
   if PRECISION.value:
     config.model.dtype = {"fp32": "float32", "bf16": "bfloat16"}[PRECISION.value]
   batch = BATCH.value or config.train.batch_size
+  hint = hostmem.allocator_hint()
+  if hint:
+    print(f"note: {hint}", file=sys.stderr)
   ours = benchmark(config, batch, STEPS.value, PEAK.value, DATA.value)
   print(json.dumps(ours), flush=True)
   if PEER.value:

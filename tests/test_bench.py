@@ -1,12 +1,13 @@
 """The benchmark runs, and model/step/benchmark code stays free of TensorFlow."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-from lvef_jax import bench
+from lvef_jax import bench, hostmem
 from lvef_jax.models import layers
 from tests.conftest import ROOT, load_config, shrink
 
@@ -19,6 +20,8 @@ def test_benchmark_times_the_sharded_train_step():
   assert result["shape"] == [8, 16, 16, 1] and result["variant"] == "i3d_stem_conv2_1x1x1"
   assert result["step_s"] > 0
   assert result["clips_per_s"] == pytest.approx(8 / result["step_s"], rel=0.01)  # step_s is rounded
+  assert isinstance(result["page_faults_per_step"], int) and result["page_faults_per_step"] >= 0
+  assert result["glibc_tunables"] == os.environ.get("GLIBC_TUNABLES", "")
 
 
 def test_model_step_and_bench_code_never_import_tensorflow():
@@ -87,7 +90,7 @@ def test_benchmark_reports_flops_and_mfu_and_model_short_names():
     bench._model_config_argv(["b", "--model=nope"])
 
 
-def tiny_bench(*flags: str) -> subprocess.CompletedProcess:
+def tiny_bench(*flags: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
   """``python -m lvef_jax.bench`` with ``flags`` at a tiny clip shape (8x16x16, batch 8)."""
   return subprocess.run(
     [
@@ -104,15 +107,20 @@ def tiny_bench(*flags: str) -> subprocess.CompletedProcess:
     capture_output=True,
     text=True,
     timeout=300,
+    env=env,
   )
 
 
 def test_bench_command_line_with_a_model_name_and_overrides():
-  done = tiny_bench("--model=i3d_stem", "--precision=bf16")
+  # Started without glibc's tunables: where huge pages would help, the bench says how to ask.
+  env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+  done = tiny_bench("--model=i3d_stem", "--precision=bf16", env=env)
   assert done.returncode == 0, done.stderr[-2000:]
   result = json.loads(done.stdout.strip().splitlines()[-1])
   assert result["variant"] == "i3d_stem_conv2_1x1x1" and result["dtype"] == "bfloat16"
-  assert result["shape"] == [8, 16, 16, 1]
+  assert result["shape"] == [8, 16, 16, 1] and result["glibc_tunables"] == ""
+  hint = hostmem.allocator_hint(env, backend="cpu")
+  assert (f"GLIBC_TUNABLES={hostmem.TUNABLE}" in done.stderr) == (hint is not None)
 
 
 @pytest.mark.parametrize("data_mode", ["resident", "tfdata"])
