@@ -156,7 +156,11 @@ def _assert_same_values_and_gradients(fast, x, kernel, strides):
 
 @pytest.mark.parametrize(
   "shape,window,strides",
-  [((3, 9, 13, 11, 1), (7, 7, 7), (2, 2, 2)), ((3, 15, 12, 2), (7, 7), (2, 2))],
+  [
+    ((3, 9, 13, 11, 1), (7, 7, 7), (2, 2, 2)),
+    ((2, 10, 9, 11, 3), (5, 3, 7), (3, 1, 2)),  # taps folded with 3 channels, uneven strides
+    ((3, 15, 12, 2), (7, 7), (2, 2)),
+  ],
 )
 def test_im2col_slabs_have_the_xla_convolution_s_values_and_gradients(
   monkeypatch, shape, window, strides

@@ -431,11 +431,12 @@ def conv_im2col(x: jax.Array, conv_layer: nnx.Conv, strides: Sequence[int]) -> j
   matmul speed, and gathering the patches is cheap because the input has a single channel; on
   GPUs the cuDNN convolution is the better choice (see ``stem_impl`` in the I3D body).
 
-  The output is computed a slab at a time (``_im2col_chunks``), inside a loop, so that each
-  slab's patches stay in the CPU's cache between their gathering and their matmul; the kernel
-  gradient gathers them again, slab by slab, instead of keeping them all (hundreds of MB for
-  the I3D stem). Both made the stem's forward and kernel gradient three times as fast
-  (docs/benchmarks.md).
+  The kernel gradient is computed a slab of output rows at a time (``_im2col_chunks``), inside
+  a loop, so that each slab's patches stay in the CPU's cache between their gathering and their
+  matmul, instead of keeping the patches of the whole batch (hundreds of MB for the I3D stem).
+  The forward is one 2-D XLA convolution with a 3-D kernel's temporal taps folded into the
+  input channels (``_conv_taps_in_channels``): with several channels XLA:CPU's convolution is
+  fast, and it beat the patches' matmuls (docs/benchmarks.md).
   """
   kernel = conv_layer.kernel[...].astype(x.dtype)
   strides = tuple(int(s) for s in strides)
@@ -545,12 +546,29 @@ def _im2col_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, ...]) -> j
 
 
 def _im2col_conv_fwd(x, kernel, strides):
-  plan = _Im2col(x, kernel, strides)
-  w = kernel.reshape(-1, kernel.shape[-1])
-  slabs = jax.lax.map(lambda i: plan.patches(i) @ w, jnp.arange(plan.count))
-  shape, perm = plan.slab_order()
-  y = slabs.reshape(shape).transpose(perm).reshape(x.shape[0], *plan.outs, -1)
-  return y, (x, kernel)
+  return _conv_taps_in_channels(x, kernel, strides), (x, kernel)
+
+
+def _conv_taps_in_channels(x: jax.Array, kernel: jax.Array, strides: Sequence[int]) -> jax.Array:
+  """A strided SAME convolution (2-D or 3-D) as one 2-D XLA convolution, a 3-D kernel's
+  temporal taps folded into the input channels: each output frame reads its ``k_t`` input
+  frames side by side. XLA:CPU runs this forward faster than the patches' matmuls."""
+  pads, outs = _same_pads(x.shape, kernel.shape[:-2], strides)
+  folded = kernel.ndim == 5
+  if folded:
+    taps, stride = kernel.shape[0], strides[0]
+    xp = jnp.pad(x, [(0, 0), pads[0], (0, 0), (0, 0), (0, 0)])
+    views = [
+      jax.lax.slice_in_dim(xp, d, d + stride * (outs[0] - 1) + 1, stride, 1) for d in range(taps)
+    ]
+    x = jnp.concatenate(views, axis=-1)  # [B, T_out, H, W, taps * C], features (d, c)
+    x = x.reshape(-1, *x.shape[2:])
+    kernel = jnp.moveaxis(kernel, 0, 2).reshape(*kernel.shape[1:3], -1, kernel.shape[-1])
+    pads, strides = pads[1:], strides[1:]
+  y = jax.lax.conv_general_dilated(
+    x, kernel, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+  return y.reshape(-1, outs[0], *y.shape[1:]) if folded else y
 
 
 def _im2col_conv_bwd(strides, residuals, grad):
