@@ -274,3 +274,33 @@ def test_glorot_uniform_is_deterministic_and_bounded():
 def test_orthogonal_init_is_orthogonal():
   q = np.asarray(layers.orthogonal(jax.random.key(0), (16, 48)))
   np.testing.assert_allclose(q @ q.T, np.eye(16), atol=1e-5)
+
+
+def test_pointwise_blocks_as_one_matmul_equal_the_blocks_one_by_one():
+  def block(i, o, k, seed):
+    return layers.ConvNormAct(
+      i, o, k, norm="batch", bn_momentum=0.9, dtype=jnp.float32, rngs=nnx.Rngs(seed)
+    )
+
+  blocks = [block(6, 4, 1, 0), block(6, 3, 1, 1), block(6, 5, 1, 2)]
+  x = jax.random.normal(jax.random.key(0), (2, 3, 5, 5, 6))
+  graphdef, state = nnx.split(blocks)
+
+  def run(state, x, fused):
+    blocks = nnx.merge(graphdef, state)
+    if fused:
+      ys = layers.pointwise_norm_act(blocks, x, train=True)
+    else:
+      ys = [b(x, train=True) for b in blocks]
+    return sum(jnp.sum(y * jnp.arange(y.shape[-1])) for y in ys), ys
+
+  (want, want_ys), want_grads = jax.value_and_grad(run, argnums=(0, 1), has_aux=True)(
+    state, x, False
+  )
+  (got, got_ys), got_grads = jax.value_and_grad(run, argnums=(0, 1), has_aux=True)(state, x, True)
+  for g, w in zip(got_ys, want_ys, strict=True):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+  for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="not a pointwise convolution"):
+    layers.pointwise_norm_act([blocks[0], block(6, 4, 3, 3)], x, train=True)

@@ -48,13 +48,16 @@ class Inception(nnx.Module):
     self.out_features = b1 + b2 + b3 + pool_proj
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    y2, y3 = x, x
-    for block in self.branch2:
+    # The three pointwise convolutions that read x, as one matmul.
+    y1, y2, y3 = layers.pointwise_norm_act(
+      [self.branch1, self.branch2[0], self.branch3[0]], x, train=train
+    )
+    for block in self.branch2[1:]:
       y2 = block(y2, train=train)
-    for block in self.branch3:
+    for block in self.branch3[1:]:
       y3 = block(y3, train=train)
     y4 = self.branch4(layers.max_pool(x, (3,) * self.ndim, (1,) * self.ndim), train=train)
-    return jnp.concatenate([self.branch1(x, train=train), y2, y3, y4], axis=-1)
+    return jnp.concatenate([y1, y2, y3, y4], axis=-1)
 
 
 def resolve_stem_impl(stem_impl: str) -> str:

@@ -297,6 +297,22 @@ class ConvNormAct(nnx.Module):
     return jax.nn.relu(self.norm(self.conv(x), train=train))
 
 
+def pointwise_norm_act(blocks: Sequence[ConvNormAct], x: jax.Array, *, train: bool) -> list:
+  """``[block(x, train=train) for block in blocks]`` for :class:`ConvNormAct` blocks whose
+  convolutions are pointwise (1x1 or 1x1x1, no bias), their kernels side by side in one matmul:
+  one pass over ``x`` instead of one per block, forward and backward (docs/benchmarks.md)."""
+  dtype = blocks[0].conv.dtype or x.dtype
+  kernels = []
+  for block in blocks:
+    kernel = block.conv.kernel[...]
+    if any(k != 1 for k in kernel.shape[:-2]) or block.conv.bias is not None:
+      raise ValueError(f"not a pointwise convolution without bias: kernel {kernel.shape}")
+    kernels.append(kernel.reshape(kernel.shape[-2:]).astype(dtype))
+  y = jnp.dot(x.astype(dtype), jnp.concatenate(kernels, axis=-1))
+  parts = jnp.split(y, np.cumsum([k.shape[-1] for k in kernels])[:-1], axis=-1)
+  return [jax.nn.relu(b.norm(part, train=train)) for b, part in zip(blocks, parts)]
+
+
 def max_pool(
   x: jax.Array, window: Sequence[int], strides: Sequence[int], padding: str = "SAME"
 ) -> jax.Array:
