@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 EXTRAS ?= test
 
 # glibc's malloc asks for transparent huge pages: XLA:CPU maps each step's temporaries afresh,
-# and in 4 KiB pages that costs a fifth of a step (lvef_jax/hostmem.py). Read at process start.
+# and in 4 KiB pages that costs a fifth of a step's CPU time (lvef_jax/hostmem.py). Read at process start.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
 .PHONY: install demo test lint format clean

@@ -4,9 +4,9 @@ XLA:CPU allocates one buffer for all of a step's temporaries when the step start
 when the step ends: 531 MB for I3D-mini's batch-4 train step. glibc's malloc serves a request
 that large with a fresh ``mmap`` and returns it with ``munmap``, so the kernel maps (and zeroes)
 every 4 KiB page of it again in every step: 139,000 page faults a step on the development
-machine, a fifth of the step's time (docs/benchmarks.md, "The host allocator"). Where the
+machine, a fifth of the step's CPU time (docs/benchmarks.md, "The host allocator"). Where the
 kernel offers transparent huge pages on request (``madvise``, the usual default), glibc's
-tunable ``glibc.malloc.hugetlb=1`` asks for them, and a step then faults a few hundred times.
+tunable ``glibc.malloc.hugetlb=1`` asks for them, and a step then faults 700 to 2,700 times.
 
 A tunable is read when the process starts, so it cannot be set from Python:
 ``make demo``, ``make test`` and ``benchmarks/cpu_leads.sh`` export it, and
