@@ -101,15 +101,17 @@ def _fixed_batch(batch_size, frames, size):
 
 
 @pytest.mark.parametrize(
-  "spec",
+  "spec,num_steps",
   [
-    "two_stream:norm=layer",
-    "fusion:kind=single_input",
-    "fusion:kind=new_combination,norm=layer",
-    "cnn_rnn:backbone=i3d_mini_2d,rnn=lstm,norm=mixed",
+    ("two_stream:norm=layer", 30),
+    ("fusion:kind=single_input", 30),
+    ("fusion:kind=new_combination,norm=layer", 30),
+    # The CNN-RNN learns this batch more slowly: after 30 steps its loss sat at half the first
+    # (0.497-0.505 of it, as float rounding changed); after 50 at about a third (0.36).
+    ("cnn_rnn:backbone=i3d_mini_2d,rnn=lstm,norm=mixed", 50),
   ],
 )
-def test_train_steps_lower_the_loss_on_a_fixed_batch(spec):
+def test_train_steps_lower_the_loss_on_a_fixed_batch(spec, num_steps):
   config = _config(spec)
   config.train.update(learning_rate=3e-3, grad_clip_norm=0.0)
   mesh = sharding.make_mesh()
@@ -118,7 +120,7 @@ def test_train_steps_lower_the_loss_on_a_fixed_batch(spec):
   train_step = steps.make_train_step(graphdef, tx, mesh)
   batch = sharding.shard_batch(_fixed_batch(8, 8, 16), mesh)
   losses = []
-  for _ in range(30):
+  for _ in range(num_steps):
     state, out = train_step(state, batch)
     losses.append(float(out["loss"]))
   assert np.isfinite(losses).all()
