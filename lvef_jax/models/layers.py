@@ -294,7 +294,11 @@ class ConvNormAct(nnx.Module):
     self.norm = Norm(features, norm, momentum=bn_momentum, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    return jax.nn.relu(self.norm(self.conv(x), train=train))
+    return self.norm_act(self.conv(x), train=train)
+
+  def norm_act(self, y: jax.Array, *, train: bool) -> jax.Array:
+    """The norm and ReLU that follow the convolution."""
+    return jax.nn.relu(self.norm(y, train=train))
 
 
 def pointwise_norm_act(blocks: Sequence[ConvNormAct], x: jax.Array, *, train: bool) -> list:
@@ -310,7 +314,7 @@ def pointwise_norm_act(blocks: Sequence[ConvNormAct], x: jax.Array, *, train: bo
     kernels.append(kernel.reshape(kernel.shape[-2:]).astype(dtype))
   y = jnp.dot(x.astype(dtype), jnp.concatenate(kernels, axis=-1))
   parts = jnp.split(y, np.cumsum([k.shape[-1] for k in kernels])[:-1], axis=-1)
-  return [jax.nn.relu(b.norm(part, train=train)) for b, part in zip(blocks, parts)]
+  return [block.norm_act(part, train=train) for block, part in zip(blocks, parts)]
 
 
 def max_pool(
@@ -527,7 +531,7 @@ class _Im2col:
     self.chunks = _im2col_chunks(x.shape[0], self.outs)
     self.counts = [o // c for o, c in zip(self.outs, self.chunks)]
     self.count = int(np.prod(self.counts))
-    self.batch, self.features = x.shape[0], kernel.shape[-1]
+    self.batch = x.shape[0]
 
   def patches(self, index: jax.Array) -> jax.Array:
     """Slab ``index`` (row-major over ``counts``) as ``[rows, prod(window) * C]``."""
@@ -541,13 +545,15 @@ class _Im2col:
     p = _patches(piece, self.window, self.strides, self.chunks)
     return p.reshape(-1, p.shape[-1])
 
-  def slab_order(self) -> tuple[list[int], list[int]]:
-    """The shape ``[*counts, B, *chunks, O]`` of the slabs' outputs and its permutation to
-    ``[B, count_1, chunk_1, ..., count_n, chunk_n, O]``."""
+  def as_slabs(self, y: jax.Array) -> jax.Array:
+    """An output-shaped ``[B, *outs, O]`` array as ``[count, rows, O]``: slab ``i``'s rows in
+    the order of :meth:`patches` ``(i)``."""
     n = len(self.outs)
-    shape = [*self.counts, self.batch, *self.chunks, self.features]
-    perm = [n] + [i for axis in range(n) for i in (axis, n + 1 + axis)] + [2 * n + 1]
-    return shape, perm
+    split = [self.batch] + [d for pair in zip(self.counts, self.chunks) for d in pair]
+    # [B, count_1, chunk_1, ..., count_n, chunk_n, O] -> [*counts, B, *chunks, O]
+    perm = [1 + 2 * axis for axis in range(n)] + [0] + [2 + 2 * axis for axis in range(n)]
+    y = y.reshape(*split, y.shape[-1]).transpose(*perm, 2 * n + 1)
+    return y.reshape(self.count, -1, y.shape[-1])
 
 
 def _im2col_plain(x: jax.Array, kernel: jax.Array, strides: Sequence[int]) -> jax.Array:
@@ -590,10 +596,7 @@ def _conv_taps_in_channels(x: jax.Array, kernel: jax.Array, strides: Sequence[in
 def _im2col_conv_bwd(strides, residuals, grad):
   x, kernel = residuals
   plan = _Im2col(x, kernel, strides)
-  shape, perm = plan.slab_order()
-  # The forward's reordering, undone: [B, count_1, chunk_1, ..., O] -> [slab, rows, O].
-  grads = grad.reshape([shape[axis] for axis in perm]).transpose(np.argsort(perm))
-  grads = grads.reshape(plan.count, -1, grad.shape[-1])
+  grads = plan.as_slabs(grad)
 
   def accumulate(dk, i):
     p = plan.patches(i)
