@@ -24,7 +24,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lvef_jax import distributed
+from lvef_jax import cpu_backend, distributed
 from lvef_jax.errors import LvefError
 
 WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, plots).")
@@ -186,6 +186,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cpu_backend.configure()  # before JAX starts its backends
   distributed.initialize(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)
   if LIST_EXPERIMENTS.value:
     from lvef_jax import experiments

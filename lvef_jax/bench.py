@@ -53,7 +53,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from lvef_jax import config_base, hostmem, sharding
+from lvef_jax import config_base, cpu_backend, hostmem, sharding
 from lvef_jax.errors import LvefError
 from lvef_jax.models import layers
 from lvef_jax.training import state as state_lib, steps
@@ -352,6 +352,7 @@ def benchmark(
     # malloc settings they depend on (lvef_jax/hostmem.py).
     "page_faults_per_step": faults,
     "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
     **stats,
   }
 
@@ -392,6 +393,7 @@ def torch_peer(config, batch_size: int, num_steps: int, params: int, compile_: b
 
 def main(argv):
   del argv
+  cpu_backend.configure()  # before JAX starts its backends
   try:
     _main()
   except LvefError as e:

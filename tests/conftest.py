@@ -15,6 +15,11 @@ for _flag in _FLAGS:
   if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
+# And the flag the entry points set (lvef_jax/cpu_backend.py), so that tests run what users run.
+from lvef_jax import cpu_backend  # noqa: E402
+
+cpu_backend.configure()
+
 import pathlib  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402

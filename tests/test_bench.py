@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from lvef_jax import bench, hostmem
+from lvef_jax import bench, cpu_backend, hostmem
 from lvef_jax.models import layers
 from tests.conftest import ROOT, load_config, shrink
 
@@ -113,12 +113,15 @@ def tiny_bench(*flags: str, env: dict[str, str] | None = None) -> subprocess.Com
 
 def test_bench_command_line_with_a_model_name_and_overrides():
   # Started without glibc's tunables: where huge pages would help, the bench says how to ask.
+  # And without the XLA flag of lvef_jax/cpu_backend.py, which the bench sets for itself.
   env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+  env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(cpu_backend.FLAG, "").strip()
   done = tiny_bench("--model=i3d_stem", "--precision=bf16", env=env)
   assert done.returncode == 0, done.stderr[-2000:]
   result = json.loads(done.stdout.strip().splitlines()[-1])
   assert result["variant"] == "i3d_stem_conv2_1x1x1" and result["dtype"] == "bfloat16"
   assert result["shape"] == [8, 16, 16, 1] and result["glibc_tunables"] == ""
+  assert result["xla_flags"] == f"{env['XLA_FLAGS']} {cpu_backend.FLAG}".strip()
   hint = hostmem.allocator_hint(env, backend="cpu")
   assert (f"GLIBC_TUNABLES={hostmem.TUNABLE}" in done.stderr) == (hint is not None)
 
