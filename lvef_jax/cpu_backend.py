@@ -48,3 +48,21 @@ def configure(environ: MutableMapping[str, str] | None = None) -> bool:
       )
   environ["XLA_FLAGS"] = f"{flags} {FLAG}".strip()
   return True
+
+
+def hint(environ: dict[str, str] | None = None, backend: str | None = None) -> str | None:
+  """What to do for faster convolutions on XLA's CPU backend, or None where nothing would help:
+  another backend, or ``XLA_FLAGS`` (default: this process's) already choosing YNNPACK's fusion
+  types. For code that trains without the entry points, which set the flag themselves."""
+  if backend is None:
+    import jax
+
+    backend = jax.default_backend()
+  environ = os.environ if environ is None else environ
+  if backend != "cpu" or YNN_FLAG in environ.get("XLA_FLAGS", ""):
+    return None
+  return (
+    f"XLA:CPU's default library ran convolutions on one core; call "
+    f"lvef_jax.cpu_backend.configure() before JAX starts (launch.py does), or add {FLAG} to "
+    f"XLA_FLAGS, for faster convolutions (docs/benchmarks.md, 'YNNPACK's convolutions')"
+  )

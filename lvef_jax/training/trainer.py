@@ -25,7 +25,7 @@ from lvef_jax.data import device_data, pipeline
 from lvef_jax.errors import ConfigError, NonFiniteLossError
 from lvef_jax.evaluation import evaluator, metrics
 from lvef_jax.reporting import plots, results as run_files, tensorboard
-from lvef_jax import checkpoints, config_base, hostmem, sharding
+from lvef_jax import checkpoints, config_base, cpu_backend, hostmem, sharding
 from lvef_jax.training import state as state_lib, steps
 
 METRICS_FILE = "metrics.jsonl"
@@ -411,9 +411,9 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, overwrite: bool =
   is_main = jax.process_index() == 0
   if is_main:
     check_workdir(config, pathlib.Path(workdir), overwrite)
-  hint = hostmem.allocator_hint()
-  if hint and is_main:
-    logging.info(hint)
+  for hint in (hostmem.allocator_hint(), cpu_backend.hint()):
+    if hint and is_main:
+      logging.info(hint)
   exp = build_experiment(config, workdir)
   if is_main:
     exp.workdir.mkdir(parents=True, exist_ok=True)
