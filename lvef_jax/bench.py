@@ -55,7 +55,6 @@ from ml_collections import config_flags
 
 from lvef_jax import config_base, cpu_backend, hostmem, sharding
 from lvef_jax.errors import LvefError
-from lvef_jax.models import layers
 from lvef_jax.training import state as state_lib, steps
 
 # Short names of the registry's models: family config file and its argument.
@@ -160,10 +159,9 @@ MAX_EPOCHS = 50
 
 def _step_flops(graphdef, tx, mesh, state, batch) -> float:
   """FLOPs of the whole train step (before it is partitioned over the devices), from XLA's cost
-  analysis of a step lowered (not compiled) for this alone, traced without loops
-  (``layers.flop_counting``), so as not to share a timed step's trace."""
-  with layers.flop_counting():
-    cost = steps.make_train_step(graphdef, tx, mesh).lower(state, batch).cost_analysis()
+  analysis of a step lowered (not compiled) for this alone, so as not to share a timed step's
+  trace."""
+  cost = steps.make_train_step(graphdef, tx, mesh).lower(state, batch).cost_analysis()
   return float(cost.get("flops", 0.0)) if cost else 0.0
 
 

@@ -79,7 +79,8 @@ class Body(nnx.Module):
     bn_momentum: BatchNorm running-average momentum.
     dtype: computation dtype; parameters stay float32.
     stem_impl: how the 7x7x7 stem convolution runs: ``"conv"`` (XLA convolution),
-      ``"im2col"`` (patches + matmul, same result, several times faster on CPUs) or ``"auto"``.
+      ``"im2col"`` (the temporal taps as input channels of one 2-D convolution, same result,
+      several times faster on CPUs; ``layers.conv_im2col``) or ``"auto"``.
     in_features: channels of the input (1 for grey clips).
   """
 

@@ -8,7 +8,6 @@ channels-last tensors with any number of spatial axes: ``[B, T, H, W, C]`` for t
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 from typing import Sequence
@@ -444,47 +443,23 @@ def dropout_keys(key: jax.Array | None, count: int) -> list:
 
 
 def conv_im2col(x: jax.Array, conv_layer: nnx.Conv, strides: Sequence[int]) -> jax.Array:
-  """Applies ``conv_layer`` (a SAME-padded ``nnx.Conv``, 2-D or 3-D) as patches plus matmuls.
+  """Applies ``conv_layer`` (a SAME-padded ``nnx.Conv``, 2-D or 3-D) with ``strides`` as one
+  2-D XLA convolution, a 3-D kernel's temporal taps folded into the input channels
+  (``_conv_taps_in_channels``).
 
-  Exactly the convolution ``conv_layer(x)`` computes, with the same parameters. XLA's CPU
-  backend runs convolutions with one input channel (the I3D stem) at a small fraction of its
-  matmul speed, and gathering the patches is cheap because the input has a single channel; on
-  GPUs the cuDNN convolution is the better choice (see ``stem_impl`` in the I3D body).
-
-  The kernel gradient is computed a slab of output rows at a time (``_im2col_chunks``), inside
-  a loop, so that each slab's patches stay in the CPU's cache between their gathering and their
-  matmul, instead of keeping the patches of the whole batch (hundreds of MB for the I3D stem).
-  The forward is one 2-D XLA convolution with a 3-D kernel's temporal taps folded into the
-  input channels (``_conv_taps_in_channels``): with several channels XLA:CPU's convolution is
-  fast, and it beat the patches' matmuls (docs/benchmarks.md).
+  Exactly the convolution ``conv_layer(x)`` computes, with the same parameters, up to float
+  rounding. It is the CPU's way to run the I3D stem (``stem_impl=im2col`` in the I3D body; on
+  GPUs cuDNN's 3-D convolution is the better choice). XLA:CPU's 3-D convolution of the stem's
+  single input channel is slow; folded, the 7x7 stride-2 convolution has 7 channels, and with
+  XLA's own convolutions (``lvef_jax/cpu_backend.py``) its forward and kernel gradient took
+  86 ms: 132 ms with the kernel gradient as patches and matmuls (im2col, which gave the option
+  its name), and about 0.9 s as a 3-D convolution (docs/benchmarks.md).
   """
   kernel = conv_layer.kernel[...].astype(x.dtype)
-  strides = tuple(int(s) for s in strides)
-  y = _im2col_plain(x, kernel, strides) if _FLOP_COUNTING else _im2col_conv(x, kernel, strides)
+  y = _conv_taps_in_channels(x, kernel, tuple(int(s) for s in strides))
   if conv_layer.bias is not None:
     y = y + conv_layer.bias[...].astype(y.dtype)
   return y
-
-
-_FLOP_COUNTING = False
-
-
-@contextlib.contextmanager
-def flop_counting():
-  """While active, models trace without loops, for XLA's cost analysis: it counts a loop's body
-  once, not once per iteration, so the slabbed im2col would count 1/56 of the I3D stem. The
-  computation is the same; only how it is split differs."""
-  global _FLOP_COUNTING
-  previous, _FLOP_COUNTING = _FLOP_COUNTING, True
-  try:
-    yield
-  finally:
-    _FLOP_COUNTING = previous
-
-
-# The most patch rows (output positions, over the whole batch) that one slab gathers at a time.
-# On the 2-core development CPU the I3D stem was fastest at about 3,000 (docs/benchmarks.md).
-_IM2COL_CHUNK_ROWS = 4096
 
 
 def _same_pads(x_shape: Sequence[int], window: Sequence[int], strides: Sequence[int]):
@@ -493,88 +468,10 @@ def _same_pads(x_shape: Sequence[int], window: Sequence[int], strides: Sequence[
   return [pad for _, pad in geometry], [out for out, _ in geometry]
 
 
-def _im2col_chunks(batch: int, outs: Sequence[int]) -> list[int]:
-  """Slab size along each spatial output axis: whole axes from the innermost outwards, then the
-  largest divisor of the next axis that keeps a slab within ``_IM2COL_CHUNK_ROWS`` rows."""
-  chunks = list(outs)
-  for axis in range(len(outs) - 1):  # the innermost axis stays whole: contiguous rows
-    if batch * int(np.prod(chunks)) <= _IM2COL_CHUNK_ROWS:
-      break
-    rest = batch * int(np.prod(chunks[axis + 1 :]))
-    fits = [
-      d for d in range(1, outs[axis] + 1) if outs[axis] % d == 0 and d * rest <= _IM2COL_CHUNK_ROWS
-    ]
-    chunks[axis] = max(fits, default=1)
-  return chunks
-
-
-def _patches(xp: jax.Array, window: Sequence[int], strides: Sequence[int], outs: Sequence[int]):
-  """The ``[B, *outs, prod(window) * C]`` patches of an already padded ``xp``."""
-  # Gather one axis at a time, innermost first, so that the features end up ordered
-  # (d_1, ..., d_n, c_in) like the kernel's (*window, I, O) layout: 21 slices instead of 343.
-  for axis in range(len(window), 0, -1):
-    k, stride, out = window[axis - 1], strides[axis - 1], outs[axis - 1]
-    xp = jnp.concatenate(
-      [jax.lax.slice_in_dim(xp, d, d + stride * (out - 1) + 1, stride, axis) for d in range(k)],
-      axis=-1,
-    )
-  return xp
-
-
-class _Im2col:
-  """The slabs of one strided SAME convolution: where each starts and how to gather it."""
-
-  def __init__(self, x: jax.Array, kernel: jax.Array, strides: Sequence[int]):
-    self.window, self.strides = kernel.shape[:-2], strides
-    pads, self.outs = _same_pads(x.shape, self.window, strides)
-    self.xp = jnp.pad(x, [(0, 0), *pads, (0, 0)])
-    self.chunks = _im2col_chunks(x.shape[0], self.outs)
-    self.counts = [o // c for o, c in zip(self.outs, self.chunks)]
-    self.count = int(np.prod(self.counts))
-    self.batch = x.shape[0]
-
-  def patches(self, index: jax.Array) -> jax.Array:
-    """Slab ``index`` (row-major over ``counts``) as ``[rows, prod(window) * C]``."""
-    starts, sizes, rest = [0], [self.batch], index
-    for axis in reversed(range(len(self.outs))):
-      starts.insert(1, (rest % self.counts[axis]) * self.chunks[axis] * self.strides[axis])
-      rest = rest // self.counts[axis]
-    for c, k, stride in zip(self.chunks, self.window, self.strides):
-      sizes.append(stride * (c - 1) + k)
-    piece = jax.lax.dynamic_slice(self.xp, starts + [0], sizes + [self.xp.shape[-1]])
-    p = _patches(piece, self.window, self.strides, self.chunks)
-    return p.reshape(-1, p.shape[-1])
-
-  def as_slabs(self, y: jax.Array) -> jax.Array:
-    """An output-shaped ``[B, *outs, O]`` array as ``[count, rows, O]``: slab ``i``'s rows in
-    the order of :meth:`patches` ``(i)``."""
-    n = len(self.outs)
-    split = [self.batch] + [d for pair in zip(self.counts, self.chunks) for d in pair]
-    # [B, count_1, chunk_1, ..., count_n, chunk_n, O] -> [*counts, B, *chunks, O]
-    perm = [1 + 2 * axis for axis in range(n)] + [0] + [2 + 2 * axis for axis in range(n)]
-    y = y.reshape(*split, y.shape[-1]).transpose(*perm, 2 * n + 1)
-    return y.reshape(self.count, -1, y.shape[-1])
-
-
-def _im2col_plain(x: jax.Array, kernel: jax.Array, strides: Sequence[int]) -> jax.Array:
-  pads, outs = _same_pads(x.shape, kernel.shape[:-2], strides)
-  xp = jnp.pad(x, [(0, 0), *pads, (0, 0)])
-  return _patches(xp, kernel.shape[:-2], strides, outs) @ kernel.reshape(-1, kernel.shape[-1])
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _im2col_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, ...]) -> jax.Array:
-  return _im2col_conv_fwd(x, kernel, strides)[0]
-
-
-def _im2col_conv_fwd(x, kernel, strides):
-  return _conv_taps_in_channels(x, kernel, strides), (x, kernel)
-
-
 def _conv_taps_in_channels(x: jax.Array, kernel: jax.Array, strides: Sequence[int]) -> jax.Array:
   """A strided SAME convolution (2-D or 3-D) as one 2-D XLA convolution, a 3-D kernel's
   temporal taps folded into the input channels: each output frame reads its ``k_t`` input
-  frames side by side. XLA:CPU runs this forward faster than the patches' matmuls."""
+  frames side by side. Its gradients are XLA's own."""
   pads, outs = _same_pads(x.shape, kernel.shape[:-2], strides)
   folded = kernel.ndim == 5
   if folded:
@@ -591,28 +488,6 @@ def _conv_taps_in_channels(x: jax.Array, kernel: jax.Array, strides: Sequence[in
     x, kernel, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
   )
   return y.reshape(-1, outs[0], *y.shape[1:]) if folded else y
-
-
-def _im2col_conv_bwd(strides, residuals, grad):
-  x, kernel = residuals
-  plan = _Im2col(x, kernel, strides)
-  grads = plan.as_slabs(grad)
-
-  def accumulate(dk, i):
-    p = plan.patches(i)
-    part = jax.lax.dot_general(
-      p, grads[i], (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32
-    )
-    return dk + part, None
-
-  zero = jnp.zeros((int(np.prod(kernel.shape[:-1])), kernel.shape[-1]), jnp.float32)
-  dk, _ = jax.lax.scan(accumulate, zero, jnp.arange(plan.count))
-  # The input's gradient (unused when the input is data, and then left out by XLA).
-  dx = jax.vjp(lambda x: _im2col_plain(x, kernel, strides), x)[1](grad)[0]
-  return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
-
-
-_im2col_conv.defvjp(_im2col_conv_fwd, _im2col_conv_bwd)
 
 
 class EFModel(nnx.Module):
