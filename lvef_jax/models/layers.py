@@ -151,7 +151,8 @@ class Conv(nnx.Conv):
     (and their gradients) 1.5 to 3 times as fast as 3-D ones. On GPUs cuDNN's 3-D convolution
     is kept;
   - on the CPU, the kernel gradient of such 2-D convolutions (the taps, and the 2-D CNNs' own)
-    is summed over groups of frames, which XLA's CPU backend computes faster.
+    is summed over groups of frames, which YNNPACK's convolutions computed faster (XLA's own,
+    which the entry points choose, are as fast either way).
   """
 
   def _plain(self) -> bool:
@@ -224,7 +225,8 @@ def _conv2d_same_fwd(x, kernel):
 # The kernel gradient of a 2-D convolution is summed over groups of at most this many frames.
 # XLA:CPU computes it as a convolution with the whole frame as its window, and for the I3D-mini
 # maps (56 frames of 14x14 or 28x28) that ran 25-45 % faster in groups of 4-14 frames than over
-# all frames at once (docs/benchmarks.md).
+# all frames at once (docs/benchmarks.md). That was with YNNPACK's convolutions; with XLA's own,
+# which the entry points choose (lvef_jax/cpu_backend.py), the groups neither help nor hurt.
 _WGRAD_CHUNK = 8
 
 
