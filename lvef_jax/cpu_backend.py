@@ -20,7 +20,7 @@ computations on the CPU only: on GPUs it changes nothing.
 from __future__ import annotations
 
 import os
-from typing import MutableMapping
+from typing import Mapping, MutableMapping
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 FLAG = f"{YNN_FLAG}=-individual_convolution"
@@ -35,8 +35,7 @@ def configure(environ: MutableMapping[str, str] | None = None) -> bool:
   """
   own = environ is None
   environ = os.environ if environ is None else environ
-  flags = environ.get("XLA_FLAGS", "")
-  if YNN_FLAG in flags:
+  if _chooses_ynn(environ):
     return False
   if own:
     from jax._src import xla_bridge
@@ -46,11 +45,16 @@ def configure(environ: MutableMapping[str, str] | None = None) -> bool:
         "lvef_jax.cpu_backend.configure() must run before JAX starts its backends "
         "(the first computation or device query)"
       )
-  environ["XLA_FLAGS"] = f"{flags} {FLAG}".strip()
+  environ["XLA_FLAGS"] = f"{environ.get('XLA_FLAGS', '')} {FLAG}".strip()
   return True
 
 
-def hint(environ: dict[str, str] | None = None, backend: str | None = None) -> str | None:
+def _chooses_ynn(environ: Mapping[str, str]) -> bool:
+  """Whether ``XLA_FLAGS`` in ``environ`` already chooses YNNPACK's fusion types."""
+  return YNN_FLAG in environ.get("XLA_FLAGS", "")
+
+
+def hint(environ: Mapping[str, str] | None = None, backend: str | None = None) -> str | None:
   """What to do for faster convolutions on XLA's CPU backend, or None where nothing would help:
   another backend, or ``XLA_FLAGS`` (default: this process's) already choosing YNNPACK's fusion
   types. For code that trains without the entry points, which set the flag themselves."""
@@ -58,8 +62,7 @@ def hint(environ: dict[str, str] | None = None, backend: str | None = None) -> s
     import jax
 
     backend = jax.default_backend()
-  environ = os.environ if environ is None else environ
-  if backend != "cpu" or YNN_FLAG in environ.get("XLA_FLAGS", ""):
+  if backend != "cpu" or _chooses_ynn(os.environ if environ is None else environ):
     return None
   return (
     f"XLA:CPU's default library ran convolutions on one core; call "

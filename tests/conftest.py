@@ -32,6 +32,15 @@ from lvef_jax import config_base  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def child_env(devices: int, **extra: str) -> dict[str, str]:
+  """This process's environment for a child process that sees ``devices`` fake CPU devices
+  (with the same collective waiting limit), plus ``extra`` variables. An entry point started
+  in it (launch.py) adds the flag of lvef_jax/cpu_backend.py itself."""
+  count = "--xla_force_host_platform_device_count"
+  flags = [f"{count}={devices}", *(f for f in _FLAGS if not f.startswith(f"{count}="))]
+  return dict(os.environ, XLA_FLAGS=" ".join(flags), **extra)
+
+
 # Every process a test starts inherits this: a child that hangs can then be made to print
 # every thread's stack (faulthandler, on SIGABRT) before the test fails (see `run_command`).
 os.environ["PYTHONFAULTHANDLER"] = "1"

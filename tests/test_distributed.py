@@ -7,14 +7,13 @@ device slows the processes, and Orbax's and JAX's barriers between them have dea
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import ROOT, communicate_all, run_command
+from tests.conftest import ROOT, child_env, communicate_all, run_command
 
 SHRINK = {
   "data.synthetic_num_videos": 24,
@@ -49,14 +48,6 @@ def _command(workdir, cache, *extra):
   ]
 
 
-def _env(devices: int) -> dict:
-  flags = (
-    f"--xla_force_host_platform_device_count={devices} "
-    "--xla_cpu_collective_call_terminate_timeout_seconds=600"
-  )
-  return dict(os.environ, XLA_FLAGS=flags)
-
-
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -65,7 +56,7 @@ def _free_port() -> int:
 
 def test_two_processes_match_one(tmp_path):
   cache = tmp_path / "cache"
-  single = run_command(_command(tmp_path / "one", cache), cwd=ROOT, env=_env(2), timeout=600)
+  single = run_command(_command(tmp_path / "one", cache), cwd=ROOT, env=child_env(2), timeout=600)
   assert single.returncode == 0, single.stderr[-3000:]
   port = _free_port()
   processes = [
@@ -78,7 +69,7 @@ def test_two_processes_match_one(tmp_path):
         f"--process_id={i}",
       ),
       cwd=ROOT,
-      env=_env(1),
+      env=child_env(1),
       stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT,
       text=True,

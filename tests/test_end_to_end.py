@@ -16,7 +16,7 @@ import pytest
 from lvef_jax.data import echonet, pipeline
 from lvef_jax.errors import LvefError
 from lvef_jax.training import trainer
-from tests.conftest import ROOT, load_config, run_command, shrink
+from tests.conftest import ROOT, child_env, load_config, run_command, shrink
 
 REQUIRED_METRICS = {
   "epoch",
@@ -332,10 +332,7 @@ def test_layer_norm_learns_a_shrunk_quickstart(tmp_path):
     "--config.train.early_stopping_patience=10",
     "--config.train.log_every_steps=100",
   ]
-  flags = os.environ.get("XLA_FLAGS", "").replace(
-    "--xla_force_host_platform_device_count=8", "--xla_force_host_platform_device_count=1"
-  )
-  env = dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS=flags)
+  env = child_env(1, PYTHONPATH=str(ROOT))
   done = run_command(command, cwd=ROOT, env=env, timeout=900)
   assert done.returncode == 0, done.stderr[-3000:]
   assert "on 1 devices" in done.stderr
