@@ -8,7 +8,7 @@ from flax import nnx
 
 from lvef_jax import models
 from lvef_jax.errors import ConfigError
-from lvef_jax.models import heads, layers
+from lvef_jax.models import heads, layers, winograd
 from tests.conftest import load_config
 
 # Counted with a PyTorch implementation of the same layers (PyTorch 2.13.0, CPU), built
@@ -173,12 +173,52 @@ def test_taps_in_channels_have_the_xla_convolution_s_values_and_gradients(shape,
   )
 
 
-@pytest.mark.parametrize("shape", [(3, 5, 8, 8, 4), (15, 9, 8, 4)])
-def test_cpu_convolutions_have_the_xla_convolution_s_values_and_gradients(shape):
-  """The 3-D convolution as 2-D taps, and the 2-D one whose kernel gradient is summed over
-  groups of frames (15 frames: three groups of five), against XLA's own convolution."""
-  conv = layers.conv(shape[-1], 6, (3,) * (len(shape) - 2), dtype=jnp.float32, rngs=nnx.Rngs(0))
+@pytest.mark.parametrize(
+  "shape,kernel",
+  [
+    ((2, 5, 7, 9, 3), (3, 3, 3)),  # odd frames: the last 2x2 tiles are half outside
+    ((2, 4, 8, 8, 5), (1, 3, 3)),
+    ((2, 6, 14, 14, 2), (5, 3, 3)),
+    ((1, 1, 1, 1, 2), (3, 3, 3)),
+    ((3, 9, 6, 4), (3, 3)),
+  ],
+)
+def test_winograd_has_the_xla_convolution_s_values_and_gradients(shape, kernel):
+  """``winograd.conv`` and its hand-written gradients against XLA's convolution."""
   x = jax.random.normal(jax.random.key(1), shape)
+  k = jax.random.normal(jax.random.key(2), (*kernel, shape[-1], 4))
+  _assert_same_values_and_gradients(winograd.conv, x, k, (1,) * len(kernel))
+
+
+def test_winograd_applies_to_float32_kernels_3x3_in_space_with_odd_temporal_taps():
+  assert winograd.applies((3, 3, 3, 8, 4), jnp.float32)
+  assert winograd.applies((3, 3, 8, 4), jnp.float32)
+  assert winograd.applies((5, 3, 3, 8, 4), jnp.float32)
+  assert not winograd.applies((3, 3, 3, 8, 4), jnp.bfloat16)
+  assert not winograd.applies((2, 3, 3, 8, 4), jnp.float32)
+  assert not winograd.applies((3, 5, 5, 8, 4), jnp.float32)
+  assert not winograd.applies((3, 1, 1, 8, 4), jnp.float32)
+
+
+@pytest.mark.parametrize(
+  "shape,window,path",
+  [
+    ((3, 5, 8, 8, 4), (3, 3, 3), "winograd"),
+    ((2, 5, 9, 8, 3), (3, 5, 5), "taps"),
+    ((15, 9, 8, 4), (3, 3), "frame groups"),
+  ],
+)
+def test_cpu_convolutions_have_the_xla_convolution_s_values_and_gradients(shape, window, path):
+  """On the CPU, ``layers.Conv`` against XLA's own convolution: the 3x3x3 one as Winograd, other
+  3-D ones as 2-D taps, and the 2-D one whose kernel gradient is summed over groups of frames
+  (15 frames: three groups of five). Each runs the path it names (checked in the jaxpr)."""
+  conv = layers.conv(shape[-1], 6, window, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), shape)
+  jaxpr = str(jax.make_jaxpr(conv)(x))
+  if path == "winograd":
+    assert "name=_winograd" in jaxpr and "conv_general_dilated" not in jaxpr
+  else:  # one 2-D convolution per temporal tap, or the one of the frames
+    assert jaxpr.count("name=_conv2d_same") == (window[0] if len(window) == 3 else 1)
 
   graphdef, state = nnx.split(conv)
 
