@@ -149,7 +149,7 @@ class Conv(nnx.Conv):
     twice as fast on the CPU, and its gradient too;
   - on the CPU, a float32 3-D convolution with stride 1 and SAME padding on frames of at least
     8x8 whose kernel is 3x3 in height and width (the I3D family's 3x3x3) runs as Winograd
-    F(2x2, 3x3) (``lvef_jax.models.winograd``): I3D-mini's train step 15-24 % faster;
+    F(2x2, 3x3) (``lvef_jax.models.winograd``): I3D-mini's train step 13-24 % faster;
   - on the CPU, other such 3-D convolutions run as one 2-D convolution per temporal tap,
     summed: XLA's CPU backend runs 2-D convolutions (and their gradients) 1.5 to 3 times as
     fast as 3-D ones. On GPUs cuDNN's 3-D convolution is kept;

@@ -10,12 +10,12 @@ about 1e-6 relative in float32.
 
 On XLA's CPU backend, whose convolutions run at about three quarters of oneDNN's speed on
 I3D-mini's shapes, it made the Inception modules' 3x3x3 convolutions (forward and both
-gradients) 25-40 % faster and I3D-mini's train step 15-24 % faster (docs/benchmarks.md). The
-gradients are written by hand: XLA's own gradient of the transforms padded 16 full-size copies
-and transposed the large operand of each kernel-gradient matmul, which made the step slower
-than without Winograd. ``layers.Conv`` uses it for 3-D convolutions on the CPU only (cuDNN
-keeps GPUs' convolutions); for the 2-D CNNs' 3x3 convolutions it gained 2-7 % of the CNN-RNN's
-step for 5.5 s more compilation, so they stay XLA's.
+gradients) faster, the two largest by 35-48 %, and I3D-mini's train step 13-24 % faster
+(docs/benchmarks.md). The gradients are written by hand: XLA's own gradient of the transforms
+padded 16 full-size copies and transposed the large operand of each kernel-gradient matmul,
+which made the step slower than without Winograd. ``layers.Conv`` uses it for 3-D convolutions
+on the CPU only (cuDNN keeps GPUs' convolutions); for the 2-D CNNs' 3x3 convolutions it gained
+2-7 % of the CNN-RNN's step for 5.5 s more compilation, so they stay XLA's.
 """
 
 from __future__ import annotations
