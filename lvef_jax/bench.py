@@ -21,8 +21,9 @@ reports ``input_clips_per_s``, what the pipeline alone delivers.
 
 ``--model`` names a registry model (``MODELS`` below, or an experiment name) instead of a config
 file; ``--config.KEY=VALUE`` overrides apply to it. Each line has the FLOPs per clip of the
-whole step (XLA's cost analysis of the lowered step), the achieved TFLOP/s, and the MFU where
-the device's peak is known (``PEAK_TFLOPS``, or ``--peak_tflops``).
+whole step (XLA's cost analysis of the lowered step, with plain convolutions as on GPUs: the
+model's FLOPs, also on the CPU, whose Winograd convolutions do fewer), the achieved TFLOP/s,
+and the MFU where the device's peak is known (``PEAK_TFLOPS``, or ``--peak_tflops``).
 
   python -m lvef_jax.bench --model=i3d_mini --batch=4 --peer=torch [--peer_compile]
 
@@ -55,6 +56,7 @@ from ml_collections import config_flags
 
 from lvef_jax import config_base, cpu_backend, hostmem, sharding
 from lvef_jax.errors import LvefError
+from lvef_jax.models import layers
 from lvef_jax.training import state as state_lib, steps
 
 # Short names of the registry's models: family config file and its argument.
@@ -165,11 +167,18 @@ def _step_flops(graphdef, tx, mesh, state, batch) -> float:
   return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
-def train_flops_per_clip(config) -> float:
-  """FLOPs of one train step per clip at the config's batch and clip shape."""
+def train_flops_per_clip(config, batch_size: int | None = None) -> float:
+  """FLOPs of one train step per clip at the config's (or this) batch and clip shape: the
+  model's own, with XLA's plain convolutions on every backend (``layers.plain_convolutions``),
+  as GPUs run them; the CPU's Winograd convolutions do fewer multiplications."""
+  with layers.plain_convolutions():
+    return _train_flops_per_clip(config, batch_size or config.train.batch_size)
+
+
+def _train_flops_per_clip(config, batch_size: int) -> float:
   mesh = sharding.make_mesh()
   graphdef, state, tx = state_lib.create(config, steps_per_epoch=1000)
-  data, batch_size = config.data, config.train.batch_size
+  data = config.data
   shapes = {
     "video": jax.ShapeDtypeStruct(
       (batch_size, data.clip_frames, data.image_size, data.image_size, 1), np.uint8
@@ -309,7 +318,7 @@ def benchmark(
     raise LvefError(f"--data={data_mode}: expected device, resident or tfdata")
   batch = next(batches)
 
-  flops_per_clip = _step_flops(graphdef, tx, mesh, state, batch) / batch_size
+  flops_per_clip = train_flops_per_clip(config, batch_size)
   start = time.perf_counter()
   state, out = train_step(state, batch)
   jax.block_until_ready(out)

@@ -67,6 +67,16 @@ def test_the_cpu_stem_s_flops_are_the_3d_convolution_s_and_its_padding_s():
   assert result["gflop_per_clip"] == pytest.approx(folded / 1e9, rel=1e-3)
 
 
+def test_flops_are_the_model_s_not_the_cpu_s_winograd_ones():
+  """On the CPU the 3x3x3 convolutions on 8x8 maps run as Winograd, with fewer multiplications;
+  the bench counts the model's FLOPs, those of the plain convolutions."""
+  config = load_config("i3d", "variant=mini")
+  config.data.update(clip_frames=8, image_size=64)  # 8x8 Inception maps
+  plain = bench.train_flops_per_clip(config, 8)
+  as_run = bench._train_flops_per_clip(config, 8)
+  assert as_run < 0.8 * plain
+
+
 def test_suite_estimate_counts_every_run(monkeypatch):
   monkeypatch.setattr(bench, "train_flops_per_clip", lambda config: 3e10)
   records = bench.suite(sustained_tflops=100.0)

@@ -8,7 +8,7 @@ from flax import nnx
 
 from lvef_jax import models
 from lvef_jax.errors import ConfigError
-from lvef_jax.models import heads, layers, winograd
+from lvef_jax.models import heads, i3d, layers, winograd
 from tests.conftest import load_config
 
 # Counted with a PyTorch implementation of the same layers (PyTorch 2.13.0, CPU), built
@@ -229,6 +229,22 @@ def test_cpu_convolutions_have_the_xla_convolution_s_values_and_gradients(shape,
 
   assert jax.default_backend() == "cpu"
   _assert_same_values_and_gradients(fast, x, conv.kernel[...], (1,) * (len(shape) - 2))
+
+
+def test_plain_convolutions_turn_the_cpu_forms_off():
+  """Within ``layers.plain_convolutions`` the CPU traces XLA's convolution, as GPUs do, and the
+  I3D stem's ``auto`` is the 3-D convolution."""
+
+  def jaxpr():  # a new layer each time: a function traced before keeps the form it had then
+    conv = layers.conv(4, 6, (3, 3, 3), dtype=jnp.float32, rngs=nnx.Rngs(0))
+    return str(jax.make_jaxpr(conv)(jnp.zeros((1, 3, 8, 8, 4))))
+
+  assert "name=_winograd" in jaxpr() and "conv_general_dilated" not in jaxpr()
+  assert i3d.resolve_stem_impl("auto") == "im2col"
+  with layers.plain_convolutions():
+    assert "name=_winograd" not in jaxpr() and "conv_general_dilated" in jaxpr()
+    assert i3d.resolve_stem_impl("auto") == "conv"
+  assert layers.cpu_forms()
 
 
 @pytest.mark.parametrize(

@@ -61,11 +61,12 @@ class Inception(nnx.Module):
 
 
 def resolve_stem_impl(stem_impl: str) -> str:
-  """``auto`` is im2col on the CPU backend (several times faster there) and conv elsewhere."""
+  """``auto`` is im2col on the CPU backend (several times faster there) and conv elsewhere
+  (and within ``layers.plain_convolutions``)."""
   if stem_impl not in STEM_IMPLS:
     raise ConfigError(f"stem_impl must be one of {STEM_IMPLS}, got {stem_impl!r}")
   if stem_impl == "auto":
-    return "im2col" if jax.default_backend() == "cpu" else "conv"
+    return "im2col" if layers.cpu_forms() else "conv"
   return stem_impl
 
 

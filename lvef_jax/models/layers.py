@@ -8,6 +8,8 @@ channels-last tensors with any number of spatial axes: ``[B, T, H, W, C]`` for t
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 
 from typing import Sequence
@@ -141,6 +143,29 @@ class Norm(nnx.Module):
     return self.norm(x)
 
 
+_PLAIN_CONVOLUTIONS = contextvars.ContextVar("plain_convolutions", default=False)
+
+
+def cpu_forms() -> bool:
+  """Whether models trace the CPU's forms of their convolutions (``Conv``'s 2-D taps and
+  Winograd, the I3D stem's folded taps): on the CPU backend, outside
+  :func:`plain_convolutions`."""
+  return jax.default_backend() == "cpu" and not _PLAIN_CONVOLUTIONS.get()
+
+
+@contextlib.contextmanager
+def plain_convolutions():
+  """Within it, models built and traced use XLA's plain convolutions on every backend, as on
+  GPUs: the model's own FLOPs, which the bench counts (the CPU's Winograd convolutions do fewer
+  multiplications, its taps multiply padded frames too). It acts when a function is traced: a
+  jitted function traced before keeps the form it was traced with."""
+  token = _PLAIN_CONVOLUTIONS.set(True)
+  try:
+    yield
+  finally:
+    _PLAIN_CONVOLUTIONS.reset(token)
+
+
 class Conv(nnx.Conv):
   """``nnx.Conv`` with faster ways to compute the same convolution on XLA's CPU backend.
 
@@ -177,7 +202,7 @@ class Conv(nnx.Conv):
     elif (
       kernel.ndim in (4, 5)
       and self.padding == "SAME"
-      and jax.default_backend() == "cpu"
+      and cpu_forms()
       and x.shape[-3] * x.shape[-2] >= _TAPS_MIN_FRAME_AREA
     ):
       if kernel.ndim == 5 and winograd.applies(kernel.shape, dtype):
