@@ -204,19 +204,24 @@ def test_winograd_applies_to_float32_kernels_3x3_in_space_with_odd_temporal_taps
   "shape,window,path",
   [
     ((3, 5, 8, 8, 4), (3, 3, 3), "winograd"),
+    ((2, 3, 7, 6, 3), (3, 3, 3), "winograd"),  # from 6x6 frames
     ((2, 5, 9, 8, 3), (3, 5, 5), "taps"),
+    ((2, 3, 7, 7, 3), (3, 5, 5), "xla"),  # the taps start at 8x8 frames
     ((15, 9, 8, 4), (3, 3), "frame groups"),
   ],
 )
 def test_cpu_convolutions_have_the_xla_convolution_s_values_and_gradients(shape, window, path):
-  """On the CPU, ``layers.Conv`` against XLA's own convolution: the 3x3x3 one as Winograd, other
-  3-D ones as 2-D taps, and the 2-D one whose kernel gradient is summed over groups of frames
-  (15 frames: three groups of five). Each runs the path it names (checked in the jaxpr)."""
+  """On the CPU, ``layers.Conv`` against XLA's own convolution: the 3x3x3 one as Winograd (from
+  6x6 frames), other 3-D ones as 2-D taps (from 8x8 frames) or XLA's, and the 2-D one whose
+  kernel gradient is summed over groups of frames (15 frames: three groups of five). Each runs
+  the path it names (checked in the jaxpr)."""
   conv = layers.conv(shape[-1], 6, window, dtype=jnp.float32, rngs=nnx.Rngs(0))
   x = jax.random.normal(jax.random.key(1), shape)
   jaxpr = str(jax.make_jaxpr(conv)(x))
   if path == "winograd":
     assert "name=_winograd" in jaxpr and "conv_general_dilated" not in jaxpr
+  elif path == "xla":
+    assert "name=_" not in jaxpr and jaxpr.count("conv_general_dilated") == 1
   else:  # one 2-D convolution per temporal tap, or the one of the frames
     assert jaxpr.count("name=_conv2d_same") == (window[0] if len(window) == 3 else 1)
 

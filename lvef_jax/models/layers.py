@@ -173,7 +173,7 @@ class Conv(nnx.Conv):
   - a pointwise convolution (all-ones kernel, stride 1) runs as one matmul, everywhere: about
     twice as fast on the CPU, and its gradient too;
   - on the CPU, a float32 3-D convolution with stride 1 and SAME padding on frames of at least
-    8x8 whose kernel is 3x3 in height and width (the I3D family's 3x3x3) runs as Winograd
+    6x6 whose kernel is 3x3 in height and width (the I3D family's 3x3x3) runs as Winograd
     F(2x2, 3x3) (``lvef_jax.models.winograd``): I3D-mini's train step 13-24 % faster;
   - on the CPU, other such 3-D convolutions run as one 2-D convolution per temporal tap,
     summed: XLA's CPU backend runs 2-D convolutions (and their gradients) 1.5 to 3 times as
@@ -199,18 +199,16 @@ class Conv(nnx.Conv):
     x, kernel = inputs.astype(dtype), kernel.astype(dtype)
     if all(k == 1 for k in kernel.shape[:-2]):
       y = jnp.dot(x, kernel.reshape(kernel.shape[-2:]))
+    elif self.padding != "SAME" or not cpu_forms():
+      return super().__call__(inputs)
     elif (
-      kernel.ndim in (4, 5)
-      and self.padding == "SAME"
-      and cpu_forms()
-      and x.shape[-3] * x.shape[-2] >= _TAPS_MIN_FRAME_AREA
+      kernel.ndim == 5
+      and x.shape[-3] * x.shape[-2] >= _WINOGRAD_MIN_FRAME_AREA
+      and winograd.applies(kernel.shape, dtype)
     ):
-      if kernel.ndim == 5 and winograd.applies(kernel.shape, dtype):
-        y = winograd.conv(x, kernel)
-      elif kernel.ndim == 5:
-        y = _temporal_taps(x, kernel)
-      else:
-        y = _conv2d_same(x, kernel)
+      y = winograd.conv(x, kernel)
+    elif kernel.ndim in (4, 5) and x.shape[-3] * x.shape[-2] >= _TAPS_MIN_FRAME_AREA:
+      y = _temporal_taps(x, kernel) if kernel.ndim == 5 else _conv2d_same(x, kernel)
     else:
       return super().__call__(inputs)
     if self.bias is not None:
@@ -221,6 +219,9 @@ class Conv(nnx.Conv):
 # Below this frame area (H*W) the 2-D taps gain little and their extra operations cost more
 # than they save: the demo's 4x4 Inception maps ran slower as taps (8 fake devices, 2 cores).
 _TAPS_MIN_FRAME_AREA = 64
+# Winograd pays from 6x6 frames: I3D-original's 7x7 Inception maps (the 2x2 tiles cover 8x8)
+# made its step 27-30 % faster than XLA's 3-D convolution there (docs/benchmarks.md).
+_WINOGRAD_MIN_FRAME_AREA = 36
 
 
 def _temporal_taps(x: jax.Array, kernel: jax.Array) -> jax.Array:
