@@ -159,14 +159,6 @@ ECHONET_SPLITS = {"train": 7465, "val": 1288, "test": 1277}
 MAX_EPOCHS = 50
 
 
-def _step_flops(graphdef, tx, mesh, state, batch) -> float:
-  """FLOPs of the whole train step (before it is partitioned over the devices), from XLA's cost
-  analysis of a step lowered (not compiled) for this alone, so as not to share a timed step's
-  trace."""
-  cost = steps.make_train_step(graphdef, tx, mesh).lower(state, batch).cost_analysis()
-  return float(cost.get("flops", 0.0)) if cost else 0.0
-
-
 def train_flops_per_clip(config, batch_size: int | None = None) -> float:
   """FLOPs of one train step per clip at the config's (or this) batch and clip shape: the
   model's own, with XLA's plain convolutions on every backend (``layers.plain_convolutions``),
@@ -176,6 +168,9 @@ def train_flops_per_clip(config, batch_size: int | None = None) -> float:
 
 
 def _train_flops_per_clip(config, batch_size: int) -> float:
+  """The same, in the convolutions' forms of the current context: XLA's cost analysis of the
+  whole train step (before it is partitioned over the devices), lowered for this alone and not
+  compiled."""
   mesh = sharding.make_mesh()
   graphdef, state, tx = state_lib.create(config, steps_per_epoch=1000)
   data = config.data
@@ -186,7 +181,8 @@ def _train_flops_per_clip(config, batch_size: int) -> float:
     "ef": jax.ShapeDtypeStruct((batch_size,), np.float32),
   }
   state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
-  return _step_flops(graphdef, tx, mesh, state, shapes) / batch_size
+  cost = steps.make_train_step(graphdef, tx, mesh).lower(state, shapes).cost_analysis()
+  return float(cost.get("flops", 0.0)) / batch_size if cost else 0.0
 
 
 def suite(sustained_tflops: float) -> list[dict]:

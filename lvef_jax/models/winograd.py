@@ -168,7 +168,7 @@ def _winograd_fwd(x, kernel, k_t):
 
 def _winograd_bwd(k_t, residuals, grad):
   v, u, kernel = residuals
-  b, t, h, w, o = grad.shape
+  _, t, h, w, _ = grad.shape
   tiles_h, tiles_w = v[0].shape[2:4]
   grad = jnp.pad(grad, [(0, 0), (0, 0), (0, 2 * tiles_h - h), (0, 2 * tiles_w - w), (0, 0)])
   dm = _output_transform_t(grad)
