@@ -6,6 +6,9 @@ INSTALLED := $(VENV)/.installed
 # Optional extras installed with the project (pyproject.toml): `make test EXTRAS=test,peer` also
 # runs the PyTorch peer's tests (CI does; torch's CPU build is a large download elsewhere).
 EXTRAS ?= test
+# Test processes (pytest-xdist): the tests keep about one core busy each, so two use CI's two
+# cores (`make test TEST_WORKERS=auto` for one per core elsewhere).
+TEST_WORKERS ?= 2
 
 # glibc's malloc asks for transparent huge pages: XLA:CPU maps each step's temporaries afresh,
 # and in 4 KiB pages that costs a fifth of a step's CPU time (lvef_jax/hostmem.py). Read at process start.
@@ -38,7 +41,7 @@ format: install
 TEST_XLA_FLAGS := --xla_force_host_platform_device_count=8 \
 	--xla_cpu_collective_call_terminate_timeout_seconds=600
 test: install lint
-	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest -q --durations=10
+	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest -q -n $(TEST_WORKERS) --durations=10
 
 clean:
 	rm -rf runs/quickstart data

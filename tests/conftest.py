@@ -15,6 +15,21 @@ for _flag in _FLAGS:
   if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
+# One persistent compilation cache for the whole session, shared with every process it starts
+# (launch.py runs, pytest-xdist's workers): many tests start launch.py several times on the
+# same shrunk config (resume, evaluate, predict), and each start compiled the same train step
+# again. It made two of the resume tests 40 % faster (docs/benchmarks.md, "The test suite").
+# Entries are keyed by the program, its devices, the XLA flags and the versions, so a hit is
+# the same executable. The session that made the folder removes it.
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+  import atexit
+  import shutil
+  import tempfile
+
+  _CACHE_DIR = tempfile.mkdtemp(prefix="lvef_jax_tests_xla_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
+  atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+
 # And the flag the entry points set (lvef_jax/cpu_backend.py), so that tests run what users run.
 from lvef_jax import cpu_backend  # noqa: E402
 
