@@ -14,7 +14,7 @@ TEST_WORKERS ?= 2
 # and in 4 KiB pages that costs a fifth of a step's CPU time (lvef_jax/hostmem.py). Read at process start.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test test-fast lint format clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ TEST_XLA_FLAGS := --xla_force_host_platform_device_count=8 \
 	--xla_cpu_collective_call_terminate_timeout_seconds=600
 test: install lint
 	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest -q -n $(TEST_WORKERS) --durations=10
+
+# For iterating: the in-process unit tests only (no launched processes, no whole runs).
+test-fast: install
+	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" --durations=5
 
 clean:
 	rm -rf runs/quickstart data

@@ -21,10 +21,11 @@ import logging as py_logging
 import pathlib
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lvef_jax import cpu_backend, distributed
+from lvef_jax import cpu_backend, distributed, hostmem
 from lvef_jax.errors import LvefError
 
 WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, plots).")
@@ -182,6 +183,24 @@ def with_implicit_config(argv: list[str]) -> list[str]:
   return [argv[0], config, *argv[1:]]
 
 
+def check_overrides(argv: list[str]) -> None:
+  """Refuses a ``--config.KEY`` override whose key the config lacks, in one message naming the
+  closest keys (ml_collections would end the flag parsing in a long traceback)."""
+  spec = _flag_value(argv, "config")
+  keys = [
+    arg.partition("=")[0].split(".", 1)[1]
+    for arg in argv[1:]
+    if arg.startswith(("--config.", "--noconfig."))
+  ]
+  if not spec or not keys:
+    return
+  from lvef_jax import config_base  # plain Python and ml_collections: no JAX work
+
+  config = config_base.load_config_file(spec)
+  for key in keys:
+    config_base.check_key(config, key)
+
+
 def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
@@ -201,6 +220,9 @@ def main(argv):
     )
   if MODE.value != "summary" and not WORKDIR.value:
     raise app.UsageError(f"--workdir is required for --mode={MODE.value}")
+  hint = hostmem.allocator_hint() if MODE.value != "summary" else None
+  if hint and jax.process_index() == 0:
+    logging.info(hint)
   try:
     _run(config, MODE.value, WORKDIR.value)
   except LvefError as e:
@@ -213,6 +235,7 @@ def main(argv):
 if __name__ == "__main__":
   try:
     argv = with_implicit_config(sys.argv)
+    check_overrides(argv)
   except LvefError as e:
     sys.exit(f"error: {e}")
   app.run(lambda argv: sys.exit(main(argv)), argv=argv)

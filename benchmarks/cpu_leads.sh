@@ -31,7 +31,7 @@ run ynn_convolutions "--xla_cpu_experimental_ynn_fusion_type=+individual_convolu
 run fast_runtime_preset "--xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_RUNTIME"
 run no_xnnpack "--xla_cpu_use_xnnpack=false"
 run fast_math "--xla_cpu_enable_fast_math=true"
-run stem_conv "" --config.model.stem_impl=conv
+run xla_ops "" --config.compute.kernels=xla
 run bf16 "" --precision=bf16
 # One core each (taskset, from util-linux): the same step and the peer with one thread.
 if command -v taskset >/dev/null; then

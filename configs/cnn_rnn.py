@@ -38,8 +38,7 @@ def get_config(arg: str | None = None):
     rnn_features=(16, 8),  # the adapted Keras example: GRU(16) -> GRU(8)
     head_hidden=8,
     dropout=0.4,
-    stem_impl="auto",
-  )  # i3d_mini_2d's 7x7 stem: im2col on CPUs
+  )
   batch_size = 8 if pretrained or model["rnn"] == "lstm" else 4
   config.train.update(batch_size=batch_size, learning_rate=1e-3)
   return config

@@ -33,7 +33,6 @@ def get_config(arg: str | None = None):
     head_hidden=256,  # head C's hidden width, if head=c is chosen
     task_features=128,  # width of the task-specific convolutions (dual/single input)
     fusion_hidden=1024,  # Dense fusing the per-stream predictions (combination)
-    stem_impl="auto",
   )
   if model["kind"] in SLOW_KINDS:
     config.train.update(batch_size=4, learning_rate=1e-4, grad_clip_norm=1.0)

@@ -22,7 +22,6 @@ def get_config(arg: str | None = None):
     **parse_arg(arg, DEFAULTS),
     dropout=0.5,
     head_hidden=256,  # head C's hidden Dense width (the paper does not give it)
-    stem_impl="auto",
-  )  # im2col on CPUs, the XLA convolution elsewhere
+  )
   config.train.update(batch_size=4, learning_rate=1e-3)
   return config

@@ -54,9 +54,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from lvef_jax import config_base, cpu_backend, hostmem, sharding
+from lvef_jax import config_base, cpu_backend, hostmem, models, sharding
 from lvef_jax.errors import LvefError
-from lvef_jax.models import layers
 from lvef_jax.training import state as state_lib, steps
 
 # Short names of the registry's models: family config file and its argument.
@@ -161,16 +160,17 @@ MAX_EPOCHS = 50
 
 def train_flops_per_clip(config, batch_size: int | None = None) -> float:
   """FLOPs of one train step per clip at the config's (or this) batch and clip shape: the
-  model's own, with XLA's plain convolutions on every backend (``layers.plain_convolutions``),
-  as GPUs run them; the CPU's Winograd convolutions do fewer multiplications."""
-  with layers.plain_convolutions():
-    return _train_flops_per_clip(config, batch_size or config.train.batch_size)
+  model's own, built with XLA's plain ops (``compute.kernels=xla``) as GPUs run them, whatever
+  the config's kernels (the CPU's Winograd convolutions do fewer multiplications)."""
+  plain = config.copy_and_resolve_references()
+  plain.compute.kernels = "xla"
+  return lowered_flops_per_clip(plain, batch_size or config.train.batch_size)
 
 
-def _train_flops_per_clip(config, batch_size: int) -> float:
-  """The same, in the convolutions' forms of the current context: XLA's cost analysis of the
-  whole train step (before it is partitioned over the devices), lowered for this alone and not
-  compiled."""
+def lowered_flops_per_clip(config, batch_size: int) -> float:
+  """FLOPs per clip of the train step as ``config`` builds it (its ``compute.kernels``): XLA's
+  cost analysis of the whole step (before it is partitioned over the devices), lowered for
+  this alone and not compiled."""
   mesh = sharding.make_mesh()
   graphdef, state, tx = state_lib.create(config, steps_per_epoch=1000)
   data = config.data
@@ -260,9 +260,9 @@ def _resident_batches(data, batch_size: int, mesh, rng: np.random.Generator):
 def _tfdata_batches(config, batch_size: int, mesh, stats: dict):
   """Batches of the tf.data path from the configured (by default synthetic) dataset, put on the
   devices as training does. Imports TensorFlow. Also times the pipeline alone into ``stats``."""
-  from lvef_jax.data import pipeline
+  from lvef_jax.data import pipeline, preparation
 
-  builder = pipeline.prepare(config.data)
+  builder = preparation.prepare(config.data)
 
   def host_batches():
     for epoch in range(1_000_000):  # passes over the split, as training makes
@@ -340,6 +340,7 @@ def benchmark(
     "model": {k: v for k, v in m.items() if k != "name"},
     "norm": m.norm,
     "dtype": m.dtype,
+    "kernels": models.ops_for(config.compute.kernels).name,  # the ops the timed step ran
     "batch": batch_size,
     "shape": [data.clip_frames, data.image_size, data.image_size, 1],
     "first_step_s": round(first, 3),

@@ -6,6 +6,7 @@ A key is read in exactly one place in the code; this is the one place its defaul
 from __future__ import annotations
 
 import copy
+import difflib
 import importlib.util
 import json
 import pathlib
@@ -61,10 +62,36 @@ def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
   if not path.is_file():
     known = sorted(p.stem for p in CONFIG_DIR.glob("*.py"))
     raise ConfigError(f"no config {name!r} in {CONFIG_DIR}; known: {', '.join(known)}")
-  spec = importlib.util.spec_from_file_location(f"lvef_jax_configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return load_config_file(f"{path}:{arg}" if arg is not None else str(path))
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """The config of a ``--config`` value, ``PATH[:ARG]``: ``get_config(ARG)`` of the file."""
+  path, sep, arg = spec.partition(":")
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise ConfigError(f"--config={spec}: no such config file {path}")
+  spec_ = importlib.util.spec_from_file_location(f"lvef_jax_configs_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec_)
+  spec_.loader.exec_module(module)
+  return module.get_config(arg if sep else None)
+
+
+def check_key(config: ml_collections.ConfigDict, key: str) -> None:
+  """Raises ConfigError unless ``key`` (``section.name``, dotted) is a key of ``config``; the
+  message names the closest valid keys."""
+  node, walked = config, []
+  for part in key.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      prefix = ".".join(walked)
+      keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      close = difflib.get_close_matches(part, keys, n=3, cutoff=0.5) or sorted(keys)[:8]
+      where = f" in {prefix}" if prefix else ""
+      shown = ", ".join(".".join([*walked, k]) for k in close)
+      hint = f"; closest: {shown}" if shown else ""
+      raise ConfigError(f"{key!r} is not a config key: no {part!r}{where}{hint}")
+    node = node[part]
+    walked.append(part)
 
 
 def load_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
@@ -81,14 +108,31 @@ def load_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
   return _as_config(with_new_defaults(values))
 
 
+def run_config_json(config: ml_collections.ConfigDict) -> str:
+  """The text of a run's ``config.json``: the config without its ``compute`` section, which is
+  the machine's choice for each command, not the run's (:func:`with_new_defaults`)."""
+  values = {k: v for k, v in config.to_dict().items() if k != "compute"}
+  return ml_collections.ConfigDict(values).to_json_best_effort(indent=2) + "\n"
+
+
 def with_new_defaults(values: dict) -> dict:
-  """A run's saved config (``config.json``) with the data, train and eval keys added to the
-  project since it was written, at their defaults: the run was trained as they behave."""
+  """A run's saved config (``config.json``) as this version of the project reads it: the data,
+  train and eval keys added since it was written at their defaults (the run was trained as
+  they behave), the default ``compute`` settings, and without the model keys its family no
+  longer has (they chose how a computation ran, such as the stem's old CPU switch, now
+  ``compute.kernels``; keys that change what a model computes are never removed)."""
   values = copy.deepcopy(values)
   defaults = base_config()
   for section in ("data", "train", "eval"):
     for key, value in defaults[section].to_dict().items():
       values.setdefault(section, {}).setdefault(key, value)
+  # How to compute is the machine's choice, not the run's: the defaults, whatever it ran with.
+  values["compute"] = defaults.compute.to_dict()
+  model = values.get("model", {})
+  if (CONFIG_DIR / f"{model.get('name')}.py").is_file():
+    known = load_config(model["name"]).model
+    for key in [key for key in model if key not in known]:
+      del model[key]
   return values
 
 
@@ -181,6 +225,17 @@ def base_config() -> ml_collections.ConfigDict:
       clip_stride=0,
       # Monte-Carlo dropout samples per clip for the prediction intervals (0: none).
       mc_dropout_samples=0,
+    )
+  )
+
+  # How the computation runs, not what it computes: not part of a run's identity (a run trained
+  # with one setting resumes, evaluates and predicts with another) nor of its checkpoints.
+  config.compute = ml_collections.ConfigDict(
+    dict(
+      # The convolution and pooling ops (lvef_jax.models.ops_for): "auto" (the CPU's forms,
+      # lvef_jax/kernels, on the CPU backend; XLA's plain ops elsewhere), "xla" (XLA's plain ops
+      # on every backend: what GPUs run) or "cpu" (the CPU's forms on every backend).
+      kernels="auto",
     )
   )
   return config

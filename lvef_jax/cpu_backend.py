@@ -52,20 +52,3 @@ def configure(environ: MutableMapping[str, str] | None = None) -> bool:
 def _chooses_ynn(environ: Mapping[str, str]) -> bool:
   """Whether ``XLA_FLAGS`` in ``environ`` already chooses YNNPACK's fusion types."""
   return YNN_FLAG in environ.get("XLA_FLAGS", "")
-
-
-def hint(environ: Mapping[str, str] | None = None, backend: str | None = None) -> str | None:
-  """What to do for faster convolutions on XLA's CPU backend, or None where nothing would help:
-  another backend, or ``XLA_FLAGS`` (default: this process's) already choosing YNNPACK's fusion
-  types. For code that trains without the entry points, which set the flag themselves."""
-  if backend is None:
-    import jax
-
-    backend = jax.default_backend()
-  if backend != "cpu" or _chooses_ynn(os.environ if environ is None else environ):
-    return None
-  return (
-    f"XLA:CPU's default library ran convolutions on one core; call "
-    f"lvef_jax.cpu_backend.configure() before JAX starts (launch.py does), or add {FLAG} to "
-    f"XLA_FLAGS, for faster convolutions (docs/benchmarks.md, 'YNNPACK's convolutions')"
-  )

@@ -52,7 +52,8 @@ class Experiment:
   train: tuple[tuple[str, object], ...] = ()
 
 
-def _e(name, family, arg, label, **train):
+def _experiment(name, family, arg, label, **train):
+  """One row of `EXPERIMENTS`; ``train`` is sorted so that equal settings compare equal."""
   return Experiment(name, family, arg, label, tuple(sorted(train.items())))
 
 
@@ -63,53 +64,55 @@ _DEEP = dict(batch_size=2)
 
 EXPERIMENTS: tuple[Experiment, ...] = (
   # Table 1: which Inception stages follow the stem (conv2 1x1x1, BatchNorm, head A).
-  _e("table1/stem", "i3d", "variant=stem", "Stem"),
-  _e("table1/mini", "i3d", "variant=mini", "Stem + IM3 (I3D-mini)"),
-  _e("table1/stem_im3_im4", "i3d", "variant=stem_im3_im4", "Stem + IM3 + IM4", **_DEEP),
-  _e(
+  _experiment("table1/stem", "i3d", "variant=stem", "Stem"),
+  _experiment("table1/mini", "i3d", "variant=mini", "Stem + IM3 (I3D-mini)"),
+  _experiment("table1/stem_im3_im4", "i3d", "variant=stem_im3_im4", "Stem + IM3 + IM4", **_DEEP),
+  _experiment(
     "table1/original", "i3d", "variant=original", "Stem + IM3 + IM4 + IM5 (I3D-original)", **_DEEP
   ),
   # Table 2: regression heads of I3D-mini.
-  _e("table2/OG", "i3d", "variant=mini,head=og", "Dropout + Flatten + Dense (OG)"),
-  _e("table2/B", "i3d", "variant=mini,head=b", "Dropout + 1x1x1 Conv + GAP (B)"),
-  _e("table2/C", "i3d", "variant=mini,head=c", "GAP + Dense + Dropout + Dense (C)"),
+  _experiment("table2/OG", "i3d", "variant=mini,head=og", "Dropout + Flatten + Dense (OG)"),
+  _experiment("table2/B", "i3d", "variant=mini,head=b", "Dropout + 1x1x1 Conv + GAP (B)"),
+  _experiment("table2/C", "i3d", "variant=mini,head=c", "GAP + Dense + Dropout + Dense (C)"),
   # Table 3: conv2 kernels of I3D-mini.
-  _e("table3/B2", "i3d", "variant=mini,conv2=3x3x3", "3x3x3 (B2)"),
-  _e("table3/B3", "i3d", "variant=mini,conv2=3x1x1", "3x1x1 (B3)"),
-  _e("table3/B4", "i3d", "variant=mini,conv2=2x3x3x3", "2 3x3x3 (B4)"),
+  _experiment("table3/B2", "i3d", "variant=mini,conv2=3x3x3", "3x3x3 (B2)"),
+  _experiment("table3/B3", "i3d", "variant=mini,conv2=3x1x1", "3x1x1 (B3)"),
+  _experiment("table3/B4", "i3d", "variant=mini,conv2=2x3x3x3", "2 3x3x3 (B4)"),
   # Table 4: norm x conv2 for I3D-original and I3D-mini.
-  _e("table4/original-L1", "i3d", "variant=original,norm=layer", "LayerNorm (L1)", **_DEEP),
-  _e(
+  _experiment(
+    "table4/original-L1", "i3d", "variant=original,norm=layer", "LayerNorm (L1)", **_DEEP
+  ),
+  _experiment(
     "table4/original-B2",
     "i3d",
     "variant=original,conv2=3x3x3",
     "3x3x3 Conv2 + BatchNorm (B2)",
     **_DEEP,
   ),
-  _e(
+  _experiment(
     "table4/original-L2",
     "i3d",
     "variant=original,conv2=3x3x3,norm=layer",
     "3x3x3 Conv2 + LayerNorm (L2)",
     **_DEEP,
   ),
-  _e("table4/mini-L1", "i3d", "variant=mini,norm=layer", "LayerNorm (L1)"),
-  _e(
+  _experiment("table4/mini-L1", "i3d", "variant=mini,norm=layer", "LayerNorm (L1)"),
+  _experiment(
     "table4/mini-L2", "i3d", "variant=mini,conv2=3x3x3,norm=layer", "3x3x3 Conv2 + LayerNorm (L2)"
   ),
   # Table 5: Two-Stream.
-  _e("table5/B1", "two_stream", "norm=batch", "BatchNorm (B1)"),
-  _e("table5/L1", "two_stream", "norm=layer", "LayerNorm (L1)"),
+  _experiment("table5/B1", "two_stream", "norm=batch", "BatchNorm (B1)"),
+  _experiment("table5/L1", "two_stream", "norm=layer", "LayerNorm (L1)"),
   # Table 6: New Combination, Dual Input and Single Input, norm x conv2.
   *(
-    _e(
-      f"table6/{short}-{norm[0].upper()}{c}",
+    _experiment(
+      f"table6/{short}-{norm[0].upper()}{number}",
       "fusion",
       f"kind={kind},norm={norm},conv2={conv2}",
       label,
     )
     for short, kind in (("NC", "new_combination"), ("DI", "dual_input"), ("SI", "single_input"))
-    for c, conv2, norm, label in (
+    for number, conv2, norm, label in (
       (1, "1x1x1", "batch", "BatchNorm (B1)"),
       (1, "1x1x1", "layer", "LayerNorm (L1)"),
       (2, "3x3x3", "batch", "3x3x3 Conv2 + BatchNorm (B2)"),
@@ -117,18 +120,26 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     )
   ),
   # Table 7: Combination and Dual Input Truncated (its LayerNorm row is printed "-").
-  _e("table7/Comb-B1", "fusion", "kind=combination,norm=batch", "BatchNorm (B1)"),
-  _e("table7/Comb-L1", "fusion", "kind=combination,norm=layer", "LayerNorm (L1)"),
-  _e("table7/DIT-B1", "fusion", "kind=dual_input_truncated,norm=batch", "BatchNorm (B1)"),
+  _experiment("table7/Comb-B1", "fusion", "kind=combination,norm=batch", "BatchNorm (B1)"),
+  _experiment("table7/Comb-L1", "fusion", "kind=combination,norm=layer", "LayerNorm (L1)"),
+  _experiment("table7/DIT-B1", "fusion", "kind=dual_input_truncated,norm=batch", "BatchNorm (B1)"),
   # Table 8: InceptionV3 + GRU; what T(O)-a/b(5)/b(7) unfreeze is this project's reading
   # (docs/models.md). Pass the ImageNet weights with --config.model.backbone_weights=FILE.
-  _e("table8/CNN_RNN-1", "cnn_rnn", "backbone=inception_v3,train_backbone=frozen", "CNN_RNN-1"),
-  _e("table8/TO-a", "cnn_rnn", "backbone=inception_v3,train_backbone=all", "CNN_RNN T(O)-a"),
-  _e("table8/TO-b5", "cnn_rnn", "backbone=inception_v3,train_backbone=last5", "CNN_RNN T(O)-b(5)"),
-  _e("table8/TO-b7", "cnn_rnn", "backbone=inception_v3,train_backbone=last7", "CNN_RNN T(O)-b(7)"),
+  _experiment(
+    "table8/CNN_RNN-1", "cnn_rnn", "backbone=inception_v3,train_backbone=frozen", "CNN_RNN-1"
+  ),
+  _experiment(
+    "table8/TO-a", "cnn_rnn", "backbone=inception_v3,train_backbone=all", "CNN_RNN T(O)-a"
+  ),
+  _experiment(
+    "table8/TO-b5", "cnn_rnn", "backbone=inception_v3,train_backbone=last5", "CNN_RNN T(O)-b(5)"
+  ),
+  _experiment(
+    "table8/TO-b7", "cnn_rnn", "backbone=inception_v3,train_backbone=last7", "CNN_RNN T(O)-b(7)"
+  ),
   # Table 9: scratch 2-D I3D-mini + GRU or LSTM, norms.
   *(
-    _e(
+    _experiment(
       f"table9/{rnn.upper()}-{short}",
       "cnn_rnn",
       f"backbone=i3d_mini_2d,rnn={rnn},norm={norm}",
@@ -152,18 +163,20 @@ ALIASES: dict[str, str] = {
   "table4/mini-B2": "table3/B2",
 }
 
-_BY_NAME = {e.name: e for e in EXPERIMENTS}
+_BY_NAME = {experiment.name: experiment for experiment in EXPERIMENTS}
 
 
 def names(include_aliases: bool = True) -> list[str]:
   """Every experiment name (aliases included unless asked otherwise), in table order."""
-  all_names = [e.name for e in EXPERIMENTS] + (list(ALIASES) if include_aliases else [])
+  all_names = [experiment.name for experiment in EXPERIMENTS]
+  all_names += list(ALIASES) if include_aliases else []
   return sorted(all_names, key=_table_order)
 
 
 def _table_order(name: str) -> tuple[int, int]:
   table = int(name.split("/")[0].removeprefix("table"))
-  order = {n: i for i, n in enumerate(e.name for e in EXPERIMENTS)}
+  rows = (experiment.name for experiment in EXPERIMENTS)
+  order = {row: position for position, row in enumerate(rows)}
   return table, order.get(name, order.get(ALIASES.get(name, ""), 0))
 
 

@@ -97,13 +97,25 @@ def run_command(command, *, timeout: float, **kwargs) -> subprocess.CompletedPro
   return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
+# Tests run XLA's plain convolutions and pooling, the path GPUs run; the CPU's forms of the same
+# ops (lvef_jax/kernels) have their own equivalence tests (tests/test_kernels.py). Test commands
+# that start launch.py themselves pass this override.
+KERNELS = "xla"
+PLAIN_OPS = f"--config.compute.kernels={KERNELS}"
+
+
 def load_config(name: str, arg: str | None = None):
-  """Loads ``configs/<name>.py`` the way ``launch.py --config=configs/<name>.py:<arg>`` does."""
-  return config_base.load_config(name, arg)
+  """Loads ``configs/<name>.py`` the way ``launch.py --config=configs/<name>.py:<arg>`` does,
+  on XLA's plain ops (``compute.kernels=xla``)."""
+  config = config_base.load_config(name, arg)
+  config.compute.kernels = KERNELS
+  return config
 
 
 def shrink(config, cache_dir: pathlib.Path):
-  """The same config on a 24-video synthetic dataset, 8-frame 16x16 clips, 2 short epochs."""
+  """The same config on a 24-video synthetic dataset, 8-frame 16x16 clips, 2 short epochs, on
+  XLA's plain ops."""
+  config.compute.kernels = KERNELS
   config.data.update(
     cache_dir=str(cache_dir),
     synthetic_num_videos=24,

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from lvef_jax import bench, cpu_backend, hostmem
-from tests.conftest import ROOT, load_config, shrink
+from tests.conftest import PLAIN_OPS, ROOT, load_config, shrink
 
 
 def test_benchmark_times_the_sharded_train_step():
@@ -23,6 +23,7 @@ def test_benchmark_times_the_sharded_train_step():
   assert result["glibc_tunables"] == os.environ.get("GLIBC_TUNABLES", "")
 
 
+@pytest.mark.slow
 def test_model_step_and_bench_code_never_import_tensorflow():
   """GPU machines have JAX but no TensorFlow: these modules must run there."""
   code = (
@@ -51,30 +52,21 @@ def test_train_flops_per_clip_follow_the_model():
   assert flops("variant=stem", 8) < 0.5 * mini
 
 
-def test_the_cpu_stem_s_flops_are_the_3d_convolution_s_and_its_padding_s():
-  """The stem as one 2-D convolution of the folded taps (``stem_impl=im2col``) does the 3-D
-  convolution's multiply-adds, plus those of the zero frames that pad the clip's ends (5 of
-  the 28 temporal taps of an 8-frame clip), and the bench's line says what it counts."""
-  config = load_config("i3d", "variant=stem")
-  config.model.stem_impl = "conv"
-  config.data.update(clip_frames=8, image_size=32)
-  config.train.batch_size = 8
-  plain = bench.train_flops_per_clip(config)
-  config.model.stem_impl = "im2col"
-  folded = bench.train_flops_per_clip(config)
-  assert plain < folded < plain * 28 / 23  # the rest of the step has no padded frames
-  result = bench.benchmark(config, batch_size=8, num_steps=1)
-  assert result["gflop_per_clip"] == pytest.approx(folded / 1e9, rel=1e-3)
-
-
-def test_flops_are_the_model_s_not_the_cpu_s_winograd_ones():
-  """On the CPU the 3x3x3 convolutions on 8x8 maps run as Winograd, with fewer multiplications;
-  the bench counts the model's FLOPs, those of the plain convolutions."""
+def test_flops_are_the_model_s_whatever_the_kernels():
+  """With the CPU's forms the step does fewer multiplications (Winograd on the 8x8 Inception
+  maps) and more (the folded stem multiplies the zero frames that pad the clip); the bench
+  counts the model's FLOPs, those of XLA's plain ops, and says so in its line."""
   config = load_config("i3d", "variant=mini")
   config.data.update(clip_frames=8, image_size=64)  # 8x8 Inception maps
   plain = bench.train_flops_per_clip(config, 8)
-  as_run = bench._train_flops_per_clip(config, 8)
-  assert as_run < 0.8 * plain
+  assert bench.lowered_flops_per_clip(config, 8) == pytest.approx(plain, rel=1e-6)  # xla
+  config.compute.kernels = "cpu"
+  assert bench.train_flops_per_clip(config, 8) == pytest.approx(plain, rel=1e-6)
+  assert bench.lowered_flops_per_clip(config, 8) < 0.8 * plain
+  config.data.update(image_size=16)
+  result = bench.benchmark(config, batch_size=8, num_steps=1)
+  want = bench.train_flops_per_clip(config, 8) / 1e9
+  assert result["gflop_per_clip"] == pytest.approx(want, rel=1e-3)  # rounded
 
 
 def test_suite_estimate_counts_every_run(monkeypatch):
@@ -112,6 +104,7 @@ def tiny_bench(*flags: str, env: dict[str, str] | None = None) -> subprocess.Com
       "--steps=1",
       "--config.data.clip_frames=8",
       "--config.data.image_size=16",
+      PLAIN_OPS,
       *flags,
     ],
     cwd=ROOT,
@@ -122,6 +115,7 @@ def tiny_bench(*flags: str, env: dict[str, str] | None = None) -> subprocess.Com
   )
 
 
+@pytest.mark.slow
 def test_bench_command_line_with_a_model_name_and_overrides():
   # Started without glibc's tunables: where huge pages would help, the bench says how to ask.
   # And without the XLA flag of lvef_jax/cpu_backend.py, which the bench sets for itself.
@@ -131,6 +125,7 @@ def test_bench_command_line_with_a_model_name_and_overrides():
   assert done.returncode == 0, done.stderr[-2000:]
   result = json.loads(done.stdout.strip().splitlines()[-1])
   assert result["variant"] == "i3d_stem_conv2_1x1x1" and result["dtype"] == "bfloat16"
+  assert result["kernels"] == "xla"
   assert result["shape"] == [8, 16, 16, 1] and result["glibc_tunables"] == ""
   assert result["xla_flags"] == f"{env['XLA_FLAGS']} {cpu_backend.FLAG}".strip()
   hint = hostmem.allocator_hint(env, backend="cpu")

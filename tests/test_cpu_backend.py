@@ -22,15 +22,6 @@ def test_configure_adds_the_flag_once_and_leaves_a_user_s_own_choice():
   assert own["XLA_FLAGS"] == f"{cpu_backend.YNN_FLAG}=individual_dot"
 
 
-def test_the_hint_for_code_that_trains_without_the_entry_points():
-  assert "cpu_backend.configure()" in cpu_backend.hint({}, backend="cpu")
-  assert "cpu_backend.configure()" in cpu_backend.hint({"XLA_FLAGS": "--x=1"}, backend="cpu")
-  assert cpu_backend.hint({"XLA_FLAGS": cpu_backend.FLAG}, backend="cpu") is None
-  assert cpu_backend.hint({"XLA_FLAGS": f"{cpu_backend.YNN_FLAG}=reduce"}, backend="cpu") is None
-  assert cpu_backend.hint({}, backend="gpu") is None
-  assert cpu_backend.hint() is None  # this session runs with the flag (conftest)
-
-
 def test_configure_refuses_once_jax_has_started_its_backends(monkeypatch):
   jax.devices()  # started, with the flag the test session set up (conftest)
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")

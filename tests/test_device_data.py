@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lvef_jax import sharding
-from lvef_jax.data import device_data, pipeline
+from lvef_jax.data import device_data, pipeline, preparation
 from lvef_jax.errors import ConfigError
 from lvef_jax.training import trainer
 from tests.conftest import load_config, shrink
@@ -18,7 +18,7 @@ from tests.conftest import load_config, shrink
 def prepared(data_cache):
   config = shrink(load_config("quickstart"), data_cache)
   config.data.cache_in_memory = True
-  builder = pipeline.prepare(config.data)
+  builder = preparation.prepare(config.data)
   mesh = sharding.make_mesh()
   return config, builder, mesh
 
@@ -77,6 +77,7 @@ def test_device_resident_modes():
     device_data.use_device_videos("yes", 10)
 
 
+@pytest.mark.slow
 def test_a_device_resident_run_ends_as_the_tf_data_run(prepared, tmp_path, caplog):
   config, _, _ = prepared
   config = shrink(load_config("quickstart"), pathlib.Path(config.data.cache_dir))

@@ -13,7 +13,10 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, child_env, communicate_all, run_command
+from tests.conftest import PLAIN_OPS, ROOT, child_env, communicate_all, run_command
+
+# several launch.py processes: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
 
 SHRINK = {
   "data.synthetic_num_videos": 24,
@@ -43,6 +46,7 @@ def _command(workdir, cache, *extra):
     "--config=configs/i3d.py:variant=stem",
     f"--workdir={workdir}",
     f"--config.data.cache_dir={cache}",
+    PLAIN_OPS,
     *flags,
     *extra,
   ]

@@ -13,10 +13,14 @@ import time
 import numpy as np
 import pytest
 
-from lvef_jax.data import echonet, pipeline
+from lvef_jax.data import echonet, preparation
 from lvef_jax.errors import LvefError
 from lvef_jax.training import trainer
-from tests.conftest import ROOT, child_env, load_config, run_command, shrink
+from lvef_jax import config_base
+from tests.conftest import PLAIN_OPS, ROOT, child_env, load_config, run_command, shrink
+
+# launch.py runs, killed and resumed: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
 
 REQUIRED_METRICS = {
   "epoch",
@@ -62,7 +66,7 @@ def test_run_directory_has_every_file(finished_run):
   assert (workdir / "checkpoints" / "best" / str(best["best_epoch"])).is_dir()
 
   # Every video of every split scored exactly once, at the best checkpoint.
-  root = pipeline.resolve_root(config.data)
+  root = preparation.resolve_root(config.data)
   index = echonet.load_dataset_index(root, check_videos=False)
   for split in ("train", "val", "test"):
     expected = {r.file_name: r.ef for r in index if r.split == split}
@@ -111,10 +115,10 @@ def test_rerun_resumes_and_matches_an_uninterrupted_run(finished_run, tmp_path, 
 
 def _launch(workdir, config, *extra):
   """The launch.py command line that runs ``config``: every key that differs from the file."""
-  defaults = load_config("quickstart")
+  defaults = config_base.load_config("quickstart")
   flags = [
     f"--config.{section}.{key}={value}"
-    for section in ("model", "data", "train", "eval")
+    for section in ("model", "data", "train", "eval", "compute")
     for key, value in config[section].items()
     if value != defaults[section][key]
   ]
@@ -230,6 +234,25 @@ def test_bad_config_value_is_one_error_message(tmp_path):
   assert "error: train.batch_size" in done.stderr and "Traceback" not in output
 
 
+@pytest.mark.parametrize(
+  "override,named,closest",
+  [
+    ("--config.train.batchsize=8", "train.batchsize", "train.batch_size"),
+    ("--config.trian.batch_size=8", "trian.batch_size", "train"),
+    ("--config.compute.kernel=xla", "compute.kernel", "compute.kernels"),
+  ],
+)
+def test_a_mistyped_override_is_one_error_line_with_the_closest_keys(
+  tmp_path, override, named, closest
+):
+  done = _run_launch("--config=configs/quickstart.py", f"--workdir={tmp_path / 'run'}", override)
+  assert done.returncode == 1
+  lines = (done.stdout + done.stderr).strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), lines
+  assert f"'{named}' is not a config key" in lines[0] and f"closest: {closest}" in lines[0]
+  assert not (tmp_path / "run").exists()
+
+
 def test_unexpected_exception_keeps_its_traceback(tmp_path):
   """A bug (here: a ValueError from inside training) is no user error: its traceback shows."""
   script = (
@@ -331,6 +354,7 @@ def test_layer_norm_learns_a_shrunk_quickstart(tmp_path):
     "--config.train.lr_decay_epochs=100",
     "--config.train.early_stopping_patience=10",
     "--config.train.log_every_steps=100",
+    PLAIN_OPS,
   ]
   env = child_env(1, PYTHONPATH=str(ROOT))
   done = run_command(command, cwd=ROOT, env=env, timeout=900)
@@ -374,6 +398,7 @@ def test_half_written_checkpoints_are_set_aside_and_the_run_resumes(finished_run
 _SAVE_HELD_UP = """
 import pathlib, runpy, sys, time
 from orbax.checkpoint._src.path import async_path
+
 rename, marker = async_path.rename, pathlib.Path(sys.argv[1])
 async def held_up(src, dst):
   dst = pathlib.Path(str(dst))

@@ -15,12 +15,15 @@ import pytest
 from lvef_jax.data import echonet, synthetic
 from lvef_jax.evaluation import metrics
 from lvef_jax.training import trainer
-from tests.conftest import ROOT, load_config, run_command, shrink
+from tests.conftest import PLAIN_OPS, ROOT, load_config, run_command, shrink
+
+# trained runs scored by launch.py: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
 
 
 def _launch(*args, timeout=600):
   return run_command(
-    [sys.executable, "launch.py", *args],
+    [sys.executable, "launch.py", *args, PLAIN_OPS],
     cwd=ROOT,
     timeout=timeout,
   )
@@ -289,14 +292,15 @@ def test_all_clips_memory_stays_bounded_on_long_videos(tmp_path):
   held at once) streams through a fixed batch: peak memory grows by far less."""
   code = f"""
 import resource, sys
-from lvef_jax.data import pipeline, synthetic
+from lvef_jax.data import pipeline, preparation, synthetic
 from tests.conftest import load_config
+
 out = {str(tmp_path / "long")!r}
 root = synthetic.generate(out, 3, 0, min_frames=2000, max_frames=2000, workers=1)
 config = load_config("i3d")
 cache = {str(tmp_path / "cache")!r}
 config.data.update(root=str(root), cache_dir=cache, clip_frames=28, image_size=112)
-builder = pipeline.prepare(config.data)
+builder = preparation.prepare(config.data)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 clips = 0
 batches = pipeline.clip_batches(builder, "test", config.data, batch_size=16, clips="all", stride=1)

@@ -27,6 +27,7 @@ def test_every_printed_row_is_listed_once_with_its_repeats_as_aliases():
     experiments.canonical("table3/B9")
 
 
+@pytest.mark.slow
 def test_list_experiments_prints_one_name_per_line():
   done = subprocess.run(
     [sys.executable, "launch.py", "--list_experiments"],
@@ -57,6 +58,7 @@ def test_every_experiment_builds_its_model_at_the_paper_shape():
   assert counts["table8/TO-a"] > counts["table8/TO-b7"] > counts["table8/TO-b5"] > 99_873
 
 
+@pytest.mark.slow
 def test_experiment_flag_builds_the_same_config_as_the_registry():
   done = subprocess.run(
     [
@@ -76,6 +78,7 @@ def test_experiment_flag_builds_the_same_config_as_the_registry():
   assert "conv2=3x3x3" in done.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "argv,message",
   [
@@ -146,11 +149,11 @@ def test_runlocal_shrinks_every_experiment_to_synthetic_data():
 
 
 def test_paper_recipe_trains_on_the_first_frames_of_each_video(data_cache):
-  from lvef_jax.data import pipeline
+  from lvef_jax.data import pipeline, preparation
 
   config = shrink(experiments.get_config("table1/stem", "paper"), data_cache)
   config.data.augment_pad = 0  # the paper's recipe (shrink adds augmentation)
-  builder = pipeline.prepare(config.data)
+  builder = preparation.prepare(config.data)
 
   def clips_by_ef(batches):
     return {float(ef): video for b in batches for ef, video in zip(b["ef"], b["video"])}
@@ -158,7 +161,7 @@ def test_paper_recipe_trains_on_the_first_frames_of_each_video(data_cache):
   def epoch(seed):
     return clips_by_ef(pipeline.train_batches(builder, config.data, batch_size=8, seed=seed))
 
-  listing = pipeline.split_listing(builder, "train")
+  listing = preparation.split_listing(builder, "train")
   evaluation = {
     float(np.float32(listing["ef"][i])): video
     for b in pipeline.clip_batches(builder, "train", config.data, batch_size=8)

@@ -111,6 +111,7 @@ def _fixed_batch(batch_size, frames, size):
     ("cnn_rnn:backbone=i3d_mini_2d,rnn=lstm,norm=mixed", 50),
   ],
 )
+@pytest.mark.slow
 def test_train_steps_lower_the_loss_on_a_fixed_batch(spec, num_steps):
   config = _config(spec)
   config.train.update(learning_rate=3e-3, grad_clip_norm=0.0)

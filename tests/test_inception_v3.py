@@ -144,6 +144,7 @@ def test_block_index():
   assert {inception_v3.block_index(p) for p in paths} == set(range(len(inception_v3.BLOCKS)))
 
 
+@pytest.mark.slow
 def test_model_code_never_imports_tensorflow_keras_or_h5py():
   """GPU machines have JAX but no TensorFlow; h5py is needed only to load weights."""
   code = (

@@ -1,4 +1,4 @@
-"""I3D family: shapes, parameter counts against PyTorch, options, the im2col stem, norms, heads."""
+"""I3D family: shapes, parameter counts against PyTorch, options, norms, heads, initialisation."""
 
 import jax
 import jax.numpy as jnp
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lvef_jax import models
+from lvef_jax import config_base, models
 from lvef_jax.errors import ConfigError
-from lvef_jax.models import heads, i3d, layers, winograd
+from lvef_jax.models import heads, layers
 from tests.conftest import load_config
 
 # Counted with a PyTorch implementation of the same layers (PyTorch 2.13.0, CPU), built
@@ -120,163 +120,6 @@ def test_train_mode_uses_dropout_and_batch_statistics():
   assert all(jax.tree.leaves(changed))  # running statistics moved in training mode only
 
 
-@pytest.mark.parametrize("shape", [(2, 16, 32, 32, 1), (1, 7, 13, 12, 1)])
-def test_im2col_stem_equals_the_xla_convolution(shape):
-  conv = _model("variant=stem", shape[1], shape[2], stem_impl="conv")
-  im2col = _model("variant=stem", shape[1], shape[2], stem_impl="im2col")
-  clips = jax.random.uniform(jax.random.key(1), shape)
-  np.testing.assert_allclose(
-    conv.features_map(clips), im2col.features_map(clips), atol=1e-5, rtol=1e-5
-  )
-
-
-def test_im2col_equals_the_xla_convolution_in_2d():
-  conv = layers.conv(1, 8, (7, 7), strides=2, dtype=jnp.float32, rngs=nnx.Rngs(0))
-  frames = jax.random.uniform(jax.random.key(2), (3, 15, 12, 1))
-  np.testing.assert_allclose(
-    conv(frames), layers.conv_im2col(frames, conv, (2, 2)), atol=1e-5, rtol=1e-5
-  )
-
-
-def _xla_conv(x, kernel, strides):
-  spatial = "DHW"[3 - (kernel.ndim - 2) :]
-  numbers = (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
-  return jax.lax.conv_general_dilated(x, kernel, strides, "SAME", dimension_numbers=numbers)
-
-
-def _assert_same_values_and_gradients(fast, x, kernel, strides):
-  """``fast(x, kernel)`` against XLA's convolution: output, input and kernel gradients."""
-  cotangent = jax.random.normal(jax.random.key(3), _xla_conv(x, kernel, strides).shape)
-  got_y, got_vjp = jax.vjp(jax.jit(fast), x, kernel)
-  want_y, want_vjp = jax.vjp(lambda x, k: _xla_conv(x, k, strides), x, kernel)
-  np.testing.assert_allclose(got_y, want_y, rtol=1e-5, atol=1e-5)
-  for got, want in zip(got_vjp(cotangent), want_vjp(cotangent)):
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(want))))
-
-
-@pytest.mark.parametrize(
-  "shape,window,strides",
-  [
-    ((3, 9, 13, 11, 1), (7, 7, 7), (2, 2, 2)),
-    ((2, 10, 9, 11, 3), (5, 3, 7), (3, 1, 2)),  # taps folded with 3 channels, uneven strides
-    ((3, 15, 12, 2), (7, 7), (2, 2)),
-  ],
-)
-def test_taps_in_channels_have_the_xla_convolution_s_values_and_gradients(shape, window, strides):
-  """The CPU stem (``layers.conv_im2col``): a 3-D kernel's temporal taps folded into the input
-  channels of one 2-D convolution. With 3 channels the test fails if the fold's channel order
-  is wrong."""
-  x = jax.random.uniform(jax.random.key(1), shape)
-  kernel = jax.random.normal(jax.random.key(2), (*window, shape[-1], 8))
-  _assert_same_values_and_gradients(
-    lambda x, k: layers._conv_taps_in_channels(x, k, strides), x, kernel, strides
-  )
-
-
-@pytest.mark.parametrize(
-  "shape,kernel",
-  [
-    ((2, 5, 7, 9, 3), (3, 3, 3)),  # odd frames: the last 2x2 tiles are half outside
-    ((2, 4, 8, 8, 5), (1, 3, 3)),
-    ((2, 6, 14, 14, 2), (5, 3, 3)),
-    ((1, 1, 1, 1, 2), (3, 3, 3)),
-    ((3, 9, 6, 4), (3, 3)),
-  ],
-)
-def test_winograd_has_the_xla_convolution_s_values_and_gradients(shape, kernel):
-  """``winograd.conv`` and its hand-written gradients against XLA's convolution."""
-  x = jax.random.normal(jax.random.key(1), shape)
-  k = jax.random.normal(jax.random.key(2), (*kernel, shape[-1], 4))
-  _assert_same_values_and_gradients(winograd.conv, x, k, (1,) * len(kernel))
-
-
-def test_winograd_applies_to_float32_kernels_3x3_in_space_with_odd_temporal_taps():
-  assert winograd.applies((3, 3, 3, 8, 4), jnp.float32)
-  assert winograd.applies((3, 3, 8, 4), jnp.float32)
-  assert winograd.applies((5, 3, 3, 8, 4), jnp.float32)
-  assert not winograd.applies((3, 3, 3, 8, 4), jnp.bfloat16)
-  assert not winograd.applies((2, 3, 3, 8, 4), jnp.float32)
-  assert not winograd.applies((3, 5, 5, 8, 4), jnp.float32)
-  assert not winograd.applies((3, 1, 1, 8, 4), jnp.float32)
-
-
-@pytest.mark.parametrize(
-  "shape,window,path",
-  [
-    ((3, 5, 8, 8, 4), (3, 3, 3), "winograd"),
-    ((2, 3, 7, 6, 3), (3, 3, 3), "winograd"),  # from 6x6 frames
-    ((2, 5, 9, 8, 3), (3, 5, 5), "taps"),
-    ((2, 3, 7, 7, 3), (3, 5, 5), "xla"),  # the taps start at 8x8 frames
-    ((15, 9, 8, 4), (3, 3), "frame groups"),
-  ],
-)
-def test_cpu_convolutions_have_the_xla_convolution_s_values_and_gradients(shape, window, path):
-  """On the CPU, ``layers.Conv`` against XLA's own convolution: the 3x3x3 one as Winograd (from
-  6x6 frames), other 3-D ones as 2-D taps (from 8x8 frames) or XLA's, and the 2-D one whose
-  kernel gradient is summed over groups of frames (15 frames: three groups of five). Each runs
-  the path it names (checked in the jaxpr)."""
-  conv = layers.conv(shape[-1], 6, window, dtype=jnp.float32, rngs=nnx.Rngs(0))
-  x = jax.random.normal(jax.random.key(1), shape)
-  jaxpr = str(jax.make_jaxpr(conv)(x))
-  if path == "winograd":
-    assert "name=_winograd" in jaxpr and "conv_general_dilated" not in jaxpr
-  elif path == "xla":
-    assert "name=_" not in jaxpr and jaxpr.count("conv_general_dilated") == 1
-  else:  # one 2-D convolution per temporal tap, or the one of the frames
-    assert jaxpr.count("name=_conv2d_same") == (window[0] if len(window) == 3 else 1)
-
-  graphdef, state = nnx.split(conv)
-
-  def fast(x, kernel):
-    layer = nnx.merge(graphdef, state, copy=True)
-    layer.kernel[...] = kernel
-    return layer(x) - layer.bias[...]
-
-  assert jax.default_backend() == "cpu"
-  _assert_same_values_and_gradients(fast, x, conv.kernel[...], (1,) * (len(shape) - 2))
-
-
-def test_plain_convolutions_turn_the_cpu_forms_off():
-  """Within ``layers.plain_convolutions`` the CPU traces XLA's convolution, as GPUs do, and the
-  I3D stem's ``auto`` is the 3-D convolution."""
-
-  def jaxpr():  # a new layer each time: a function traced before keeps the form it had then
-    conv = layers.conv(4, 6, (3, 3, 3), dtype=jnp.float32, rngs=nnx.Rngs(0))
-    return str(jax.make_jaxpr(conv)(jnp.zeros((1, 3, 8, 8, 4))))
-
-  assert "name=_winograd" in jaxpr() and "conv_general_dilated" not in jaxpr()
-  assert i3d.resolve_stem_impl("auto") == "im2col"
-  with layers.plain_convolutions():
-    assert "name=_winograd" not in jaxpr() and "conv_general_dilated" in jaxpr()
-    assert i3d.resolve_stem_impl("auto") == "conv"
-  assert layers.cpu_forms()
-
-
-@pytest.mark.parametrize(
-  "shape,window,strides",
-  [
-    ((2, 5, 9, 8, 3), (1, 3, 3), (1, 2, 2)),
-    ((2, 5, 7, 6, 3), (3, 3, 3), (1, 1, 1)),
-    ((2, 5, 7, 6, 3), (3, 3, 3), (2, 2, 2)),
-    ((3, 11, 10, 2), (3, 3), (2, 2)),
-    ((3, 11, 10, 2), (2, 1), (3, 2)),
-  ],
-)
-def test_max_pool_has_reduce_window_s_values_and_gradient(shape, window, strides):
-  """Without ties (random floats), the hand-written gradient is exactly reduce_window's."""
-  x = jax.random.normal(jax.random.key(1), shape)
-
-  def reference(x):
-    dims, steps = (1, *window, 1), (1, *strides, 1)
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, dims, steps, "SAME")
-
-  want, want_vjp = jax.vjp(reference, x)
-  got, got_vjp = jax.vjp(jax.jit(lambda x: layers.max_pool(x, window, strides)), x)
-  np.testing.assert_array_equal(got, want)
-  cotangent = jax.random.normal(jax.random.key(2), want.shape)
-  np.testing.assert_allclose(got_vjp(cotangent)[0], want_vjp(cotangent)[0], rtol=1e-6, atol=1e-6)
-
-
 def test_unit_range_input():
   """uint8 clips are scaled by 1/255 on the device; float clips are taken as [0, 1]."""
   model = _model("variant=stem")
@@ -297,7 +140,6 @@ def test_bfloat16_compute_keeps_float32_parameters_and_output():
     ("conv2=5x5x5", {}, "conv2"),
     ("head=d", {}, "head"),
     ("norm=group", {}, "norm"),
-    ("", {"stem_impl": "fft"}, "stem_impl"),
   ],
 )
 def test_bad_options_are_rejected_by_name(arg, overrides, message):
@@ -320,6 +162,18 @@ def test_config_argument_parsing():
     models.model_class("resnet")
 
 
+def test_check_key_names_the_closest_valid_keys():
+  config = load_config("i3d")
+  config_base.check_key(config, "train.batch_size")
+  config_base.check_key(config, "compute.kernels")
+  with pytest.raises(ConfigError, match="no 'batchsize' in train; closest: train.batch_size"):
+    config_base.check_key(config, "train.batchsize")
+  with pytest.raises(ConfigError, match="no 'variantt' in model; closest: model.variant"):
+    config_base.check_key(config, "model.variantt")
+  with pytest.raises(ConfigError, match="no 'x'"):
+    config_base.check_key(config, "seed.x")  # seed is a number, not a section
+
+
 def test_glorot_uniform_is_deterministic_and_bounded():
   a = layers.glorot_uniform(jax.random.key(0), (3, 3, 3, 8, 16))
   b = layers.glorot_uniform(jax.random.key(0), (3, 3, 3, 8, 16))
@@ -330,36 +184,20 @@ def test_glorot_uniform_is_deterministic_and_bounded():
   assert float(jnp.max(jnp.abs(a))) <= limit and float(jnp.std(a)) > 0.5 * limit / np.sqrt(3)
 
 
+def test_initialisation_gives_the_same_weights_under_jit():
+  """The host-drawn initialisers draw from the key's value under a transformation too."""
+  config = load_config("cnn_rnn", "backbone=i3d_mini_2d,rnn=lstm")  # Glorot and orthogonal
+  config.data.update(clip_frames=4, image_size=16)
+  eager = nnx.state(models.create_model(config, seed=3), nnx.Param)
+  jitted = jax.jit(lambda: nnx.state(models.create_model(config, seed=3), nnx.Param))()
+  other = nnx.state(models.create_model(config, seed=4), nnx.Param)
+  for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted), strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert any(
+    not np.array_equal(a, c) for a, c in zip(jax.tree.leaves(eager), jax.tree.leaves(other))
+  )
+
+
 def test_orthogonal_init_is_orthogonal():
   q = np.asarray(layers.orthogonal(jax.random.key(0), (16, 48)))
   np.testing.assert_allclose(q @ q.T, np.eye(16), atol=1e-5)
-
-
-def test_pointwise_blocks_as_one_matmul_equal_the_blocks_one_by_one():
-  def block(i, o, k, seed):
-    return layers.ConvNormAct(
-      i, o, k, norm="batch", bn_momentum=0.9, dtype=jnp.float32, rngs=nnx.Rngs(seed)
-    )
-
-  blocks = [block(6, 4, 1, 0), block(6, 3, 1, 1), block(6, 5, 1, 2)]
-  x = jax.random.normal(jax.random.key(0), (2, 3, 5, 5, 6))
-  graphdef, state = nnx.split(blocks)
-
-  def run(state, x, fused):
-    blocks = nnx.merge(graphdef, state)
-    if fused:
-      ys = layers.pointwise_norm_act(blocks, x, train=True)
-    else:
-      ys = [b(x, train=True) for b in blocks]
-    return sum(jnp.sum(y * jnp.arange(y.shape[-1])) for y in ys), ys
-
-  (want, want_ys), want_grads = jax.value_and_grad(run, argnums=(0, 1), has_aux=True)(
-    state, x, False
-  )
-  (got, got_ys), got_grads = jax.value_and_grad(run, argnums=(0, 1), has_aux=True)(state, x, True)
-  for g, w in zip(got_ys, want_ys, strict=True):
-    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
-  for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
-    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
-  with pytest.raises(ValueError, match="not a pointwise convolution"):
-    layers.pointwise_norm_act([blocks[0], block(6, 4, 3, 3)], x, train=True)

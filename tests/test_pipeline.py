@@ -1,8 +1,9 @@
-"""Tests of the TFDS builder and tf.data pipeline on a small real synthetic dataset.
+"""Tests of the TFDS builder, dataset preparation and the tf.data streams on a small real
+synthetic dataset.
 
 Everything runs the real code: `synthetic.generate` writes AVIs, the builder decodes them into
-TFDS files, and the pipeline's batches are checked against frames taken from the stored videos
-with plain numpy.
+TFDS files (`preparation.prepare`), and the pipeline's batches are checked against frames taken
+from the stored videos with plain numpy.
 """
 
 import csv
@@ -25,6 +26,7 @@ import tensorflow_datasets as tfds
 from lvef_jax.data import clips
 from lvef_jax.data import echonet
 from lvef_jax.data import pipeline
+from lvef_jax.data import preparation
 from lvef_jax.data import synthetic
 from lvef_jax.data import tfds_builder
 from lvef_jax.data import video_io
@@ -67,10 +69,10 @@ def data(tmp_path_factory):
     base / "echonet", NUM_VIDEOS, 3, min_frames=10, max_frames=40, workers=1
   )
   cfg = make_cfg(root=str(root), cache_dir=str(base / "cache"))
-  builder = pipeline.prepare(cfg)
+  builder = preparation.prepare(cfg)
   stored = {
     split: {ex["file_name"].decode(): ex for ex in tfds.as_numpy(builder.as_dataset(split=split))}
-    for split in pipeline.SPLITS
+    for split in clips.SPLITS
   }
   records = echonet.load_dataset_index(root)
   efs = [r.ef for r in records]
@@ -104,7 +106,7 @@ def test_builder_round_trips_videos_and_labels(data):
   seen = []
   for split, examples in data["stored"].items():
     assert sorted(examples) == sorted(r.file_name for r in records.values() if r.split == split)
-    assert pipeline.num_examples(data["builder"], split) == len(examples)
+    assert preparation.num_examples(data["builder"], split) == len(examples)
     for name, ex in examples.items():
       r = records[name]
       video = echonet.load_video(r.video_path)
@@ -121,7 +123,7 @@ def test_builder_round_trips_videos_and_labels(data):
 @pytest.mark.parametrize("clip_frames,period", [(8, 2), (12, 4), (3, 1)])
 def test_train_clips_are_cut_from_stored_videos(data, clip_frames, period):
   cfg = make_cfg(**{**data["cfg"], "clip_frames": clip_frames, "period": period})
-  n = pipeline.num_examples(data["builder"], "train")
+  n = preparation.num_examples(data["builder"], "train")
   batch = 5
   batches = all_batches(pipeline.train_batches(data["builder"], cfg, batch_size=batch, seed=1))
   assert len(batches) == n // batch  # drop_remainder: only full batches
@@ -205,7 +207,7 @@ def check_eval(data, split, batches, batch_size, num_batches, clip_frames, perio
 
 def eval_batches(builder, split, cfg, **kwargs):
   """`pipeline.clip_batches` of one clip per video, with each clip's file name and EF."""
-  listing = pipeline.split_listing(builder, split)
+  listing = preparation.split_listing(builder, split)
   for batch in pipeline.clip_batches(builder, split, cfg, **kwargs):
     index = np.maximum(batch["video_index"], 0)
     real = batch["video_index"] >= 0
@@ -216,7 +218,7 @@ def eval_batches(builder, split, cfg, **kwargs):
 
 def test_all_clips_cover_every_start_of_every_video(data):
   cfg = make_cfg(**{**data["cfg"], "clip_frames": 4, "period": 2})
-  listing = pipeline.split_listing(data["builder"], "val")
+  listing = preparation.split_listing(data["builder"], "val")
   seen = {}
   for batch in pipeline.clip_batches(
     data["builder"], "val", cfg, batch_size=5, clips="all", stride=3
@@ -240,7 +242,7 @@ def test_all_clips_cover_every_start_of_every_video(data):
 @pytest.mark.parametrize("divides", [True, False])
 def test_eval_deterministic_and_exactly_once(data, divides):
   split = "train"
-  n = pipeline.num_examples(data["builder"], split)
+  n = preparation.num_examples(data["builder"], split)
   batch = next(b for b in range(3, n + 1) if (n % b == 0) == divides)
   cfg = data["cfg"]
   first = all_batches(eval_batches(data["builder"], split, cfg, batch_size=batch))
@@ -255,7 +257,7 @@ def test_eval_deterministic_and_exactly_once(data, divides):
 
 @pytest.mark.parametrize("split,batch", [("val", 2), ("train", 4), ("test", 5)])
 def test_eval_two_shards_cover_split_once_in_step(data, split, batch):
-  n = pipeline.num_examples(data["builder"], split)
+  n = preparation.num_examples(data["builder"], split)
   cfg = make_cfg(**{**data["cfg"], "clip_frames": 5, "period": 3})
   num_batches = math.ceil(math.ceil(n / 2) / batch)
   names = []
@@ -278,7 +280,7 @@ def test_train_shards_are_the_rows_of_the_single_process_batches(data):
     )
     for shard in range(2)
   ]
-  n = pipeline.num_examples(data["builder"], "train")
+  n = preparation.num_examples(data["builder"], "train")
   assert len(whole) == len(shards[0]) == len(shards[1]) == n // 6
   for k, batch in enumerate(whole):
     for key in ("video", "ef"):
@@ -307,6 +309,12 @@ def files_under(path):
   return [p for p in path.rglob("*") if p.is_file()] if path.exists() else []
 
 
+def listed_efs(builder):
+  """EF by file name, as `preparation.split_listing` lists every split."""
+  listings = [preparation.split_listing(builder, split) for split in clips.SPLITS]
+  return {name: ef for listing in listings for name, ef in zip(listing["file_name"], listing["ef"])}
+
+
 def test_prepare_bad_root_leaves_nothing_and_then_works(data, tmp_path, capfd):
   root = tmp_path / "copy"
   shutil.copytree(data["root"], root)
@@ -317,51 +325,53 @@ def test_prepare_bad_root_leaves_nothing_and_then_works(data, tmp_path, capfd):
   file_list.write_text("\n".join(lines) + "\n")
   cfg = make_cfg(**{**data["cfg"], "root": str(root), "cache_dir": str(tmp_path / "cache")})
   with pytest.raises(echonet.EchoNetFormatError, match="HOLDOUT"):
-    pipeline.prepare(cfg)
+    preparation.prepare(cfg)
   # Nothing prepared is left; the (empty) lock file of the cache folder may stay.
   assert [p for p in files_under(tmp_path / "cache") if p.name != ".prepare.lock"] == []
 
   file_list.write_text(good)
   capfd.readouterr()
-  builder = pipeline.prepare(cfg)
+  builder = preparation.prepare(cfg)
   # TFDS's own "Downloading and preparing dataset Unknown size ..." and "... downloaded and
   # prepared" go straight to stdout; the project logs what it does instead.
   printed = capfd.readouterr().out
   assert "Downloading" not in printed and "downloaded" not in printed
-  assert sum(pipeline.num_examples(builder, s) for s in pipeline.SPLITS) == NUM_VIDEOS
+  assert sum(preparation.num_examples(builder, s) for s in clips.SPLITS) == NUM_VIDEOS
+  assert len(listed_efs(builder)) == NUM_VIDEOS
   info = pathlib.Path(builder.data_dir) / "dataset_info.json"
   mtime = info.stat().st_mtime_ns
-  assert pipeline.prepare(cfg).data_dir == builder.data_dir  # Reused, not rewritten.
+  assert preparation.prepare(cfg).data_dir == builder.data_dir  # Reused, not rewritten.
   assert info.stat().st_mtime_ns == mtime
 
   # Once prepared, the folder may go away: training reads only the prepared data.
   moved = tmp_path / "moved"
   root.rename(moved)
-  assert pipeline.prepare(cfg).data_dir == builder.data_dir
+  assert preparation.prepare(cfg).data_dir == builder.data_dir
   moved.rename(root)
 
   # Editing the folder afterwards must not leave stale prepared data in use.
   name, ef = lines[1].split(",")[:2]
   file_list.write_text(good.replace(f"{name},{ef},", f"{name},12.5,", 1))
-  rebuilt = pipeline.prepare(cfg)
+  rebuilt = preparation.prepare(cfg)
   efs = {
     ex["file_name"].decode(): ex["ef"]
-    for s in pipeline.SPLITS
+    for s in clips.SPLITS
     for ex in tfds.as_numpy(rebuilt.as_dataset(split=s))
   }
   assert efs[name] == np.float32(12.5)
+  assert listed_efs(rebuilt)[name] == 12.5  # the listing of the earlier preparation is gone
 
 
 def test_prepare_missing_root_raises_format_error(tmp_path):
   cfg = make_cfg(root=str(tmp_path / "nowhere"), cache_dir=str(tmp_path / "cache"))
   with pytest.raises(echonet.EchoNetFormatError):
-    pipeline.prepare(cfg)
+    preparation.prepare(cfg)
   # Nothing prepared is left; the (empty) lock file of the cache folder may stay.
   assert [p for p in files_under(tmp_path / "cache") if p.name != ".prepare.lock"] == []
 
 
 def test_builder_alone_validates_the_folder_itself(tmp_path, capfd):
-  """Without pipeline.prepare (and so without an index), the builder validates the folder."""
+  """Without preparation.prepare (and so without an index), the builder validates the folder."""
 
   def prepare(root):
     builder = tfds_builder.EchonetDynamic(data_dir=tmp_path / "tfds")
@@ -383,21 +393,21 @@ def test_builder_alone_validates_the_folder_itself(tmp_path, capfd):
 
 def test_resolve_root_reuses_and_regenerates(tmp_path):
   cfg = make_cfg(cache_dir=str(tmp_path))
-  root = pipeline.resolve_root(cfg)
+  root = preparation.resolve_root(cfg)
   assert root == tmp_path / "synthetic-n3-s0-f4-6"
   assert len(echonet.load_dataset_index(root)) == 3
   marker = root / ".synthetic.json"
   mtime = marker.stat().st_mtime_ns
-  assert pipeline.resolve_root(cfg) == root
+  assert preparation.resolve_root(cfg) == root
   assert marker.stat().st_mtime_ns == mtime  # Reused, not regenerated.
 
-  other = pipeline.resolve_root(make_cfg(cache_dir=str(tmp_path), synthetic_seed=1))
+  other = preparation.resolve_root(make_cfg(cache_dir=str(tmp_path), synthetic_seed=1))
   assert other == tmp_path / "synthetic-n3-s1-f4-6" and (other / ".synthetic.json").exists()
 
   # A folder whose marker records other parameters is regenerated.
   params = json.loads(marker.read_text())
   marker.write_text(json.dumps({**params, "seed": 99}))
-  assert pipeline.resolve_root(cfg) == root
+  assert preparation.resolve_root(cfg) == root
   assert json.loads(marker.read_text())["seed"] == 0
   assert sorted(os.listdir(tmp_path)) == ["synthetic-n3-s0-f4-6", "synthetic-n3-s1-f4-6"]
 
@@ -405,7 +415,9 @@ def test_resolve_root_reuses_and_regenerates(tmp_path):
 def test_tfds_dir_depends_on_root_path(tmp_path):
   a, b = tmp_path / "x" / "EchoNet", tmp_path / "y" / "EchoNet"
   dirs = {
-    pipeline._tfds_dir(pipeline._Settings.from_cfg(make_cfg(root=str(r), cache_dir="c")), r)
+    preparation._tfds_dir(
+      preparation.DataSettings.from_cfg(make_cfg(root=str(r), cache_dir="c")), r
+    )
     for r in (a, b)
   }
   assert len(dirs) == 2 and all(d.name.startswith("EchoNet-") for d in dirs)
@@ -459,13 +471,13 @@ def test_a_video_cut_short_is_refused_before_anything_is_prepared(data, tmp_path
   video = _longest_train_video(data, root)
   video.write_bytes(video.read_bytes()[: video.stat().st_size // 2])  # an interrupted copy
   with pytest.raises(echonet.EchoNetFormatError, match=f"{video.name} is truncated"):
-    pipeline.prepare(cfg)
+    preparation.prepare(cfg)
   assert _prepared_leftovers(tmp_path / "cache") == []
 
   cfg.on_bad_video = "skip"
-  builder = pipeline.prepare(cfg)
-  assert sum(pipeline.num_examples(builder, s) for s in pipeline.SPLITS) == NUM_VIDEOS - 1
-  skipped = pipeline.skipped_videos_csv(builder).splitlines()
+  builder = preparation.prepare(cfg)
+  assert sum(preparation.num_examples(builder, s) for s in clips.SPLITS) == NUM_VIDEOS - 1
+  skipped = preparation.skipped_videos_csv(builder).splitlines()
   assert len(skipped) == 2 and skipped[1].startswith(f"{video.stem},is truncated")
 
 
@@ -476,17 +488,18 @@ def test_a_video_damaged_in_the_middle_stops_preparation_naming_it(data, tmp_pat
   # Both ends still decode, so validation passes it: only the full decode finds the damage.
   assert video_io.probe_video(video) is None
   with pytest.raises(echonet.EchoNetFormatError) as error:
-    pipeline.prepare(cfg)
+    preparation.prepare(cfg)
   assert "1 videos of split train cannot be decoded in full" in str(error.value)
   assert f"{video}: only" in str(error.value) and "truncated or corrupt" in str(error.value)
   assert _prepared_leftovers(tmp_path / "cache") == []
 
   cfg.on_bad_video = "skip"
-  builder = pipeline.prepare(cfg)
+  builder = preparation.prepare(cfg)
   assert (
-    pipeline.num_examples(builder, "train") == sum(r.split == "train" for r in data["records"]) - 1
+    preparation.num_examples(builder, "train")
+    == sum(r.split == "train" for r in data["records"]) - 1
   )
-  rows = list(csv.DictReader(io.StringIO(pipeline.skipped_videos_csv(builder))))
+  rows = list(csv.DictReader(io.StringIO(preparation.skipped_videos_csv(builder))))
   assert [r["FileName"] for r in rows] == [video.stem]
   assert "frames listed by the container could be decoded" in rows[0]["reason"]
 
@@ -506,8 +519,8 @@ def test_file_list_metadata_that_disagrees_with_the_videos_is_one_warning_per_ki
     lines[i] = ",".join(fields)
   (root / "FileList.csv").write_text("\n".join(lines) + "\n")
   caplog.set_level("WARNING")
-  builder = pipeline.prepare(cfg)
-  assert sum(pipeline.num_examples(builder, s) for s in pipeline.SPLITS) == NUM_VIDEOS
+  builder = preparation.prepare(cfg)
+  assert sum(preparation.num_examples(builder, s) for s in clips.SPLITS) == NUM_VIDEOS
   warnings = [
     r.getMessage() for r in caplog.records if "disagrees with the decoded" in r.getMessage()
   ]
@@ -521,17 +534,18 @@ _SLOW_PREPARE = """
 import json, sys, time
 import ml_collections
 from absl import logging
-from lvef_jax.data import pipeline, tfds_builder
+from lvef_jax.data import preparation, tfds_builder
 logging.set_verbosity(logging.INFO)
 decode = tfds_builder._decode
 def slow(record):  # a slow disk: the kill surely lands while TFDS is writing
   time.sleep(0.5)
   return decode(record)
 tfds_builder._decode = slow
-pipeline.prepare(ml_collections.ConfigDict(json.loads(sys.argv[1])))
+preparation.prepare(ml_collections.ConfigDict(json.loads(sys.argv[1])))
 """
 
 
+@pytest.mark.slow
 def test_a_preparation_killed_midway_is_cleaned_up_and_redone(data, tmp_path, caplog):
   root, cfg = _copy_of(data, tmp_path)
   script = tmp_path / "slow_prepare.py"
@@ -556,9 +570,9 @@ def test_a_preparation_killed_midway_is_cleaned_up_and_redone(data, tmp_path, ca
   assert list(data_dir.glob("echonet_dynamic/incomplete.*"))  # what TFDS could not clean up
 
   caplog.set_level("WARNING")
-  builder = pipeline.prepare(cfg)
+  builder = preparation.prepare(cfg)
   assert any("was interrupted" in r.getMessage() for r in caplog.records)
-  assert sum(pipeline.num_examples(builder, s) for s in pipeline.SPLITS) == NUM_VIDEOS
+  assert sum(preparation.num_examples(builder, s) for s in clips.SPLITS) == NUM_VIDEOS
   assert not list(data_dir.glob("echonet_dynamic/incomplete.*"))
   assert not (data_dir / ".preparing").exists()
   assert (data_dir / "source.json").is_file()
@@ -567,11 +581,12 @@ def test_a_preparation_killed_midway_is_cleaned_up_and_redone(data, tmp_path, ca
   (data_dir / ".preparing").write_text("pid 1\n")
   info = pathlib.Path(builder.data_dir) / "dataset_info.json"
   before = info.stat().st_mtime_ns
-  builder = pipeline.prepare(cfg)
+  builder = preparation.prepare(cfg)
   assert info.stat().st_mtime_ns != before
-  assert sum(pipeline.num_examples(builder, s) for s in pipeline.SPLITS) == NUM_VIDEOS
+  assert sum(preparation.num_examples(builder, s) for s in clips.SPLITS) == NUM_VIDEOS
 
 
+@pytest.mark.slow
 def test_processes_preparing_at_once_prepare_once_and_all_use_it(data, tmp_path):
   _, cfg = _copy_of(data, tmp_path)
   script = tmp_path / "slow_prepare.py"
@@ -591,5 +606,5 @@ def test_processes_preparing_at_once_prepare_once_and_all_use_it(data, tmp_path)
   assert [p.returncode for p in processes] == [0, 0], [log[-2000:] for log in logs]
   assert sum("preparing the dataset copy" in log for log in logs) == 1
   assert sum("Reusing prepared data" in log for log in logs) == 1
-  builder = pipeline.prepare(cfg)
-  assert sum(pipeline.num_examples(builder, s) for s in pipeline.SPLITS) == NUM_VIDEOS
+  builder = preparation.prepare(cfg)
+  assert sum(preparation.num_examples(builder, s) for s in clips.SPLITS) == NUM_VIDEOS

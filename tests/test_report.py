@@ -185,6 +185,7 @@ def _results(directory: pathlib.Path) -> dict:
   return json.loads((directory / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_report_of_real_runs(sweeps):
   tmp, paper, _ = sweeps
   out = tmp / "out_paper"
@@ -235,6 +236,7 @@ def test_report_of_real_runs(sweeps):
     assert (out / name).read_bytes()[:4] == PNG_MAGIC
 
 
+@pytest.mark.slow
 def test_second_root_is_a_second_block(sweeps):
   tmp, paper, improved = sweeps
   out = tmp / "out_both"
@@ -264,6 +266,7 @@ def test_second_root_is_a_second_block(sweeps):
   assert {r["recipe"] for r in _read_csv(out / "error_by_ef_range.csv")} == {"paper", "improved"}
 
 
+@pytest.mark.slow
 def test_two_recipes_under_one_root_is_an_error(sweeps, tmp_path):
   _, paper, improved = sweeps
   root = tmp_path / "mixed"
@@ -276,6 +279,7 @@ def test_two_recipes_under_one_root_is_an_error(sweeps, tmp_path):
 # ----------------------------------------------------------------------------- (d) bad input
 
 
+@pytest.mark.slow
 def test_corrupt_results_is_a_missing_run_with_a_warning(sweeps, tmp_path, caplog):
   _, paper, _ = sweeps
   root = tmp_path / "runs"
@@ -293,6 +297,7 @@ def test_corrupt_results_is_a_missing_run_with_a_warning(sweeps, tmp_path, caplo
   assert "| BatchNorm (B1) | – (9.72) | – (7.35) | – (0.370) |" in md
 
 
+@pytest.mark.slow
 def test_cli_missing_root_is_an_error(tmp_path):
   result = subprocess.run(
     [sys.executable, "-m", "lvef_jax.report", f"--root={tmp_path / 'nope'}", f"--out={tmp_path}"],
@@ -306,6 +311,7 @@ def test_cli_missing_root_is_an_error(tmp_path):
   assert str(tmp_path / "nope") in result.stderr
 
 
+@pytest.mark.slow
 def test_report_imports_no_jax_or_tensorflow():
   code = (
     "import sys, lvef_jax.report\n"

@@ -12,6 +12,9 @@ import pytest
 from lvef_jax import filelock, sweep
 from tests.conftest import ROOT, communicate_all
 
+# sweeps of real runs: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 # Two of the cheapest experiments, shrunk by --runlocal to a few seconds each.
 CHEAP = ["table1/stem", "table7/DIT-B1"]
 

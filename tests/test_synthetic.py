@@ -275,6 +275,7 @@ def test_failure_leaves_nothing_behind(tmp_path, monkeypatch):
   assert (out / "FileList.csv").read_bytes() == before  # the old dataset survives a failed rewrite
 
 
+@pytest.mark.slow
 def test_command_line(tmp_path):
   env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])}
   command = [

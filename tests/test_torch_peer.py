@@ -110,6 +110,7 @@ def _to_torch(value: np.ndarray, is_kernel: bool) -> torch.Tensor:
   return torch.from_numpy(np.array(value))  # a writable, contiguous copy
 
 
+@pytest.mark.slow
 def test_same_weights_give_the_same_training_forward_pass():
   """mini, conv2 3x1x1 on an odd-and-even 9x20x20 clip: every padding case, BatchNorm in
   training mode (batch statistics, running-average momentum), dropout off."""
@@ -150,6 +151,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
   )
 
 
+@pytest.mark.slow
 def test_time_prints_one_json_line_with_the_bench_keys():
   done = _run(
     "time", "--variant=mini", "--shape=8,32,32,1", "--batch=2", "--steps=1", "--threads=1"
@@ -204,6 +206,7 @@ def test_counts_prints_every_variant():
   assert counts["i3d_mini_conv2_1x1x1"] == 1536001  # docs/models.md
 
 
+@pytest.mark.slow
 def test_bench_times_the_peer_in_the_same_call_and_prints_the_ratio():
   done = tiny_bench("--model=i3d_stem", "--peer=torch")
   assert done.returncode == 0, done.stderr[-3000:]
@@ -214,6 +217,7 @@ def test_bench_times_the_peer_in_the_same_call_and_prints_the_ratio():
   assert ratio["clips_per_s"] == pytest.approx(ours["clips_per_s"] / peer["clips_per_s"], rel=1e-2)
 
 
+@pytest.mark.slow
 def test_bench_peer_refuses_a_family_it_does_not_implement():
   done = tiny_bench("--model=two_stream", "--peer=torch")
   assert done.returncode == 1

@@ -11,7 +11,7 @@ from lvef_jax.config_base import base_config
 from lvef_jax.data.echonet import EchoNetFormatError
 from lvef_jax.errors import ConfigError, LvefError, MissingCheckpointError, NonFiniteLossError
 from lvef_jax.evaluation import metrics
-from lvef_jax import checkpoints, sharding
+from lvef_jax import checkpoints, config_base, sharding
 from lvef_jax.training import state as state_lib, steps, trainer
 from tests.conftest import load_config, shrink
 
@@ -58,6 +58,7 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch():
 
 
 @pytest.mark.parametrize("norm", ["batch", "layer"])
+@pytest.mark.slow
 def test_one_and_eight_devices_give_the_same_step(norm):
   config = _config(variant="mini", norm=norm)
   config.train.update(grad_clip_norm=10.0, weight_decay=1e-4)  # the full optimizer chain
@@ -259,6 +260,7 @@ def test_etas_count_only_what_is_left_of_this_run(first_epoch):
   ) == (6.0, 6.0)
 
 
+@pytest.mark.slow
 def test_a_workdir_of_another_config_is_refused_unless_overwritten(tmp_path, data_cache):
   config = shrink(load_config("i3d", "variant=stem"), data_cache)
   workdir = tmp_path / "run"
@@ -281,10 +283,18 @@ def test_a_workdir_of_another_config_is_refused_unless_overwritten(tmp_path, dat
   assert trainer.train_and_evaluate(longer, workdir)["best_epoch"] >= 1
   assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 3
 
-  # A run saved before a key was added to the project resumes: it ran as the default does.
+  # A run saved before a key was added to the project resumes: it ran as the default does. So
+  # does one whose model had a key since retired (such as the old switch for how the stem ran
+  # on CPUs, now a compute choice), or that ran with other kernels: config.json holds none.
   saved = json.loads((workdir / "config.json").read_text())
+  assert "compute" not in saved
   del saved["data"]["device_resident"]
+  saved["model"]["a_key_since_retired"] = "auto"
   (workdir / "config.json").write_text(json.dumps(saved))
+  trainer.check_workdir(longer, workdir, overwrite=False)
+  old = config_base.load_run_config(workdir)
+  assert "a_key_since_retired" not in old.model and old.compute.kernels == "auto"
+  longer.compute.kernels = "cpu"
   trainer.check_workdir(longer, workdir, overwrite=False)
 
   trainer.train_and_evaluate(typo, workdir, overwrite=True)
@@ -312,6 +322,7 @@ def test_a_non_finite_step_is_skipped_and_leaves_the_state_as_it_was():
   assert int(out["skipped"]) == 0 and np.isfinite(float(out["loss"]))
 
 
+@pytest.mark.slow
 def test_non_finite_steps_in_a_row_stop_the_run_with_a_clear_message(tmp_path, data_cache):
   config = shrink(load_config("i3d", "variant=stem"), data_cache)
   config.train.update(learning_rate=1e38, max_bad_steps=2, num_epochs=3)
@@ -319,8 +330,9 @@ def test_non_finite_steps_in_a_row_stop_the_run_with_a_clear_message(tmp_path, d
     trainer.train_and_evaluate(config, tmp_path)
 
 
+@pytest.mark.slow
 def test_results_can_average_every_clip_of_each_video(tmp_path, data_cache):
-  from lvef_jax.data import pipeline
+  from lvef_jax.data import preparation
   from lvef_jax.evaluation import evaluator
   from lvef_jax.evaluation.predictor import Predictor
 
@@ -329,7 +341,7 @@ def test_results_can_average_every_clip_of_each_video(tmp_path, data_cache):
   results = trainer.train_and_evaluate(config, tmp_path)
   assert results["eval_clips"] == "all"
   predictor = Predictor.from_run(tmp_path, "best", config=config)
-  builder, mesh = pipeline.prepare(config.data), sharding.make_mesh()
+  builder, mesh = preparation.prepare(config.data), sharding.make_mesh()
 
   def rmse(clips):
     p = evaluator.Evaluator("test", clips=clips, stride=3, batch_size=8).run(
@@ -356,6 +368,7 @@ def test_a_second_train_step_compilation_is_reported(caplog):
   assert "the train step was compiled 2 times in this process" in caplog.text
 
 
+@pytest.mark.slow
 def test_bfloat16_and_float32_train_steps_agree_within_bfloat16_precision():
   """The same weights and batch: bf16 compute gives the fp32 step's loss, gradient norm and
   updated weights within bf16's precision (8 bits of mantissa), parameters staying float32."""

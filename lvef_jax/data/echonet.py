@@ -25,9 +25,9 @@ from absl import logging
 import numpy as np
 
 from lvef_jax.data import video_io
+from lvef_jax.data.clips import SPLITS
 from lvef_jax.errors import LvefError
 
-SPLITS = ("train", "val", "test")
 FILE_LIST_HEADER = (
   "FileName",
   "EF",
@@ -190,7 +190,9 @@ def _parse_file_list(root, problems):
     fps = _number(fps, "FPS", where, problems, positive=True)
     n_frames = _number(n_frames, "NumberOfFrames", where, problems, positive=True, integer=True)
     if split.lower() not in SPLITS:
-      problems.append(f"{where}: Split {split!r} is not one of TRAIN, VAL, TEST")
+      problems.append(
+        f"{where}: Split {split!r} is not one of {', '.join(name.upper() for name in SPLITS)}"
+      )
     if len(problems) == n_before:
       records.append(
         VideoRecord(

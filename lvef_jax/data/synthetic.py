@@ -28,13 +28,15 @@ import cv2
 import numpy as np
 
 from lvef_jax.data import echonet
+from lvef_jax.data.clips import SPLITS
 from lvef_jax.errors import ConfigError
 
 VERSION = "lvef_jax.synthetic/1"
 SIZE = 112
 NUM_CHORDS = 20
 CLIP_FRAMES = 28  # the paper's clip length; a few videos are shorter so padding gets exercised
-SPLITS = (("TRAIN", 7465), ("VAL", 1288), ("TEST", 1277))  # the real dataset's split sizes
+# The real dataset's videos per split: the synthetic one keeps these proportions.
+ECHONET_SPLIT_SIZES = dict(zip(SPLITS, (7465, 1288, 1277)))
 MARKER = ".synthetic.json"
 _SHIFT = 4  # cv2 draws in fixed point: 1/16-pixel precision for sub-pixel chamber outlines
 
@@ -342,9 +344,9 @@ def _make_video(job):
 # ------------------------------------------------------------------------------------- dataset
 def assign_splits(num_videos, seed):
   """TRAIN/VAL/TEST per video in the real dataset's proportions, every split non-empty."""
-  total = sum(count for _, count in SPLITS)
-  val = max(1, round(num_videos * SPLITS[1][1] / total))
-  test = max(1, round(num_videos * SPLITS[2][1] / total))
+  total = sum(ECHONET_SPLIT_SIZES.values())
+  val = max(1, round(num_videos * ECHONET_SPLIT_SIZES["val"] / total))
+  test = max(1, round(num_videos * ECHONET_SPLIT_SIZES["test"] / total))
   labels = np.array(["TRAIN"] * (num_videos - val - test) + ["VAL"] * val + ["TEST"] * test)
   rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, 0)))
   return labels[rng.permutation(num_videos)].tolist()
@@ -468,7 +470,8 @@ def summarize(out_dir) -> str:
   with open(pathlib.Path(out_dir) / "FileList.csv", newline="") as f:
     rows = list(csv.DictReader(f))
   ef = np.array([float(row["EF"]) for row in rows])
-  splits = ", ".join(f"{name} {sum(row['Split'] == name for row in rows)}" for name, _ in SPLITS)
+  labels = [split.upper() for split in SPLITS]  # as FileList.csv spells them
+  splits = ", ".join(f"{label} {sum(row['Split'] == label for row in rows)}" for label in labels)
   return (
     f"{len(rows)} videos ({splits}), "
     f"EF {ef.mean():.1f} +/- {ef.std():.1f} [{ef.min():.1f}, {ef.max():.1f}]"

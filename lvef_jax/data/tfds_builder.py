@@ -5,7 +5,7 @@ The user's copy of EchoNet-Dynamic (or a synthetic folder in the same layout) is
 raw uint8 tensor, so training never touches the AVIs again: decoding MJPG/XVID costs far more
 than copying bytes, and tf.data cannot decode AVIs in-graph at all.
 
-Usage without `pipeline.py`::
+Usage without `preparation.py`::
 
     builder = EchonetDynamic(data_dir="data/tfds/echonet")
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
@@ -27,6 +27,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import utils as tfds_utils
 
 from lvef_jax.data import echonet
+from lvef_jax.data.clips import SPLITS
 
 # Storage encoding of the video tensor: BYTES, the raw frames, uncompressed. Measured on 200
 # synthetic videos (2-core CPU) against ZLIB: BYTES prepares ~3x faster (with ZLIB, TFDS
@@ -44,7 +45,9 @@ _LOG_EVERY = 500
 
 def split_counts(records: list[echonet.VideoRecord]) -> str:
   """``"N videos: a train, b val, c test"``, for log lines."""
-  counts = ", ".join(f"{sum(r.split == s for r in records)} {s}" for s in echonet.SPLITS)
+  counts = ", ".join(
+    f"{sum(record.split == split for record in records)} {split}" for split in SPLITS
+  )
   return f"{len(records)} videos: {counts}"
 
 
@@ -118,7 +121,7 @@ class EchonetDynamic(tfds.core.GeneratorBasedBuilder):
   def _log_download_bytes(self) -> None:
     # TFDS prints "Downloading and preparing dataset Unknown size ..." to stdout here, bypassing
     # logging. Nothing is downloaded, and the sizes are unknown: the caller's log says what
-    # happens instead (pipeline.prepare's "preparing the dataset copy of ...").
+    # happens instead (preparation.prepare's "preparing the dataset copy of ...").
     pass
 
   def _log_download_done(self) -> None:
@@ -179,7 +182,7 @@ class EchonetDynamic(tfds.core.GeneratorBasedBuilder):
       # folder fails in seconds instead of after hours of writing, and leaves nothing behind.
       records = echonet.load_dataset_index(os.fspath(root))
       logging.info("EchoNet folder %s: %s.", root, split_counts(records))
-    by_split = {split: [r for r in records if r.split == split] for split in echonet.SPLITS}
+    by_split = {split: [record for record in records if record.split == split] for split in SPLITS}
     return {split: self._generate_examples(rows) for split, rows in by_split.items()}
 
   def _generate_examples(self, records: list[echonet.VideoRecord]):

@@ -16,18 +16,22 @@ import numpy as np
 from absl import logging
 
 from lvef_jax import sharding
-from lvef_jax.errors import ConfigError, LvefError
+from lvef_jax.config_base import load_run_config
+from lvef_jax.data import clips as clip_layout
+from lvef_jax.errors import LvefError
 from lvef_jax.evaluation import evaluator, metrics
 from lvef_jax.evaluation.predictor import Predictor, check_same_inputs
 from lvef_jax.reporting import evaluation as eval_files
 
-SPLITS = ("train", "val", "test")
 EVAL_DIR = "eval"
 
 
 def _predictors(config, workdir, checkpoint: str, ensemble: Sequence[str], mesh):
   members = [Predictor.from_run(workdir, checkpoint, config=config, mesh=mesh)]
-  members += [Predictor.from_run(d, checkpoint, mesh=mesh) for d in ensemble]
+  for other in ensemble:
+    other_config = load_run_config(other)
+    other_config.compute = config.compute  # this command's hardware choice, for every member
+    members.append(Predictor.from_run(other, checkpoint, config=other_config, mesh=mesh))
   check_same_inputs(members)
   for member in members:
     logging.info("weights: %s", member.source)
@@ -56,30 +60,30 @@ def evaluate(
   Returns:
     The report of each split.
   """
-  if split not in (*SPLITS, "all"):
-    raise ConfigError(f"eval split {split!r}: expected one of train, val, test, all")
-  clips = clips or config.eval.clips
-  if clips not in ("one", "all"):
-    raise ConfigError(f"eval clips {clips!r}: expected one or all")
-  from lvef_jax.data import pipeline  # TensorFlow: only where data are read
+  names = clip_layout.check_split(split, "eval split")
+  clips = clip_layout.check_clip_mode(clips or config.eval.clips, "eval clips")
+  from lvef_jax.data import preparation  # TensorFlow: only where data are read
 
   workdir = pathlib.Path(workdir)
   mesh = sharding.make_mesh()
   members = _predictors(config, workdir, checkpoint, ensemble, mesh)
-  builder = pipeline.prepare(config.data)
+  builder = preparation.prepare(config.data)
   mc_samples = int(config.eval.mc_dropout_samples)
+  stride = clip_layout.clip_stride(
+    config.eval.clip_stride, config.data.clip_frames, config.data.period
+  )
   reports = {}
-  for name in SPLITS if split == "all" else (split,):
+  for name in names:
     start = time.perf_counter()
-    run = evaluator.Evaluator(
+    split_evaluator = evaluator.Evaluator(
       name,
       clips=clips,
-      stride=config.eval.clip_stride,
+      stride=stride,
       batch_size=config.eval.batch_size,
       mc_samples=mc_samples,
       seed=config.seed,
     )
-    predictions = run.run(members, builder, config.data, mesh)
+    predictions = split_evaluator.run(members, builder, config.data, mesh)
     low, high = predictions.interval()
     # Intervals need several predictions per video: clips, dropout samples or members.
     several_clips = clips == "all" and predictions.n_clips.max() > 1
@@ -97,7 +101,7 @@ def evaluate(
     report = {
       "split": name,
       "clips": clips,
-      "clip_stride": config.eval.clip_stride or config.data.clip_frames * config.data.period,
+      "clip_stride": stride,
       "clips_scored": int(predictions.n_clips.sum()),
       "checkpoints": [m.source for m in members],
       "data_root": config.data.root or "(synthetic)",
@@ -160,16 +164,14 @@ def predict(
   Returns:
     The number of videos scored (the caller exits non-zero when it is 0).
   """
-  from lvef_jax.data import clips as clip_layout
   from lvef_jax.data import video_io
 
-  if clips not in ("one", "all"):
-    raise ConfigError(f"predict clips {clips!r}: expected one or all")
+  clip_layout.check_clip_mode(clips, "predict clips")
   found = video_io.find_videos(videos)
   mesh = sharding.make_mesh()
   members = _predictors(config, pathlib.Path(workdir), checkpoint, ensemble, mesh)
   data = config.data
-  stride = config.eval.clip_stride or data.clip_frames * data.period
+  stride = clip_layout.clip_stride(config.eval.clip_stride, data.clip_frames, data.period)
   batch_size = config.eval.batch_size
   sharding.check_batch_size(batch_size, mesh, "eval.batch_size")
   mc_samples = int(config.eval.mc_dropout_samples)
@@ -191,7 +193,7 @@ def predict(
       else np.zeros(1, np.int64)
     )
     video = np.stack(
-      [clip_layout.take_clip(frames, s, data.clip_frames, data.period) for s in starts]
+      [clip_layout.take_clip(frames, start, data.clip_frames, data.period) for start in starts]
     )
     ((mean, std, n_clips),) = evaluator.predict_clips(
       members, [video], mesh, batch_size=batch_size, mc_samples=mc_samples, seed=config.seed

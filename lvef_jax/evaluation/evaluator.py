@@ -115,10 +115,11 @@ class Evaluator:
   """Scores every video of ``split``.
 
   Attributes:
-    split: ``train``, ``val`` or ``test``.
-    clips: ``one`` (the clip from frame 0) or ``all`` (every start ``stride`` frames apart,
-      averaged per video).
-    stride: frames between the clip starts of ``all``; 0: clip length x period.
+    split: one of `lvef_jax.data.clips.SPLITS`.
+    clips: one of `lvef_jax.data.clips.CLIP_MODES`: ``one`` (the clip from frame 0) or ``all``
+      (every start ``stride`` frames apart, averaged per video).
+    stride: frames between the clip starts of ``all``; 0: clip length x period
+      (`lvef_jax.data.clips.clip_stride`).
     batch_size: clips per compiled call (global); the last batch is padded, so one compiled
       function serves every batch and memory stays bounded.
     mc_samples: 0 for the inference-mode prediction; N for N Monte-Carlo dropout samples of
@@ -153,11 +154,11 @@ class Evaluator:
     self, predict_fns: Sequence[PredictFn] | PredictFn, builder, data_cfg, mesh
   ) -> VideoPredictions:
     """Averages ``predict_fns`` (an ensemble, or one function) over the clips of every video."""
-    from lvef_jax.data import pipeline
+    from lvef_jax.data import preparation  # TensorFlow: only where a prepared split is read
 
     if callable(predict_fns):
       predict_fns = [predict_fns]
-    listing = pipeline.split_listing(builder, self.split)
+    listing = preparation.split_listing(builder, self.split)
     sums = _Sums(len(listing["ef"]))
     for number, (host, device) in enumerate(self.batches(builder, data_cfg, mesh)):
       sums.score(predict_fns, device["video"], host["video_index"], host["mask"], number, self)

@@ -2,7 +2,9 @@
 
 A ``Model`` maps a clip batch ``[B, T, H, W, 1]`` to EF ``[B]``. It is built from the keys of
 ``config.model`` (all but ``name``; each family's config file holds exactly the keys its
-``Model`` takes) plus the clip shape from ``config.data``.
+``Model`` takes) plus the clip shape from ``config.data``, and the convolution and pooling ops
+that ``config.compute.kernels`` names (:func:`ops_for`): a hardware choice, not part of the
+model, so a run trained with one resumes, evaluates and predicts with another.
 """
 
 from __future__ import annotations
@@ -13,8 +15,26 @@ import jax
 from flax import nnx
 
 from lvef_jax.errors import ConfigError
+from lvef_jax.models import layers
 
 MODEL_FAMILIES = ("i3d", "two_stream", "fusion", "cnn_rnn")
+# config.compute.kernels: "xla" is XLA's plain convolutions and pooling on every backend (what
+# GPUs run), "cpu" the CPU's forms of the same ops (lvef_jax.kernels), "auto" the CPU's forms on
+# the CPU backend and XLA's everywhere else.
+KERNELS = ("auto", "xla", "cpu")
+
+
+def ops_for(kernels: str, backend: str | None = None) -> layers.Ops:
+  """The ops that ``config.compute.kernels`` names, on ``backend`` (default: JAX's)."""
+  if kernels not in KERNELS:
+    raise ConfigError(f"compute.kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
+  if kernels == "auto":
+    kernels = "cpu" if (backend or jax.default_backend()) == "cpu" else "xla"
+  if kernels == "xla":
+    return layers.XLA_OPS
+  from lvef_jax import kernels as cpu_kernels  # the one place models meet the CPU's forms
+
+  return cpu_kernels.CPU_OPS
 
 
 def model_class(name: str) -> type[nnx.Module]:
@@ -25,11 +45,13 @@ def model_class(name: str) -> type[nnx.Module]:
 
 
 def create_model(config, seed: int = 0) -> nnx.Module:
-  """Builds ``config.model`` for clips of ``config.data.clip_frames`` x ``image_size``^2."""
+  """Builds ``config.model`` for clips of ``config.data.clip_frames`` x ``image_size``^2, with
+  the ops of ``config.compute.kernels``."""
   kwargs = {k: v for k, v in config.model.to_dict().items() if k != "name"}
   return model_class(config.model.name)(
     clip_frames=config.data.clip_frames,
     image_size=config.data.image_size,
+    ops=ops_for(config.compute.kernels),
     rngs=nnx.Rngs(params=jax.random.key(seed)),
     **kwargs,
   )

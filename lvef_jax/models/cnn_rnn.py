@@ -39,15 +39,21 @@ INCEPTION_MIN_SIZE = 75  # Keras' smallest input for InceptionV3
 class MiniInception2D(nnx.Module):
   """I3D-mini's stem and Module 3 in 2-D: ``[N, H, W, 1]`` frames -> ``[N, 480]`` features."""
 
-  def __init__(self, *, norm: str, bn_momentum: float, dtype, stem_impl: str, rngs: nnx.Rngs):
-    self.stem_impl = i3d.resolve_stem_impl(stem_impl)
-    self.stem_conv = layers.conv(1, i3d.STEM_FEATURES, (7, 7), strides=2, dtype=dtype, rngs=rngs)
+  def __init__(
+    self, *, norm: str, bn_momentum: float, dtype, rngs: nnx.Rngs, ops: layers.Ops = layers.XLA_OPS
+  ):
+    self.ops = ops
+    self.stem_conv = layers.conv(
+      1, i3d.STEM_FEATURES, (7, 7), strides=2, dtype=dtype, rngs=rngs, ops=ops
+    )
     self.stem_norm = layers.Norm(
       i3d.STEM_FEATURES, norm, momentum=bn_momentum, dtype=dtype, rngs=rngs
     )
     # conv2 stays 1x1: the paper kept the original kernel for its 2-D CNN-RNN models.
-    self.conv2 = layers.conv(i3d.STEM_FEATURES, i3d.CONV2_FEATURES, (1, 1), dtype=dtype, rngs=rngs)
-    conv_kwargs = dict(norm=norm, bn_momentum=bn_momentum, dtype=dtype, rngs=rngs)
+    self.conv2 = layers.conv(
+      i3d.STEM_FEATURES, i3d.CONV2_FEATURES, (1, 1), dtype=dtype, rngs=rngs, ops=ops
+    )
+    conv_kwargs = dict(norm=norm, bn_momentum=bn_momentum, dtype=dtype, rngs=rngs, ops=ops)
     features, modules = i3d.CONV2_FEATURES, []
     for name in i3d.STAGES["im3"][1]:
       modules.append(i3d.Inception(features, i3d.INCEPTION_WIDTHS[name], ndim=2, **conv_kwargs))
@@ -56,12 +62,10 @@ class MiniInception2D(nnx.Module):
     self.out_features = features
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    if self.stem_impl == "im2col":
-      x = layers.conv_im2col(x, self.stem_conv, (2, 2))
-    else:
-      x = self.stem_conv(x)
-    x = layers.max_pool(jax.nn.relu(self.stem_norm(x, train=train)), (3, 3), (2, 2))
-    x = layers.max_pool(self.conv2(x), (3, 3), (2, 2))
+    x = self.ops.max_pool(
+      jax.nn.relu(self.stem_norm(self.stem_conv(x), train=train)), (3, 3), (2, 2)
+    )
+    x = self.ops.max_pool(self.conv2(x), (3, 3), (2, 2))
     for module in self.modules:
       x = module(x, train=train)
     return layers.global_average_pool(x)
@@ -80,7 +84,7 @@ class Model(layers.EFModel):
     rnn_features: units of the stacked recurrent layers (the adapted example: 16, 8).
     head_hidden: width of the Dense layer after the recurrent layers.
     dropout: dropout after the recurrent layers (paper: 0.4).
-    bn_momentum, ef_offset, dtype, stem_impl: as for the other families.
+    bn_momentum, ef_offset, dtype, ops: as for the other families.
     clip_frames, image_size: input clip shape.
   """
 
@@ -99,10 +103,10 @@ class Model(layers.EFModel):
     ef_offset: float,
     ef_scale: float,
     dtype: str,
-    stem_impl: str,
     clip_frames: int,
     image_size: int,
     rngs: nnx.Rngs,
+    ops: layers.Ops = layers.XLA_OPS,
   ):
     del clip_frames  # the recurrent layers take any number of frames
     for name, value, allowed in (
@@ -128,7 +132,9 @@ class Model(layers.EFModel):
           f"{INCEPTION_MIN_SIZE} pixels, got image_size={image_size}"
         )
       self.trainable_blocks = TRAIN_BACKBONE[train_backbone]
-      self.backbone = inception_v3.InceptionV3(bn_momentum=bn_momentum, dtype=self.dtype, rngs=rngs)
+      self.backbone = inception_v3.InceptionV3(
+        bn_momentum=bn_momentum, dtype=self.dtype, rngs=rngs, ops=ops
+      )
       if backbone_weights:
         inception_v3.load_keras_weights(self.backbone, backbone_weights)
         logging.info("InceptionV3 weights imported from %s", backbone_weights)
@@ -148,7 +154,7 @@ class Model(layers.EFModel):
         raise ConfigError("backbone_weights is for backbone=inception_v3")
       self.trainable_blocks = None
       self.backbone = MiniInception2D(
-        norm=cnn_norm, bn_momentum=bn_momentum, dtype=self.dtype, stem_impl=stem_impl, rngs=rngs
+        norm=cnn_norm, bn_momentum=bn_momentum, dtype=self.dtype, rngs=rngs, ops=ops
       )
       features = self.backbone.out_features
     rnns = []

@@ -57,7 +57,7 @@ class Model(layers.EFModel):
 
   Args:
     kind: one of ``KINDS``.
-    conv2, norm, bn_momentum, dtype, stem_impl: of the I3D-mini bodies (:class:`i3d.Body`).
+    conv2, norm, bn_momentum, dtype, ops: of the I3D-mini bodies (:class:`i3d.Body`).
     head: the regression head (``heads.HEADS``; each stream's head for ``combination``).
     dropout: head dropout (paper: 0.5).
     head_hidden: width of head C's hidden layer.
@@ -82,10 +82,10 @@ class Model(layers.EFModel):
     ef_offset: float,
     ef_scale: float,
     dtype: str,
-    stem_impl: str,
     clip_frames: int,
     image_size: int,
     rngs: nnx.Rngs,
+    ops: layers.Ops = layers.XLA_OPS,
   ):
     if kind not in KINDS:
       raise ConfigError(f"Fusion kind must be one of {KINDS}, got {kind!r}")
@@ -101,12 +101,12 @@ class Model(layers.EFModel):
         norm=norm,
         bn_momentum=bn_momentum,
         dtype=self.dtype,
-        stem_impl=stem_impl,
         rngs=rngs,
+        ops=ops,
       )
 
-    conv_kwargs = dict(norm=norm, bn_momentum=bn_momentum, dtype=self.dtype, rngs=rngs)
-    head_kwargs = dict(dropout=dropout, hidden=head_hidden, dtype=self.dtype, rngs=rngs)
+    conv_kwargs = dict(norm=norm, bn_momentum=bn_momentum, dtype=self.dtype, rngs=rngs, ops=ops)
+    head_kwargs = dict(dropout=dropout, hidden=head_hidden, dtype=self.dtype, rngs=rngs, ops=ops)
     width = streams.stream_width(image_size, self.split)
 
     if kind in HALF_WIDTH_KINDS:

@@ -49,6 +49,7 @@ class Head(nnx.Module):
     hidden: int,
     dtype,
     rngs: nnx.Rngs,
+    ops: layers.Ops = layers.XLA_OPS,
   ):
     if kind not in HEADS:
       raise ConfigError(f"head must be one of {HEADS}, got {kind!r}")
@@ -60,7 +61,7 @@ class Head(nnx.Module):
     elif kind == "a":
       self.out = layers.dense(features, 1, dtype=dtype, rngs=rngs)
     elif kind == "b":
-      self.out = layers.conv(features, 1, (1,) * len(map_shape), dtype=dtype, rngs=rngs)
+      self.out = layers.conv(features, 1, (1,) * len(map_shape), dtype=dtype, rngs=rngs, ops=ops)
     else:
       self.hidden = layers.dense(features, hidden, dtype=dtype, rngs=rngs)
       self.out = layers.dense(hidden, 1, dtype=dtype, rngs=rngs)

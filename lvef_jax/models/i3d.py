@@ -29,16 +29,22 @@ from lvef_jax.models.i3d_layout import (
   VARIANTS,
 )
 
-STEM_IMPLS = ("auto", "conv", "im2col")
-
 
 class Inception(nnx.Module):
   """Inception-v1 module (3-D, or 2-D with ``ndim=2``), the 5x5 branch as two 3x3 convs."""
 
-  def __init__(self, in_features: int, widths: Sequence[int], *, ndim: int = 3, **conv_kwargs):
+  def __init__(
+    self,
+    in_features: int,
+    widths: Sequence[int],
+    *,
+    ndim: int = 3,
+    ops: layers.Ops = layers.XLA_OPS,
+    **conv_kwargs,
+  ):
     b1, b2_reduce, b2, b3_reduce, b3, pool_proj = widths
-    block = lambda i, o, k: layers.ConvNormAct(i, o, k, ndim=ndim, **conv_kwargs)  # noqa: E731
-    self.ndim = ndim
+    block = lambda i, o, k: layers.ConvNormAct(i, o, k, ndim=ndim, ops=ops, **conv_kwargs)  # noqa: E731
+    self.ndim, self.ops = ndim, ops
     self.branch1 = block(in_features, b1, 1)
     self.branch2 = nnx.List([block(in_features, b2_reduce, 1), block(b2_reduce, b2, 3)])
     self.branch3 = nnx.List(
@@ -48,26 +54,17 @@ class Inception(nnx.Module):
     self.out_features = b1 + b2 + b3 + pool_proj
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    # The three pointwise convolutions that read x, as one matmul.
-    y1, y2, y3 = layers.pointwise_norm_act(
-      [self.branch1, self.branch2[0], self.branch3[0]], x, train=train
-    )
+    heads = [self.branch1, self.branch2[0], self.branch3[0]]  # the pointwise convs that read x
+    y1, y2, y3 = [
+      block.norm_act(y, train=train)
+      for block, y in zip(heads, self.ops.each_conv([block.conv for block in heads], x))
+    ]
     for block in self.branch2[1:]:
       y2 = block(y2, train=train)
     for block in self.branch3[1:]:
       y3 = block(y3, train=train)
-    y4 = self.branch4(layers.max_pool(x, (3,) * self.ndim, (1,) * self.ndim), train=train)
+    y4 = self.branch4(self.ops.max_pool(x, (3,) * self.ndim, (1,) * self.ndim), train=train)
     return jnp.concatenate([y1, y2, y3, y4], axis=-1)
-
-
-def resolve_stem_impl(stem_impl: str) -> str:
-  """``auto`` is im2col on the CPU backend (several times faster there) and conv elsewhere
-  (and within ``layers.plain_convolutions``)."""
-  if stem_impl not in STEM_IMPLS:
-    raise ConfigError(f"stem_impl must be one of {STEM_IMPLS}, got {stem_impl!r}")
-  if stem_impl == "auto":
-    return "im2col" if layers.cpu_forms() else "conv"
-  return stem_impl
 
 
 class Body(nnx.Module):
@@ -79,9 +76,7 @@ class Body(nnx.Module):
     norm: one of ``layers.NORMS``.
     bn_momentum: BatchNorm running-average momentum.
     dtype: computation dtype; parameters stay float32.
-    stem_impl: how the 7x7x7 stem convolution runs: ``"conv"`` (XLA convolution),
-      ``"im2col"`` (the temporal taps as input channels of one 2-D convolution, same result,
-      several times faster on CPUs; ``layers.conv_im2col``) or ``"auto"``.
+    ops: the convolution and pooling (``layers.Ops``).
     in_features: channels of the input (1 for grey clips).
   """
 
@@ -93,23 +88,25 @@ class Body(nnx.Module):
     norm: str,
     bn_momentum: float,
     dtype,
-    stem_impl: str,
     rngs: nnx.Rngs,
+    ops: layers.Ops = layers.XLA_OPS,
     in_features: int = 1,
   ):
     for name, value, allowed in (("variant", variant, VARIANTS), ("conv2", conv2, CONV2_KERNELS)):
       if value not in allowed:
         raise ConfigError(f"I3D {name} must be one of {sorted(allowed)}, got {value!r}")
-    self.stem_impl = resolve_stem_impl(stem_impl)
-    conv_kwargs = dict(norm=norm, bn_momentum=bn_momentum, dtype=dtype, rngs=rngs)
+    self.ops = ops
+    conv_kwargs = dict(norm=norm, bn_momentum=bn_momentum, dtype=dtype, rngs=rngs, ops=ops)
     self.stem_conv = layers.conv(
-      in_features, STEM_FEATURES, (7, 7, 7), strides=2, dtype=dtype, rngs=rngs
+      in_features, STEM_FEATURES, (7, 7, 7), strides=2, dtype=dtype, rngs=rngs, ops=ops
     )
     self.stem_norm = layers.Norm(STEM_FEATURES, norm, momentum=bn_momentum, dtype=dtype, rngs=rngs)
     conv2_layers, features = [], STEM_FEATURES
     for kernel in CONV2_KERNELS[conv2]:
       # No norm and no activation after conv2: as in the adapted Keras code.
-      conv2_layers.append(layers.conv(features, CONV2_FEATURES, kernel, dtype=dtype, rngs=rngs))
+      conv2_layers.append(
+        layers.conv(features, CONV2_FEATURES, kernel, dtype=dtype, rngs=rngs, ops=ops)
+      )
       features = CONV2_FEATURES
     self.conv2 = nnx.List(conv2_layers)
 
@@ -145,19 +142,15 @@ class Body(nnx.Module):
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """``x``: a float clip batch (see ``layers.to_unit_range``)."""
-    if self.stem_impl == "im2col":
-      x = layers.conv_im2col(x, self.stem_conv, (2, 2, 2))
-    else:
-      x = self.stem_conv(x)
-    x = jax.nn.relu(self.stem_norm(x, train=train))
-    x = layers.max_pool(x, (1, 3, 3), (1, 2, 2))
+    x = jax.nn.relu(self.stem_norm(self.stem_conv(x), train=train))
+    x = self.ops.max_pool(x, (1, 3, 3), (1, 2, 2))
     for conv in self.conv2:
       x = conv(x)
-    x = layers.max_pool(x, (1, 3, 3), (1, 2, 2))
+    x = self.ops.max_pool(x, (1, 3, 3), (1, 2, 2))
     for stage_name, modules in zip(self.stage_names, self.stages):
       pool = STAGES[stage_name][0]
       if pool is not None:
-        x = layers.max_pool(x, *pool)
+        x = self.ops.max_pool(x, *pool)
       for module in modules:
         x = module(x, train=train)
     return x
@@ -167,7 +160,7 @@ class Model(layers.EFModel):
   """I3D regressor: clip batch ``[B, T, H, W, 1]`` (uint8 or [0, 1] floats) -> EF ``[B]`` in %.
 
   Args:
-    variant, conv2, norm, bn_momentum, dtype, stem_impl: see :class:`Body`.
+    variant, conv2, norm, bn_momentum, dtype, ops: see :class:`Body`.
     head: one of ``heads.HEADS``.
     clip_frames, image_size: input clip shape; only the Flatten head ("og") depends on it.
     dropout: head dropout rate (paper: 0.5).
@@ -190,10 +183,10 @@ class Model(layers.EFModel):
     ef_offset: float,
     ef_scale: float,
     dtype: str,
-    stem_impl: str,
     clip_frames: int,
     image_size: int,
     rngs: nnx.Rngs,
+    ops: layers.Ops = layers.XLA_OPS,
   ):
     self.dtype = jnp.dtype(dtype)
     self.ef_offset, self.ef_scale = ef_offset, ef_scale
@@ -203,8 +196,8 @@ class Model(layers.EFModel):
       norm=norm,
       bn_momentum=bn_momentum,
       dtype=self.dtype,
-      stem_impl=stem_impl,
       rngs=rngs,
+      ops=ops,
     )
     self.head = heads.Head(
       head,
@@ -214,6 +207,7 @@ class Model(layers.EFModel):
       hidden=head_hidden,
       dtype=self.dtype,
       rngs=rngs,
+      ops=ops,
     )
 
   def features_map(self, video: jax.Array, *, train: bool = False) -> jax.Array:

@@ -62,6 +62,7 @@ class ConvBN(nnx.Module):
     bn_momentum: float,
     dtype,
     rngs: nnx.Rngs,
+    ops: layers.Ops,
   ):
     self.conv = layers.conv(
       in_features,
@@ -72,6 +73,7 @@ class ConvBN(nnx.Module):
       use_bias=False,
       dtype=dtype,
       rngs=rngs,
+      ops=ops,
     )
     self.bn = nnx.BatchNorm(
       features, use_scale=False, momentum=bn_momentum, epsilon=BN_EPSILON, dtype=dtype, rngs=rngs
@@ -89,8 +91,8 @@ class _ConvBNFactory:
   Keras' layer names; the factory is not stored in the model.
   """
 
-  def __init__(self, *, bn_momentum: float, dtype, rngs: nnx.Rngs):
-    self._kwargs = dict(bn_momentum=bn_momentum, dtype=dtype, rngs=rngs)
+  def __init__(self, *, bn_momentum: float, dtype, rngs: nnx.Rngs, ops: layers.Ops):
+    self._kwargs = dict(bn_momentum=bn_momentum, dtype=dtype, rngs=rngs, ops=ops)
     self._count = itertools.count()
 
   def __call__(
@@ -272,11 +274,19 @@ class InceptionV3(nnx.Module):
     bn_momentum: BatchNorm running-average momentum (Keras' default 0.99).
     dtype: computation dtype (float32 or bfloat16); parameters stay float32.
     rngs: needs a ``params`` stream.
+    ops: the convolutions (``layers.Ops``; its pools are VALID or average ones, XLA's).
   """
 
-  def __init__(self, *, bn_momentum: float = 0.99, dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    bn_momentum: float = 0.99,
+    dtype=jnp.float32,
+    rngs: nnx.Rngs,
+    ops: layers.Ops = layers.XLA_OPS,
+  ):
     self.dtype = jnp.dtype(dtype)
-    make = _ConvBNFactory(bn_momentum=bn_momentum, dtype=self.dtype, rngs=rngs)
+    make = _ConvBNFactory(bn_momentum=bn_momentum, dtype=self.dtype, rngs=rngs, ops=ops)
     # Built in Keras' order: the units' creation order is the weight-import order.
     blocks = [Stem(make)]
     for pool_features in (32, 64, 64):

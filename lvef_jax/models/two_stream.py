@@ -36,8 +36,10 @@ class Stream(nnx.Module):
     dropout: float,
     dtype,
     rngs: nnx.Rngs,
+    ops: layers.Ops = layers.XLA_OPS,
   ):
-    self.conv = layers.conv(1, features, (3, 3, 3), dtype=dtype, rngs=rngs)
+    self.ops = ops
+    self.conv = layers.conv(1, features, (3, 3, 3), dtype=dtype, rngs=rngs, ops=ops)
     self.norm = layers.Norm(features, norm, momentum=bn_momentum, dtype=dtype, rngs=rngs)
     flat = flat_features(frames, height, width, features)
     if flat == 0:
@@ -51,7 +53,7 @@ class Stream(nnx.Module):
   def __call__(self, x: jax.Array, *, train: bool, dropout_key: jax.Array | None) -> jax.Array:
     # The norm follows the ReLU: in the adapted code the ReLU is the Conv3D's own activation.
     x = self.norm(jax.nn.relu(self.conv(x)), train=train)
-    x = layers.max_pool(x, (2, 2, 2), (2, 2, 2), padding="VALID")
+    x = self.ops.max_pool(x, (2, 2, 2), (2, 2, 2), padding="VALID")
     x = jax.nn.relu(self.hidden(x.reshape(x.shape[0], -1)))
     return self.out(layers.dropout(x, self.rate, train=train, key=dropout_key))
 
@@ -72,7 +74,7 @@ class Model(layers.EFModel):
     dropout: dropout rate of every dropout layer (paper: 0.05).
     l1, l2: penalty coefficients on the regularised kernels (Keras' ``l1``/``l2`` convention:
       ``l2 * sum(w ** 2)``); the adapted code uses l2 = 0.05.
-    bn_momentum, ef_offset, dtype: as for every family (``docs/models.md``).
+    bn_momentum, ef_offset, dtype, ops: as for every family (``docs/models.md``).
     clip_frames, image_size: input clip shape (the Flatten layers depend on it).
   """
 
@@ -94,6 +96,7 @@ class Model(layers.EFModel):
     clip_frames: int,
     image_size: int,
     rngs: nnx.Rngs,
+    ops: layers.Ops = layers.XLA_OPS,
   ):
     if split not in streams.SPLITS:
       raise ConfigError(f"Two-Stream split must be one of {streams.SPLITS}, got {split!r}")
@@ -109,6 +112,7 @@ class Model(layers.EFModel):
       dropout=dropout,
       dtype=self.dtype,
       rngs=rngs,
+      ops=ops,
     )
     self.spatial = Stream(clip_frames, image_size, width, **kwargs)
     self.temporal = Stream(clip_frames - 1, image_size, width, **kwargs)

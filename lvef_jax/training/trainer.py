@@ -21,11 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from lvef_jax.data import device_data, pipeline
+from lvef_jax.data import device_data, pipeline, preparation
 from lvef_jax.errors import ConfigError, NonFiniteLossError
 from lvef_jax.evaluation import evaluator, metrics
 from lvef_jax.reporting import plots, results as run_files, tensorboard
-from lvef_jax import checkpoints, config_base, cpu_backend, hostmem, sharding
+from lvef_jax import checkpoints, config_base, sharding
 from lvef_jax.training import state as state_lib, steps
 
 METRICS_FILE = "metrics.jsonl"
@@ -52,8 +52,10 @@ class EarlyStopping:
 
 
 @dataclasses.dataclass
-class Experiment:
-  """What both training and checkpoint evaluation need: data, mesh, model structure, steps."""
+class TrainingRun:
+  """One training run (its config and workdir; not a benchmark row, which is
+  `lvef_jax.experiments.Experiment`): what both training and checkpoint evaluation need: data,
+  mesh, model structure, steps."""
 
   config: object
   workdir: pathlib.Path
@@ -87,14 +89,14 @@ class Experiment:
     ).run(self.predict_fn(), self.builder, self.config.data, self.mesh)
 
 
-def build_experiment(config, workdir: str | pathlib.Path) -> Experiment:
+def build_training_run(config, workdir: str | pathlib.Path) -> TrainingRun:
   """Prepares the data and builds a fresh, replicated train state for ``config``."""
   workdir = pathlib.Path(workdir)
   mesh = sharding.make_mesh()
   local_batch_size = sharding.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
   sharding.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
-  builder = pipeline.prepare(config.data)
-  num_train = pipeline.num_examples(builder, "train")
+  builder = preparation.prepare(config.data)
+  num_train = preparation.num_examples(builder, "train")
   steps_per_epoch = config.train.steps_per_epoch
   if steps_per_epoch <= 0:
     steps_per_epoch = num_train // config.train.batch_size
@@ -106,7 +108,7 @@ def build_experiment(config, workdir: str | pathlib.Path) -> Experiment:
   graphdef, state, tx = state_lib.create(config, steps_per_epoch)
   state = jax.device_put(state, sharding.replicated(mesh))
   device_videos, clip_sampler = _device_videos(config.data, builder, mesh)
-  return Experiment(
+  return TrainingRun(
     config=config,
     workdir=workdir,
     builder=builder,
@@ -127,7 +129,7 @@ def build_experiment(config, workdir: str | pathlib.Path) -> Experiment:
 def _device_videos(data_cfg, builder, mesh):
   """The train split on the devices and its clip sampler, if ``data.device_resident`` says so;
   else ``(None, None)``."""
-  frames = int(pipeline.split_listing(builder, "train")["num_frames"].sum())
+  frames = int(preparation.split_listing(builder, "train")["num_frames"].sum())
   on, why = device_data.use_device_videos(data_cfg.device_resident, frames * data_cfg.image_size**2)
   if not on:
     logging.info("training clips from tf.data (%s)", why)
@@ -145,22 +147,22 @@ def _device_videos(data_cfg, builder, mesh):
   return videos, sampler
 
 
-def _device_batches(exp: Experiment, epoch: int, num_batches: int, salt: int = 0) -> Iterator:
+def _device_batches(run: TrainingRun, epoch: int, num_batches: int, salt: int = 0) -> Iterator:
   """``num_batches`` train batches for ``epoch`` on the devices, each ``(host, device)`` as
   from `sharding.device_prefetch` (``host`` is None on the device-resident path)."""
-  if exp.device_videos is None:
+  if run.device_videos is None:
     return sharding.device_prefetch(
-      _train_stream(exp, epoch, num_batches, salt),
-      exp.mesh,
+      _train_stream(run, epoch, num_batches, salt),
+      run.mesh,
       keys=("video", "ef"),
-      size=exp.config.data.prefetch,
+      size=run.config.data.prefetch,
     )
-  plans = _train_stream(exp, epoch, num_batches, salt, make=pipeline.train_plans)
-  return ((None, exp.clip_sampler(exp.device_videos, plan)) for plan in plans)
+  plans = _train_stream(run, epoch, num_batches, salt, make=pipeline.train_plans)
+  return ((None, run.clip_sampler(run.device_videos, plan)) for plan in plans)
 
 
 def _train_stream(
-  exp: Experiment, epoch: int, num_batches: int, salt: int = 0, make=pipeline.train_batches
+  run: TrainingRun, epoch: int, num_batches: int, salt: int = 0, make=pipeline.train_batches
 ) -> Iterator[dict]:
   """``num_batches`` train batches for ``epoch``, passing over the split as often as needed.
 
@@ -168,16 +170,16 @@ def _train_stream(
   recalibration uses 1). ``make`` is `pipeline.train_batches` (clips) or
   `pipeline.train_plans` (where to cut them, for the device-resident path).
   """
-  config = exp.config
+  config = run.config
 
   def passes():
     for repeat in itertools.count():
       # A distinct, reproducible shuffle and clip sampling for every epoch (and repeat).
       seed = ((config.seed * 100_003 + epoch) * 1_009 + repeat) * 7 + salt
       yield from make(
-        exp.builder,
+        run.builder,
         config.data,
-        batch_size=exp.local_batch_size,
+        batch_size=run.local_batch_size,
         seed=seed,
         shard_index=jax.process_index(),
         num_shards=jax.process_count(),
@@ -252,31 +254,31 @@ def _etas(
 
 
 def _train_epoch(
-  exp: Experiment, epoch: int, total_epochs: int, first_epoch: int, run_start: float
+  run: TrainingRun, epoch: int, total_epochs: int, first_epoch: int, run_start: float
 ) -> tuple[float, float, int]:
   """Runs one epoch of train steps; returns (mean finite train loss, clips/s, skipped steps)."""
-  config = exp.config
+  config = run.config
   log_every = max(1, config.train.log_every_steps)
   losses, logged, start = [], 0, time.perf_counter()
-  batches = _device_batches(exp, epoch, exp.steps_per_epoch)
+  batches = _device_batches(run, epoch, run.steps_per_epoch)
   skipped_flags, skipped = [], 0
   for index, (_, batch) in enumerate(batches, start=1):
-    exp.state, step_metrics = exp.train_step(exp.state, batch)
+    run.state, step_metrics = run.train_step(run.state, batch)
     losses.append(step_metrics["loss"])
     skipped_flags.append(step_metrics["skipped"])
-    if index % log_every == 0 or index == exp.steps_per_epoch:
+    if index % log_every == 0 or index == run.steps_per_epoch:
       # Fetching the losses is the only host sync; it happens at log steps only.
       recent = np.asarray(jax.device_get(losses[logged:]))
       flags = np.asarray(jax.device_get(skipped_flags[logged:]))
       logged = len(losses)
       skipped += int(flags.sum())
-      _check_bad_steps(exp, flags, epoch, index)
+      _check_bad_steps(run, flags, epoch, index)
       now = time.perf_counter()
       elapsed = now - start
       clips_per_s = index * config.train.batch_size / elapsed
       epoch_eta, run_eta = _etas(
         step=index,
-        steps_per_epoch=exp.steps_per_epoch,
+        steps_per_epoch=run.steps_per_epoch,
         epoch=epoch,
         first_epoch=first_epoch,
         total_epochs=total_epochs,
@@ -289,7 +291,7 @@ def _train_epoch(
         epoch,
         total_epochs,
         index,
-        exp.steps_per_epoch,
+        run.steps_per_epoch,
         float(np.mean(recent[np.isfinite(recent)])) if np.isfinite(recent).any() else math.nan,
         float(step_metrics["grad_norm"]),
         f" | {skipped} non-finite steps skipped this epoch" if skipped else "",
@@ -301,35 +303,35 @@ def _train_epoch(
   all_losses = np.asarray(jax.device_get(losses))
   finite = all_losses[np.isfinite(all_losses)]
   mean_loss = float(finite.mean()) if finite.size else math.nan
-  return mean_loss, exp.steps_per_epoch * config.train.batch_size / seconds, skipped
+  return mean_loss, run.steps_per_epoch * config.train.batch_size / seconds, skipped
 
 
-def _check_bad_steps(exp: Experiment, skipped: np.ndarray, epoch: int, index: int) -> None:
+def _check_bad_steps(run: TrainingRun, skipped: np.ndarray, epoch: int, index: int) -> None:
   """Counts non-finite steps in a row (across log windows and epochs); too many stop the run."""
   for flag in skipped:
-    exp.bad_streak = exp.bad_streak + 1 if flag else 0
-  limit = exp.config.train.max_bad_steps
-  if exp.bad_streak >= limit > 0:
-    kept = exp.checkpoints.epoch("latest")
+    run.bad_streak = run.bad_streak + 1 if flag else 0
+  limit = run.config.train.max_bad_steps
+  if run.bad_streak >= limit > 0:
+    kept = run.checkpoints.epoch("latest")
     raise NonFiniteLossError(
-      f"{exp.bad_streak} train steps in a row had a non-finite loss or gradient (up to epoch "
+      f"{run.bad_streak} train steps in a row had a non-finite loss or gradient (up to epoch "
       f"{epoch} step {index}; train.max_bad_steps={limit}); the run stopped, and its last good "
       + (f"checkpoint (epoch {kept}) is kept" if kept else "state was never checkpointed")
       + "; lower train.learning_rate or set train.grad_clip_norm"
     )
 
 
-def _recalibrate_batch_norm(exp: Experiment, epoch: int) -> None:
+def _recalibrate_batch_norm(run: TrainingRun, epoch: int) -> None:
   """Sets the BatchNorm averages to the mean statistics of fresh train batches (precise BN)."""
-  num_batches = exp.config.train.bn_recalibration_batches
-  if num_batches <= 0 or not jax.tree.leaves(exp.state.batch_stats):
+  num_batches = run.config.train.bn_recalibration_batches
+  if num_batches <= 0 or not jax.tree.leaves(run.state.batch_stats):
     return  # disabled, or a model without BatchNorm
   total, count = None, 0
-  for _, batch in _device_batches(exp, epoch, num_batches, salt=1):
-    stats = exp.batch_stats_step(exp.state, batch)
+  for _, batch in _device_batches(run, epoch, num_batches, salt=1):
+    stats = run.batch_stats_step(run.state, batch)
     total = stats if total is None else jax.tree.map(jnp.add, total, stats)
     count += 1
-  exp.state = exp.state.replace(batch_stats=jax.tree.map(lambda x: x / count, total))
+  run.state = run.state.replace(batch_stats=jax.tree.map(lambda x: x / count, total))
 
 
 # Keys that may change between a run and its resumption: where the data and caches live, how
@@ -346,6 +348,7 @@ RESUMABLE_KEYS = (
   "train.log_every_steps",
   "eval.",
   "experiment.",
+  "compute.",
 )
 RUN_FILES = ("checkpoints", "metrics.jsonl", "results.json", "plots", "eval")
 
@@ -411,48 +414,45 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, overwrite: bool =
   is_main = jax.process_index() == 0
   if is_main:
     check_workdir(config, pathlib.Path(workdir), overwrite)
-  for hint in (hostmem.allocator_hint(), cpu_backend.hint()):
-    if hint and is_main:
-      logging.info(hint)
-  exp = build_experiment(config, workdir)
+  run = build_training_run(config, workdir)
   if is_main:
-    exp.workdir.mkdir(parents=True, exist_ok=True)
-    (exp.workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-    skipped = pipeline.skipped_videos_csv(exp.builder)
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    (run.workdir / config_base.RUN_CONFIG_FILE).write_text(config_base.run_config_json(config))
+    skipped = preparation.skipped_videos_csv(run.builder)
     if skipped:
-      (exp.workdir / pipeline.SKIPPED_FILE).write_text(skipped)
+      (run.workdir / preparation.SKIPPED_FILE).write_text(skipped)
   stopping, first_epoch = EarlyStopping(), 0
-  if exp.checkpoints.epoch("latest") is not None:
-    exp.state, meta = exp.checkpoints.restore("latest", exp.state)
+  if run.checkpoints.epoch("latest") is not None:
+    run.state, meta = run.checkpoints.restore("latest", run.state)
     first_epoch = meta["epoch"]
     stopping = EarlyStopping(**meta["early_stopping"])
     logging.info(
       "resuming %s from epoch %d (best val RMSE %.3f at epoch %d)",
-      exp.workdir,
+      run.workdir,
       first_epoch,
       stopping.best_val_rmse,
       stopping.best_epoch,
     )
-    if stopping.best_epoch == first_epoch and exp.checkpoints.epoch("best") != first_epoch:
+    if stopping.best_epoch == first_epoch and run.checkpoints.epoch("best") != first_epoch:
       # Killed while saving the best checkpoint (set aside above): the latest is that epoch.
       logging.warning(
         "the best checkpoint (epoch %d) was not saved before the run stopped: saving it again "
         "from the latest checkpoint, which is the same epoch",
         first_epoch,
       )
-      exp.checkpoints.save("best", first_epoch, exp.state, meta)
-  history_path = exp.workdir / METRICS_FILE
+      run.checkpoints.save("best", first_epoch, run.state, meta)
+  history_path = run.workdir / METRICS_FILE
   history = _read_history(history_path, first_epoch)
-  writer = tensorboard.SummaryWriter(exp.workdir, enabled=is_main)
-  schedule = state_lib.learning_rate_schedule(config.train, exp.steps_per_epoch)
+  writer = tensorboard.SummaryWriter(run.workdir, enabled=is_main)
+  schedule = state_lib.learning_rate_schedule(config.train, run.steps_per_epoch)
   total_epochs, run_start = config.train.num_epochs, time.perf_counter()
   logging.info(
     "training %s: %d epochs x %d steps of %d clips on %d devices",
     config.model.name,
     total_epochs,
-    exp.steps_per_epoch,
+    run.steps_per_epoch,
     config.train.batch_size,
-    exp.mesh.devices.size,
+    run.mesh.devices.size,
   )
 
   for epoch in range(first_epoch + 1, total_epochs + 1):
@@ -466,12 +466,12 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, overwrite: bool =
       break
     epoch_start = time.perf_counter()
     train_loss, clips_per_s, skipped = _train_epoch(
-      exp, epoch, total_epochs, first_epoch, run_start
+      run, epoch, total_epochs, first_epoch, run_start
     )
-    _recalibrate_batch_norm(exp, epoch)
-    val_predictions = exp.score("val")
+    _recalibrate_batch_norm(run, epoch)
+    val_predictions = run.score("val")
     val = metrics.regression_metrics(val_predictions.ef, val_predictions.ef_pred)
-    step = int(jax.device_get(exp.state.step))
+    step = int(jax.device_get(run.state.step))
     record = {
       "epoch": epoch,
       "step": step,
@@ -492,9 +492,9 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, overwrite: bool =
     if is_main:
       _write_history(history_path, history)
     writer.scalars(step, {k: v for k, v in record.items() if k not in ("epoch", "step")})
-    exp.checkpoints.save("latest", epoch, exp.state, meta)
+    run.checkpoints.save("latest", epoch, run.state, meta)
     if improved:
-      exp.checkpoints.save("best", epoch, exp.state, meta)
+      run.checkpoints.save("best", epoch, run.state, meta)
     logging.info(
       "epoch %d: train_loss %.2f val_rmse %.3f val_mae %.3f val_r2 %.3f%s (%.0f s)",
       epoch,
@@ -505,10 +505,10 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, overwrite: bool =
       " *best*" if improved else "",
       record["seconds"],
     )
-  _log_compilations(exp.train_step)
-  exp.checkpoints.wait()
+  _log_compilations(run.train_step)
+  run.checkpoints.wait()
   writer.close()
-  return evaluate_best(exp, history)
+  return evaluate_best(run, history)
 
 
 def _log_compilations(train_step) -> int:
@@ -527,7 +527,7 @@ def _log_compilations(train_step) -> int:
   return count
 
 
-def evaluate_best(exp: Experiment, history: list[dict]) -> dict:
+def evaluate_best(run: TrainingRun, history: list[dict]) -> dict:
   """Restores the best checkpoint (the latest if none is marked best) and scores every split.
 
   Writes ``results.json``, ``predictions_{split}.csv`` and ``plots/`` into the workdir, with
@@ -535,25 +535,27 @@ def evaluate_best(exp: Experiment, history: list[dict]) -> dict:
   ``all``. Validation during training always uses one clip. ``launch.py --mode=eval`` goes
   further (confidence intervals, ROC, prediction intervals).
   """
-  kind = "best" if exp.checkpoints.epoch("best") is not None else "latest"
-  exp.state, meta = exp.checkpoints.restore(kind, exp.state)
+  kind = "best" if run.checkpoints.epoch("best") is not None else "latest"
+  run.state, meta = run.checkpoints.restore(kind, run.state)
   logging.info(
     "evaluating the %s checkpoint (epoch %d) on %s",
     kind,
     meta["epoch"],
-    ", ".join(exp.config.eval.splits),
+    ", ".join(run.config.eval.splits),
   )
-  results = {"best_epoch": meta["epoch"], "eval_clips": exp.config.eval.clips, "splits": {}}
+  results = {"best_epoch": meta["epoch"], "eval_clips": run.config.eval.clips, "splits": {}}
   is_main = jax.process_index() == 0
-  for split in exp.config.eval.splits:
-    p = exp.score(split, exp.config.eval.clips)
-    scores = metrics.regression_metrics(p.ef, p.ef_pred)
+  for split in run.config.eval.splits:
+    predictions = run.score(split, run.config.eval.clips)
+    scores = metrics.regression_metrics(predictions.ef, predictions.ef_pred)
     results["splits"][split] = {key: scores[key] for key in run_files.RESULT_KEYS}
     if is_main:
-      run_files.write_split(exp.workdir, split, p.file_name, p.ef, p.ef_pred, scores)
+      run_files.write_split(
+        run.workdir, split, predictions.file_name, predictions.ef, predictions.ef_pred, scores
+      )
   if is_main:
     if history:
-      plots.history(history, exp.workdir / "plots" / "history.png")
-    run_files.write_results(exp.workdir, results)
+      plots.history(history, run.workdir / "plots" / "history.png")
+    run_files.write_results(run.workdir, results)
     print(run_files.format_table(results))
   return results

@@ -1,21 +1,21 @@
-"""Winograd F(2x2, 3x3) convolutions, the CPU's way to run the 3x3(x3) convolutions.
+"""Winograd F(2x2, 3x3) convolutions, the CPU's form of the 3x3(x3) convolutions.
 
 A SAME, stride-1 convolution whose kernel is 3x3 in height and width (2-D, or 3-D with an odd
 number of temporal taps) is computed on 2x2 output tiles: each tile's 4x4 input patch and the
 kernel go through fixed linear transforms, the 16 transformed positions are 16 independent
-matmuls (the temporal taps folded into their inner dimension, as the CPU stem does), and a
-third transform gives the outputs. That takes 2.25 times fewer multiplications than the direct
-convolution; the transforms only add and halve, and the result matches XLA's convolution to
-about 1e-6 relative in float32.
+matmuls (the temporal taps folded into their inner dimension), and a third transform gives the
+outputs. That takes 2.25 times fewer multiplications than the direct convolution; the
+transforms only add and halve, and the result matches XLA's convolution to about 1e-6
+relative in float32.
 
-On XLA's CPU backend, whose convolutions run at about three quarters of oneDNN's speed on
+On XLA's CPU backend, whose convolutions ran at about three quarters of oneDNN's speed on
 I3D-mini's shapes, it made the Inception modules' 3x3x3 convolutions (forward and both
 gradients) faster, the two largest by 35-48 %, and I3D-mini's train step 13-24 % faster
 (docs/benchmarks.md). The gradients are written by hand: XLA's own gradient of the transforms
 padded 16 full-size copies and transposed the large operand of each kernel-gradient matmul,
-which made the step slower than without Winograd. ``layers.Conv`` uses it for 3-D convolutions
-on the CPU only (cuDNN keeps GPUs' convolutions); for the 2-D CNNs' 3x3 convolutions it gained
-2-7 % of the CNN-RNN's step for 5.5 s more compilation, so they stay XLA's.
+which made the step slower than without Winograd. ``lvef_jax.kernels.conv`` uses it for 3-D
+convolutions only: for the 2-D CNNs' 3x3 convolutions it gained 2-7 % of the CNN-RNN's step for
+5.5 s more compilation.
 """
 
 from __future__ import annotations
