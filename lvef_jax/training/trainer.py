@@ -328,7 +328,10 @@ def _recalibrate_batch_norm(run: TrainingRun, epoch: int) -> None:
     return  # disabled, or a model without BatchNorm
   total, count = None, 0
   for _, batch in _device_batches(run, epoch, num_batches, salt=1):
-    stats = run.batch_stats_step(run.state, batch)
+    # One at a time: these calls do not depend on each other, so without waiting several would
+    # be in flight at once, and on XLA's CPU client (8 fake devices in the tests) devices then
+    # entered different calls' all-reduces first and waited for each other until XLA aborted.
+    stats = jax.block_until_ready(run.batch_stats_step(run.state, batch))
     total = stats if total is None else jax.tree.map(jnp.add, total, stats)
     count += 1
   run.state = run.state.replace(batch_stats=jax.tree.map(lambda x: x / count, total))
