@@ -147,6 +147,7 @@ def test_benchmark_fed_by_the_device_resident_split_or_by_tf_data(
 
 
 @pytest.mark.parametrize("model", ["i3d_mini", "two_stream", "fusion_single_input", "cnn_rnn_lstm"])
+@pytest.mark.slow
 def test_the_bench_runs_every_family_at_a_tiny_shape(model):
   family, arg = bench.MODELS[model]
   config = load_config(family, arg or None)

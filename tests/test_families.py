@@ -193,6 +193,7 @@ def test_gru_follows_the_keras_equations():
 
 
 @pytest.mark.parametrize("train_backbone,trainable_blocks", [("frozen", 0), ("last5", 5)])
+@pytest.mark.slow
 def test_frozen_backbone_weights_stay_bit_identical_after_a_step(train_backbone, trainable_blocks):
   config = _config(
     f"cnn_rnn:backbone=inception_v3,train_backbone={train_backbone}", clip_frames=2, image_size=75

@@ -199,7 +199,7 @@ def test_a_model_of_xla_ops_holds_only_plain_convolutions():
 
 
 def test_a_train_step_with_the_cpu_forms_matches_xla_s():
-  """One train step of I3D-mini on frames where every CPU form is taken (the folded stem, the
+  """One train step of I3D-mini on 48x48 frames, where every CPU form is taken (the folded stem, the
   hand-written pools, Winograd for the 3x3x3 convolutions, temporal taps for the 3x1x1 conv2,
   the pointwise convolutions as matmuls): the same loss, gradient norm, BatchNorm statistics
   and weight updates as XLA's plain ops, within float32 rounding. (Plain SGD with a rate so
@@ -207,14 +207,14 @@ def test_a_train_step_with_the_cpu_forms_matches_xla_s():
   about the gradient's sign, which rounding flips where a gradient is near 0.)"""
   mesh = sharding.make_mesh(jax.devices()[:1])  # the forms, not the sharding, are tested here
   batch = {
-    "video": jax.random.randint(jax.random.key(0), (2, 6, 64, 64, 1), 0, 256).astype(jnp.uint8),
+    "video": jax.random.randint(jax.random.key(0), (2, 6, 48, 48, 1), 0, 256).astype(jnp.uint8),
     "ef": jnp.array([30.0, 70.0]),
   }
   tx = optax.sgd(1e4)
   results = {}
   for kernel_ops in ("xla", "cpu"):
     config = load_config("i3d", "variant=mini,conv2=3x1x1")
-    config.data.update(clip_frames=6, image_size=64)
+    config.data.update(clip_frames=6, image_size=48)  # 6x6 Inception maps: Winograd
     config.compute.kernels = kernel_ops
     graphdef, state = state_lib.create_train_state(models.create_model(config), tx, seed=0)
     state = jax.device_put(state, sharding.replicated(mesh))

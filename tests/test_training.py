@@ -109,7 +109,7 @@ def test_one_and_eight_devices_give_the_same_step(norm):
 
 
 def test_predictions_identical_after_checkpoint_restore(tmp_path):
-  config = _config(variant="mini")
+  config = _config(variant="stem")
   mesh = sharding.make_mesh()
   graphdef, tx, state = _setup(config, mesh)
   train_step = steps.make_train_step(graphdef, tx, mesh)
