@@ -339,9 +339,9 @@ def test_layer_norm_learns_a_shrunk_quickstart(tmp_path):
   Fusion New Combination with norm=layer, the quickstart's clips and model on 300 synthetic
   videos for 10 epochs at a constant learning rate, on XLA's plain ops. On a 2-core Xeon the
   best epoch (9) reached train R² 0.49 and val R² 0.47 in 141 s; a model that collapses to the
-  mean scores about 0. It runs ``launch.py`` on one CPU device: learning does not depend on the mesh (the other
-  tests cover sharding), and eight fake devices on two cores took twice as long (124 s against
-  70 s).
+  mean scores about 0. It runs ``launch.py`` on one CPU device: learning does not depend on the
+  mesh (the other tests cover sharding), and eight fake devices on two cores took twice as long
+  (124 s against 70 s).
   """
   command = [
     sys.executable,
