@@ -201,3 +201,41 @@ def test_initialisation_gives_the_same_weights_under_jit():
 def test_orthogonal_init_is_orthogonal():
   q = np.asarray(layers.orthogonal(jax.random.key(0), (16, 48)))
   np.testing.assert_allclose(q @ q.T, np.eye(16), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+  "shape,window,strides,padding",
+  [
+    ((2, 5, 9, 8, 3), (1, 3, 3), (1, 2, 2), "SAME"),  # the I3D stem's pools
+    ((2, 5, 7, 6, 3), (3, 3, 3), (1, 1, 1), "SAME"),  # an Inception branch's pool
+    ((2, 5, 7, 6, 3), (3, 3, 3), (2, 2, 2), "SAME"),
+    ((3, 11, 10, 2), (3, 3), (2, 2), "SAME"),
+    ((3, 11, 10, 2), (2, 1), (3, 2), "SAME"),  # a window smaller than its stride
+    ((2, 5, 9, 8, 3), (2, 2, 2), (2, 2, 2), "VALID"),  # Two-Stream's pools, odd sizes
+    ((3, 12, 11, 2), (3, 3), (2, 2), "VALID"),  # InceptionV3's
+    ((3, 7, 7, 2), (3, 3), (1, 1), "VALID"),
+  ],
+)
+def test_max_pool_has_reduce_window_s_values_and_gradient(shape, window, strides, padding):
+  """The models' max pool (strided slices, gradient by hand) against ``nnx.max_pool`` (XLA's
+  ``reduce_window`` and ``select_and_scatter``): without ties (random floats) the values and
+  the gradient are exactly the same, inputs no VALID window covers getting none."""
+  x = jax.random.normal(jax.random.key(1), shape)
+
+  def reference(x):
+    return nnx.max_pool(x, window_shape=window, strides=strides, padding=padding)
+
+  want, want_vjp = jax.vjp(reference, x)
+  got, got_vjp = jax.vjp(jax.jit(lambda x: layers.max_pool(x, window, strides, padding)), x)
+  np.testing.assert_array_equal(got, want)
+  cotangent = jax.random.normal(jax.random.key(2), want.shape)
+  np.testing.assert_allclose(got_vjp(cotangent)[0], want_vjp(cotangent)[0], rtol=1e-6, atol=1e-6)
+  jaxpr = str(
+    jax.make_jaxpr(jax.grad(lambda x: layers.max_pool(x, window, strides, padding).sum()))(x)
+  )
+  assert "reduce_window" not in jaxpr and "select_and_scatter" not in jaxpr
+
+
+def test_max_pool_rejects_unknown_padding():
+  with pytest.raises(ConfigError, match="SAME or VALID"):
+    layers.max_pool(jnp.zeros((1, 4, 4, 1)), (2, 2), (2, 2), "CAUSAL")

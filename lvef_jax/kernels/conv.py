@@ -30,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from lvef_jax.kernels import winograd
+from lvef_jax.models import pooling
 
 # Below this frame area (H*W) the 2-D taps gain little and their extra operations cost more
 # than they save: the demo's 4x4 Inception maps ran slower as taps (8 fake devices, 2 cores).
@@ -142,9 +143,7 @@ def temporal_taps(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 def same_geometry(size: int, k: int, stride: int) -> tuple[int, tuple[int, int]]:
   """Output size and SAME padding of one axis, for a window ``k`` and a stride (TF's rule)."""
-  out = -(-size // stride)
-  total = max((out - 1) * stride + k - size, 0)
-  return out, (total // 2, total - total // 2)  # SAME: the odd one at the end
+  return pooling.geometry(size, k, stride, "SAME")
 
 
 def taps_in_channels(x: jax.Array, kernel: jax.Array, strides: Sequence[int]) -> jax.Array:

@@ -18,9 +18,9 @@ from lvef_jax.errors import ConfigError
 from lvef_jax.models import layers
 
 MODEL_FAMILIES = ("i3d", "two_stream", "fusion", "cnn_rnn")
-# config.compute.kernels: "xla" is XLA's plain convolutions and pooling on every backend (what
-# GPUs run), "cpu" the CPU's forms of the same ops (lvef_jax.kernels), "auto" the CPU's forms on
-# the CPU backend and XLA's everywhere else.
+# config.compute.kernels: "xla" is XLA's plain convolutions on every backend (what GPUs run),
+# "cpu" the CPU's forms of the same ops (lvef_jax.kernels), "auto" the CPU's forms on the CPU
+# backend and XLA's everywhere else. The max pools are the models' own on every backend.
 KERNELS = ("auto", "xla", "cpu")
 
 

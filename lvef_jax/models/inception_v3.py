@@ -116,7 +116,7 @@ class _ConvBNFactory:
 
 
 def _max_pool(x: jax.Array) -> jax.Array:
-  return nnx.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+  return layers.max_pool(x, (3, 3), (2, 2), padding="VALID")
 
 
 def _avg_pool(x: jax.Array) -> jax.Array:
