@@ -4,6 +4,7 @@ import json
 
 import jax
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -11,7 +12,7 @@ from lvef_jax.config_base import base_config
 from lvef_jax.data.echonet import EchoNetFormatError
 from lvef_jax.errors import ConfigError, LvefError, MissingCheckpointError, NonFiniteLossError
 from lvef_jax.evaluation import metrics
-from lvef_jax import checkpoints, config_base, sharding
+from lvef_jax import checkpoints, config_base, models, sharding
 from lvef_jax.training import state as state_lib, steps, trainer
 from tests.conftest import load_config, shrink
 
@@ -55,6 +56,49 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch():
   assert int(state.step) == 30
   assert np.isfinite(losses).all()
   assert np.mean(losses[-5:]) < 0.5 * losses[0], losses
+
+
+def test_members_train_in_one_program_as_they_do_alone():
+  """Two runs (their own weights, seeds and batches) vmapped into one step on the 8-device mesh
+  give each run's solo step: the same metrics, weights and BatchNorm statistics, up to float
+  rounding (the batched convolutions add in another order). Plain SGD at a rate so large that
+  the new weights are the update, -1e4 times the gradient, so the gradients are compared:
+  Adam's first step is about the gradient's sign, which rounding may flip where one is near 0."""
+  config = _config()
+  mesh = sharding.make_mesh()
+  tx = optax.sgd(1e4)
+  solos, states, batches = [], [], []
+  for seed in (0, 1):
+
+    def fresh():
+      model = models.create_model(config, seed=seed)
+      graphdef, state = state_lib.create_train_state(model, tx, seed)
+      return graphdef, jax.device_put(state, sharding.replicated(mesh))
+
+    graphdef, state = fresh()
+    solo_state, solo_out = steps.make_train_step(graphdef, tx, mesh)(
+      state, sharding.shard_batch(_batch(seed), mesh)
+    )
+    solos.append((jax.device_get(solo_state), jax.device_get(solo_out)))
+    states.append(fresh()[1])  # the solo step donated the first copy
+    batches.append(_batch(seed))
+  stacked = jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(states))
+  batch = {k: np.stack([b[k] for b in batches]) for k in ("video", "ef")}
+  member_batch = {
+    k: jax.device_put(v, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data")))
+    for k, v in batch.items()
+  }
+  both = steps.make_train_step(graphdef, tx, mesh, members=2)
+  new_state, out = both(jax.device_put(stacked, sharding.replicated(mesh)), member_batch)
+  new_state, out = jax.device_get(new_state), jax.device_get(out)
+  assert out["loss"].shape == (2,) and new_state.step.tolist() == [1, 1]
+  for member, (solo_state, solo_out) in enumerate(solos):
+    for key in ("loss", "grad_norm", "skipped"):
+      np.testing.assert_allclose(out[key][member], solo_out[key], rtol=1e-4)
+    mine = jax.tree.map(lambda x: x[member], new_state)
+    scale = max(float(np.max(np.abs(leaf))) for leaf in jax.tree.leaves(solo_state.params))
+    for got, want in zip(jax.tree.leaves(mine), jax.tree.leaves(solo_state), strict=True):
+      np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5 * scale)
 
 
 @pytest.mark.parametrize("norm", ["batch", "layer"])

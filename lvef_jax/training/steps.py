@@ -15,14 +15,14 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lvef_jax import sharding
 from lvef_jax.training.state import TrainState
 
 
 def make_train_step(
-  graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh
+  graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh, members: int = 1
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Returns ``step(state, batch) -> (state, metrics)``, jitted with ``state`` donated.
 
@@ -30,6 +30,10 @@ def make_train_step(
   ``regularization_loss()`` (L1/L2 penalties; zero for most families) is added to the MSE for
   the gradient. Metrics: the batch MSE ``loss``, the ``penalty``, the gradient global norm
   ``grad_norm`` and ``skipped`` (1 when a non-finite loss or gradient left the state as it was).
+
+  ``members > 1`` trains that many runs in one program (``jax.vmap`` of the same step): every
+  array of ``state`` has a leading member axis, the batch is ``[members, B, ...]`` (each member
+  its own clips, ``B`` split over the ``data`` axis) and every metric has one value a member.
   """
 
   def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -65,6 +69,14 @@ def make_train_step(
     return new_state, {**metrics, "skipped": jnp.logical_not(ok).astype(jnp.int32)}
 
   replicated = sharding.replicated(mesh)
+  if members > 1:
+    batch = NamedSharding(mesh, PartitionSpec(None, sharding.DATA_AXIS))
+    return jax.jit(
+      jax.vmap(step),
+      in_shardings=(replicated, batch),
+      out_shardings=(replicated, replicated),
+      donate_argnums=0,
+    )
   return jax.jit(
     step,
     in_shardings=(replicated, sharding.batch_sharding(mesh)),
