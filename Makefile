@@ -14,7 +14,7 @@ TEST_WORKERS ?= 2
 # and in 4 KiB pages that costs a fifth of a step's CPU time (lvef_jax/hostmem.py). Read at process start.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
-.PHONY: install demo test test-fast lint format clean
+.PHONY: install demo test test-fast gpu-check lint format clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,25 @@ test: install lint
 # For iterating: the in-process unit tests only (no launched processes, no whole runs).
 test-fast: install
 	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" --durations=5
+
+# The GPU program without a GPU: JAX's CUDA build (the `gpu` extra, 3 GB of wheels) in a
+# virtual environment of its own, so the everyday one stays as it is; one train step of every
+# model family compiled for an H100 (docs/benchmarks.md, "The GPU program on paper"), then the
+# tests that need the CUDA build.
+GPU_VENV ?= .venv-gpu
+GPU_PY := $(GPU_VENV)/bin/python
+GPU_INSTALLED := $(GPU_VENV)/.installed
+GPU_TARGET ?= h100
+
+$(GPU_INSTALLED): pyproject.toml
+	test -x $(GPU_PY) || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_PY) -m pip install --quiet --upgrade pip
+	$(GPU_PY) -m pip install --quiet -e ".[gpu,test]"
+	touch $(GPU_INSTALLED)
+
+gpu-check: $(GPU_INSTALLED)
+	$(GPU_PY) -m lvef_jax.bench --target=$(GPU_TARGET) --check
+	JAX_PLATFORMS=cpu $(GPU_PY) -m pytest -q -m gpu_compile -p no:cacheprovider tests/test_gpu_program.py
 
 clean:
 	rm -rf runs/quickstart data

@@ -36,13 +36,23 @@ peer refuses to run unless its parameter count equals ours.
 prints, for every run of the paper's benchmark (``lvef_jax/experiments.py``), the FLOPs of one
 train step per clip (XLA's cost analysis of the lowered step at the paper's clip shape and
 batch; nothing is compiled or run), and the arithmetic of the whole sweep on EchoNet-Dynamic
-with its time at an assumed sustained rate: an estimate until a sweep is timed on a GPU.
+with its time at an assumed sustained rate.
+
+  python -m lvef_jax.bench --target=h100 --model=i3d_mini --batch=4 --precision=bf16
+  python -m lvef_jax.bench --target=h100 --check      # every family (make gpu-check)
+  python -m lvef_jax.bench --target=h100 --suite      # the whole benchmark's bounds
+
+compile the train step for a GPU on any machine (JAX's CUDA build, the ``gpu`` extra; no device
+is used) and print what the compiled program does per step: its memory, FLOPs, bytes and
+kernels, and lower bounds on its time (``lvef_jax.gpu_program``). ``--suite`` adds those bounds
+up over the whole benchmark (train, prediction and BatchNorm-recalibration steps).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -54,7 +64,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from lvef_jax import config_base, cpu_backend, hostmem, models, sharding
+from lvef_jax import config_base, cpu_backend, gpu_program, hostmem, models, sharding
 from lvef_jax.errors import LvefError
 from lvef_jax.training import state as state_lib, steps
 
@@ -148,7 +158,31 @@ PEER = flags.DEFINE_enum(
   "optional `peer` extra) in this call, and print the ratio.",
 )
 PEER_COMPILE = flags.DEFINE_bool("peer_compile", False, "--peer: torch.compile the peer's model.")
-SUITE = flags.DEFINE_bool("suite", False, "FLOPs of every benchmark run, and the sweep total.")
+SUITE = flags.DEFINE_bool(
+  "suite", False, "FLOPs of every benchmark run and the sweep total (with --target: its bounds)."
+)
+TARGET = flags.DEFINE_enum(
+  "target",
+  None,
+  list(gpu_program.TARGETS),
+  "Compile the train step for this GPU (no device needed; the CUDA build of jaxlib, the `gpu` "
+  "extra) and print its memory, FLOPs, bytes, kernels and step-time bounds instead of timing.",
+)
+KERNEL_US = flags.DEFINE_float(
+  "kernel_us", gpu_program.KERNEL_US, "--target: assumed cost of one kernel launch (µs)."
+)
+MEMBERS = flags.DEFINE_integer(
+  "members",
+  1,
+  "--target: this many runs in one train step (jax.vmap over a leading member axis of the "
+  "state and batch; steps.make_train_step).",
+)
+CHECK = flags.DEFINE_bool(
+  "check",
+  False,
+  "--target: compile one train step of every model family at its paper batch size, print the "
+  "table and fail unless each fits in the GPU's memory (make gpu-check).",
+)
 SUSTAINED = flags.DEFINE_float(
   "sustained_tflops", 100.0, "--suite: assumed sustained TFLOP/s of the accelerator."
 )
@@ -171,7 +205,7 @@ def lowered_flops_per_clip(config, batch_size: int) -> float:
   """FLOPs per clip of the train step as ``config`` builds it (its ``compute.kernels``): XLA's
   cost analysis of the whole step (before it is partitioned over the devices), lowered for
   this alone and not compiled."""
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(jax.devices()[:1])  # the whole step's count, whatever the devices
   graphdef, state, tx = state_lib.create(config, steps_per_epoch=1000)
   data = config.data
   shapes = {
@@ -185,20 +219,38 @@ def lowered_flops_per_clip(config, batch_size: int) -> float:
   return float(cost.get("flops", 0.0)) / batch_size if cost else 0.0
 
 
-def suite(sustained_tflops: float) -> list[dict]:
-  """One record per benchmark run and a final total: FLOPs of a full sweep on EchoNet-Dynamic.
+def run_work(config) -> dict:
+  """What one benchmark run does on EchoNet-Dynamic at the paper's 50 epochs (early stopping
+  can only shorten it): train steps (full batches of the train split), BatchNorm
+  recalibration batches, and predicted clips and prediction calls (the val split after every
+  epoch, then all three splits with the best checkpoint)."""
+  batch, eval_batch = config.train.batch_size, config.eval.batch_size
+  val = ECHONET_SPLITS["val"]
+  calls = MAX_EPOCHS * math.ceil(val / eval_batch) + sum(
+    math.ceil(n / eval_batch) for n in ECHONET_SPLITS.values()
+  )
+  return {
+    "train_steps": MAX_EPOCHS * (ECHONET_SPLITS["train"] // batch),
+    "recalibration_steps": MAX_EPOCHS * max(config.train.bn_recalibration_batches, 0),
+    "predicted_clips": MAX_EPOCHS * val + sum(ECHONET_SPLITS.values()),
+    "predict_calls": calls,
+  }
 
-  A run is counted at the paper's 50 epochs (early stopping can only shorten it): every epoch
-  trains on the train split and predicts the val split, then the best checkpoint predicts all
-  three splits. A prediction costs a third of a train step (forward only, of forward+backward).
+
+def suite(sustained_tflops: float) -> list[dict]:
+  """One record per benchmark run and a final total: FLOPs of a full sweep on EchoNet-Dynamic
+  (:func:`run_work`). A prediction costs a third of a train step (forward only, of
+  forward+backward); the recalibration batches are left out (forward passes without a
+  backward, a few percent at most).
   """
   from lvef_jax import experiments  # plain data
 
   records, total = [], 0.0
   for name in experiments.names(include_aliases=False):
-    train = train_flops_per_clip(experiments.get_config(name))
-    clips_predicted = MAX_EPOCHS * ECHONET_SPLITS["val"] + sum(ECHONET_SPLITS.values())
-    flops = MAX_EPOCHS * ECHONET_SPLITS["train"] * train + clips_predicted * train / 3
+    config = experiments.get_config(name)
+    train, work = train_flops_per_clip(config), run_work(config)
+    batch = config.train.batch_size
+    flops = work["train_steps"] * batch * train + work["predicted_clips"] * train / 3
     total += flops
     records.append(
       {"experiment": name, "train_gflop_per_clip": round(train / 1e9, 2), "pflop": flops / 1e15}
@@ -212,6 +264,176 @@ def suite(sustained_tflops: float) -> list[dict]:
     }
   )
   return records
+
+
+def _compute_dtype(config, precision: str | None) -> None:
+  if precision:
+    config.model.dtype = {"fp32": "float32", "bf16": "bfloat16"}[precision]
+
+
+def gpu_line(config, batch_size: int, target: str, kernel_us: float, members: int = 1) -> dict:
+  """The train step of ``config`` compiled for ``target`` (no device needed): one JSON record
+  of its memory, FLOPs, bytes, kernels and step-time bounds (``lvef_jax.gpu_program``), with
+  the model's FLOPs as the CPU counts them (:func:`train_flops_per_clip`) beside. ``members``
+  runs in one program: the figures are of the whole step, ``member_step_bound_ms`` a run's
+  share."""
+  spec = gpu_program.load_target(target)
+  compiled, seconds = gpu_program.compile_step(config, batch_size, target, members=members)
+  model_flops = train_flops_per_clip(config, batch_size) * batch_size * members
+  figures = gpu_program.program_figures(
+    compiled, spec, config.model.dtype, kernel_us, model_flops=model_flops
+  )
+  model_gflop = model_flops / 1e9
+  m, data = config.model, config.data
+  return {
+    "framework": f"jax-{jax.__version__}",
+    "target": target,
+    "device": spec.device,
+    "variant": f"i3d_{m.variant}_conv2_{m.conv2}" if m.name == "i3d" else m.name,
+    "model": {k: v for k, v in m.items() if k != "name"},
+    "dtype": m.dtype,
+    "batch": batch_size,
+    "members": members,
+    "shape": [data.clip_frames, data.image_size, data.image_size, 1],
+    "compile_s": round(seconds, 2),
+    "model_gflop": round(model_gflop, 3),
+    **_rounded(figures),
+    "member_step_bound_ms": _rounded(figures["step_bound_ms"] / members),
+  }
+
+
+def _rounded(value):
+  if isinstance(value, float):
+    return float(f"{value:.4g}")
+  if isinstance(value, dict):
+    return {k: _rounded(v) for k, v in value.items()}
+  return value
+
+
+def _gpu_bounds(config, batch_size: int, target: str, step: str, kernel_us: float) -> dict:
+  compiled, _ = gpu_program.compile_step(config, batch_size, target, step)
+  spec = gpu_program.load_target(target)
+  return gpu_program.program_figures(compiled, spec, config.model.dtype, kernel_us)
+
+
+def gpu_suite(target: str, precision: str | None, kernel_us: float):
+  """Yields one record per benchmark run, then the total: the step-time bounds of its compiled
+  train, prediction and BatchNorm-recalibration steps on ``target``, times what the run does
+  (:func:`run_work`). Runs sharing a model, data shape and batch share the compiled programs.
+  A run's ``bound_h`` adds up each step's largest bound: no step can be faster."""
+  from lvef_jax import experiments  # plain data
+
+  cache, kinds = {}, ("compute", "memory", "launches", "bound")
+  totals = dict.fromkeys(kinds, 0.0)
+  for name in experiments.names(include_aliases=False):
+    config = experiments.get_config(name)
+    _compute_dtype(config, precision)
+    work = run_work(config)
+    uses = (
+      ("train", config.train.batch_size, work["train_steps"]),
+      ("predict", config.eval.batch_size, work["predict_calls"]),
+      ("batch_stats", config.train.batch_size, work["recalibration_steps"]),
+    )
+    seconds, figures = dict.fromkeys(kinds, 0.0), {}
+    for step, batch, count in uses:
+      key = (config.model.to_json(), config.data.to_json(), step, batch)
+      if count and key not in cache:
+        cache[key] = _gpu_bounds(config, batch, target, step, kernel_us)
+      if count:
+        figures[step] = cache[key]
+        bounds = figures[step]["bound_ms"]
+        for kind in ("compute", "memory", "launches"):
+          seconds[kind] += count * bounds[kind] / 1e3
+        seconds["bound"] += count * max(bounds.values()) / 1e3
+    for kind in kinds:
+      totals[kind] += seconds[kind]
+    train = figures["train"]
+    yield _rounded(
+      {
+        "experiment": name,
+        "dtype": config.model.dtype,
+        "batch": config.train.batch_size,
+        "train_step_bound_ms": train["step_bound_ms"],
+        "limited_by": train["limited_by"],
+        "kernels": train["kernels_total"],
+        **{f"{kind}_h": seconds[kind] / 3600 for kind in kinds},
+      }
+    )
+  yield _rounded(
+    {
+      "experiment": "total",
+      "target": target,
+      "kernel_us": kernel_us,
+      **{f"{kind}_h": totals[kind] / 3600 for kind in kinds},
+    }
+  )
+
+
+# make gpu-check: one train step of every model family at its paper batch size (experiment,
+# precision), bf16 (the GPU's speed) and I3D-mini in fp32 too (the paper's).
+CHECK_ROWS = (
+  ("i3d_mini", "table1/mini", "bf16"),
+  ("i3d_mini", "table1/mini", "fp32"),
+  ("i3d_original", "table1/original", "bf16"),
+  ("two_stream", "table5/B1", "bf16"),
+  ("fusion_new_combination", "table6/NC-B1", "bf16"),
+  ("cnn_rnn_inception_v3", "table8/CNN_RNN-1", "bf16"),
+  ("cnn_rnn_lstm", "table9/LSTM-B1", "bf16"),
+)
+CHECK_COLUMNS = (
+  ("model", "{}"),
+  ("dtype", "{}"),
+  ("batch", "{}"),
+  ("memory GB", "{:.2f}"),
+  ("GFLOP", "{:.1f}"),
+  ("model GFLOP", "{:.1f}"),
+  ("GB moved", "{:.2f}"),
+  ("kernels", "{}"),
+  ("compute ms", "{:.3f}"),
+  ("memory ms", "{:.3f}"),
+  ("launch ms", "{:.3f}"),
+  ("MFU bound", "{:.1%}"),
+)
+
+
+def gpu_check(target: str, kernel_us: float) -> tuple[list[dict], str]:
+  """Compiles :data:`CHECK_ROWS` for ``target``; returns their records and a Markdown table.
+  Raises LvefError naming the rows that do not fit in the GPU's memory."""
+  from lvef_jax import experiments  # plain data
+
+  records, lines = [], []
+  header = [title for title, _ in CHECK_COLUMNS]
+  lines.append("| " + " | ".join(header) + " |")
+  lines.append("|" + "|".join("---" for _ in header) + "|")
+  for label, experiment, precision in CHECK_ROWS:
+    config = experiments.get_config(experiment)
+    _compute_dtype(config, precision)
+    record = gpu_line(config, config.train.batch_size, target, kernel_us)
+    record["label"] = label
+    records.append(record)
+    bounds = record["bound_ms"]
+    cells = (
+      label,
+      precision,
+      record["batch"],
+      record["memory_gb"]["needed"],
+      record["gflop"],
+      record["model_gflop"],
+      record["gb_moved"],
+      record["kernels_total"],
+      bounds["compute"],
+      bounds["memory"],
+      bounds["launches"],
+      record["mfu_bound"],
+    )
+    lines.append(
+      "| " + " | ".join(fmt.format(v) for (_, fmt), v in zip(CHECK_COLUMNS, cells)) + " |"
+    )
+  too_big = [r["label"] + f" ({r['dtype']})" for r in records if not r["fits"]]
+  table = "\n".join(lines)
+  if too_big:
+    raise LvefError(f"does not fit in the memory of {target}: {', '.join(too_big)}\n{table}")
+  return records, table
 
 
 # Videos and frames per video of the device-resident split that --data=resident synthesises:
@@ -406,13 +628,17 @@ def main(argv):
 
 
 def _main():
+  if TARGET.value:
+    _main_target()
+    return
+  if MEMBERS.value != 1 or CHECK.value:
+    raise LvefError("--members and --check go with --target (a compiled GPU program)")
   if SUITE.value:
     for record in suite(SUSTAINED.value):
       print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in record.items()}))
     return
   config = CONFIG.value
-  if PRECISION.value:
-    config.model.dtype = {"fp32": "float32", "bf16": "bfloat16"}[PRECISION.value]
+  _compute_dtype(config, PRECISION.value)
   batch = BATCH.value or config.train.batch_size
   hint = hostmem.allocator_hint()
   if hint:
@@ -428,6 +654,33 @@ def _main():
         {"ratio": f"{ours['framework']} / {peer['framework']}", "clips_per_s": round(ratio, 3)}
       )
     )
+
+
+def _main_target():
+  """--target: the GPU program, compiled here (JAX's CPU platform only: no device is used)."""
+  if PEER.value or DATA.value != "device":
+    raise LvefError("--target compiles the step without running it: no --peer or --data")
+  if MEMBERS.value > 1 and (CHECK.value or SUITE.value):
+    raise LvefError("--members applies to one model's step, not to --check or --suite")
+  jax.config.update("jax_platforms", "cpu")
+  target, kernel_us = TARGET.value, KERNEL_US.value
+  if CHECK.value:
+    start = time.perf_counter()
+    records, table = gpu_check(target, kernel_us)
+    for record in records:
+      print(json.dumps(record))
+    print(table)
+    print(
+      f"{len(records)} train steps compiled for {target} in {time.perf_counter() - start:.0f} s"
+    )
+  elif SUITE.value:
+    for record in gpu_suite(target, PRECISION.value, kernel_us):
+      print(json.dumps(record), flush=True)
+  else:
+    config = CONFIG.value
+    _compute_dtype(config, PRECISION.value)
+    batch = BATCH.value or config.train.batch_size
+    print(json.dumps(gpu_line(config, batch, target, kernel_us, MEMBERS.value)))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ def test_model_step_and_bench_code_never_import_tensorflow():
   code = (
     "import sys, lvef_jax.bench, lvef_jax.models.i3d, lvef_jax.training.steps, "
     "lvef_jax.checkpoints, lvef_jax.reporting.summary, lvef_jax.data.clips, "
-    "lvef_jax.data.device_data, lvef_jax.evaluation.commands; "
+    "lvef_jax.data.device_data, lvef_jax.evaluation.commands, lvef_jax.gpu_program, "
+    "lvef_jax.hlo_cost; "
     "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'"
   )
   done = subprocess.run(
@@ -70,12 +71,23 @@ def test_flops_are_the_model_s_whatever_the_kernels():
 
 
 def test_suite_estimate_counts_every_run(monkeypatch):
+  """Every run at 50 epochs of full train batches (the last partial one dropped, as training
+  does), plus its predictions at a third of a train step's FLOPs."""
+  from lvef_jax import experiments
+
   monkeypatch.setattr(bench, "train_flops_per_clip", lambda config: 3e10)
   records = bench.suite(sustained_tflops=100.0)
   assert len(records) == 43 and records[-1]["experiment"] == "total"
-  per_run = 50 * 7465 * 3e10 + (50 * 1288 + 7465 + 1288 + 1277) * 1e10
-  assert records[0]["pflop"] == pytest.approx(per_run / 1e15)
-  assert records[-1]["hours"] == pytest.approx(42 * per_run / 1e14 / 3600)
+  predicted = (50 * 1288 + 7465 + 1288 + 1277) * 1e10
+
+  def per_run(batch):
+    return 50 * (7465 // batch) * batch * 3e10 + predicted
+
+  assert records[0]["experiment"] == "table1/stem"  # batch 4
+  assert records[0]["pflop"] == pytest.approx(per_run(4) / 1e15)
+  batches = [experiments.get_config(r["experiment"]).train.batch_size for r in records[:-1]]
+  total = sum(per_run(b) for b in batches)
+  assert records[-1]["hours"] == pytest.approx(total / 1e14 / 3600)
 
 
 def test_benchmark_reports_flops_and_mfu_and_model_short_names():
