@@ -64,7 +64,8 @@ $(GPU_INSTALLED): pyproject.toml
 
 gpu-check: $(GPU_INSTALLED)
 	$(GPU_PY) -m lvef_jax.bench --target=$(GPU_TARGET) --check
-	JAX_PLATFORMS=cpu $(GPU_PY) -m pytest -q -m gpu_compile -p no:cacheprovider tests/test_gpu_program.py
+	JAX_PLATFORMS=cpu JAX_ENABLE_COMPILATION_CACHE=false $(GPU_PY) -m pytest -q -m gpu_compile \
+		-p no:cacheprovider tests/test_gpu_program.py
 
 clean:
 	rm -rf runs/quickstart data
