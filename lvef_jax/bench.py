@@ -207,13 +207,7 @@ def lowered_flops_per_clip(config, batch_size: int) -> float:
   this alone and not compiled."""
   mesh = sharding.make_mesh(jax.devices()[:1])  # the whole step's count, whatever the devices
   graphdef, state, tx = state_lib.create(config, steps_per_epoch=1000)
-  data = config.data
-  shapes = {
-    "video": jax.ShapeDtypeStruct(
-      (batch_size, data.clip_frames, data.image_size, data.image_size, 1), np.uint8
-    ),
-    "ef": jax.ShapeDtypeStruct((batch_size,), np.float32),
-  }
+  shapes = gpu_program.clip_batch_shapes(config, batch_size, mesh)
   state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
   cost = steps.make_train_step(graphdef, tx, mesh).lower(state, shapes).cost_analysis()
   return float(cost.get("flops", 0.0)) / batch_size if cost else 0.0
@@ -277,18 +271,16 @@ def gpu_line(config, batch_size: int, target: str, kernel_us: float, members: in
   the model's FLOPs as the CPU counts them (:func:`train_flops_per_clip`) beside. ``members``
   runs in one program: the figures are of the whole step, ``member_step_bound_ms`` a run's
   share."""
-  spec = gpu_program.load_target(target)
-  compiled, seconds = gpu_program.compile_step(config, batch_size, target, members=members)
   model_flops = train_flops_per_clip(config, batch_size) * batch_size * members
-  figures = gpu_program.program_figures(
-    compiled, spec, config.model.dtype, kernel_us, model_flops=model_flops
+  figures, seconds = _gpu_figures(
+    config, batch_size, target, "train", kernel_us, members=members, model_flops=model_flops
   )
   model_gflop = model_flops / 1e9
   m, data = config.model, config.data
   return {
     "framework": f"jax-{jax.__version__}",
     "target": target,
-    "device": spec.device,
+    "device": gpu_program.load_target(target).device,
     "variant": f"i3d_{m.variant}_conv2_{m.conv2}" if m.name == "i3d" else m.name,
     "model": {k: v for k, v in m.items() if k != "name"},
     "dtype": m.dtype,
@@ -310,10 +302,23 @@ def _rounded(value):
   return value
 
 
-def _gpu_bounds(config, batch_size: int, target: str, step: str, kernel_us: float) -> dict:
-  compiled, _ = gpu_program.compile_step(config, batch_size, target, step)
+def _gpu_figures(
+  config,
+  batch_size: int,
+  target: str,
+  step: str,
+  kernel_us: float,
+  members: int = 1,
+  model_flops: float | None = None,
+) -> tuple[dict, float]:
+  """``step`` of ``config`` compiled for ``target``: its figures
+  (``gpu_program.program_figures``) and the compile time."""
+  compiled, seconds = gpu_program.compile_step(config, batch_size, target, step, members)
   spec = gpu_program.load_target(target)
-  return gpu_program.program_figures(compiled, spec, config.model.dtype, kernel_us)
+  figures = gpu_program.program_figures(
+    compiled, spec, config.model.dtype, kernel_us, model_flops=model_flops
+  )
+  return figures, seconds
 
 
 def gpu_suite(target: str, precision: str | None, kernel_us: float):
@@ -336,15 +341,16 @@ def gpu_suite(target: str, precision: str | None, kernel_us: float):
     )
     seconds, figures = dict.fromkeys(kinds, 0.0), {}
     for step, batch, count in uses:
+      if not count:
+        continue
       key = (config.model.to_json(), config.data.to_json(), step, batch)
-      if count and key not in cache:
-        cache[key] = _gpu_bounds(config, batch, target, step, kernel_us)
-      if count:
-        figures[step] = cache[key]
-        bounds = figures[step]["bound_ms"]
-        for kind in ("compute", "memory", "launches"):
-          seconds[kind] += count * bounds[kind] / 1e3
-        seconds["bound"] += count * max(bounds.values()) / 1e3
+      if key not in cache:
+        cache[key] = _gpu_figures(config, batch, target, step, kernel_us)[0]
+      figures[step] = cache[key]
+      bounds = figures[step]["bound_ms"]
+      for kind in ("compute", "memory", "launches"):
+        seconds[kind] += count * bounds[kind] / 1e3
+      seconds["bound"] += count * max(bounds.values()) / 1e3
     for kind in kinds:
       totals[kind] += seconds[kind]
     train = figures["train"]

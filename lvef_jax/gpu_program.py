@@ -3,7 +3,8 @@
 XLA compiles for a GPU from a description of it ("deviceless" ahead-of-time compilation): with
 the CUDA build of jaxlib installed (the ``gpu`` extra), :func:`compile_step` builds a one-GPU
 mesh from a target description, traces the same jitted, sharded train step ``launch.py``
-runs, and compiles it for that GPU on any machine. :func:`analyze` reads the compiled program:
+runs, and compiles it for that GPU on any machine. :func:`program_figures` reads the compiled
+program:
 its memory (``memory_analysis()``), and from its optimized HLO (``lvef_jax.hlo_cost``) the
 FLOPs, bytes and kernels of one step, and three lower bounds on the step time:
 
@@ -35,7 +36,7 @@ import time
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from lvef_jax import hlo_cost, sharding
 from lvef_jax.errors import LvefError
@@ -144,11 +145,10 @@ def _shapes(tree, mesh_sharding, members: int = 1):
 
 
 def clip_batch_shapes(config, batch_size: int, mesh: Mesh, members: int = 1) -> dict:
-  """The shapes of a train batch (``[members, B, ...]`` for several members)."""
+  """The shapes of a train batch on ``mesh`` (``[members, B, ...]`` for several members)."""
   data = config.data
   lead = (members,) if members > 1 else ()
-  spec = PartitionSpec(*([None] * len(lead)), sharding.DATA_AXIS)
-  batch = NamedSharding(mesh, spec)
+  batch = sharding.batch_sharding(mesh, members)
   video = (*lead, batch_size, data.clip_frames, data.image_size, data.image_size, 1)
   return {
     "video": jax.ShapeDtypeStruct(video, np.uint8, sharding=batch),

@@ -170,6 +170,8 @@ _ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
 # ``ENTRY %main (p: f32[2]) -> f32[2] {`` as compiled modules print, ``ENTRY main {`` as lowered.
 _HEADER = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s*(?:\(.*->.*)?\{\s*$")
 _INSTRUCTION = re.compile(r"^\s+(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*")
+_ARRAY_SHAPE = re.compile(r"[a-z][a-z0-9]*\[[0-9,]*\](?:\{[^}]*\})?|[a-z]+\[\]")
+_OPCODE = re.compile(r"\s*([\w\-]+)\(")
 
 
 def parse_shape(text: str) -> list[Array]:
@@ -187,9 +189,9 @@ def _parse_instruction(line: str) -> Instruction | None:
   if line.startswith("(", pos):
     end = _balanced_end(line, pos, "(", ")")
   else:
-    end = re.compile(r"[a-z][a-z0-9]*\[[0-9,]*\](?:\{[^}]*\})?|[a-z]+\[\]").match(line, pos).end()
+    end = _ARRAY_SHAPE.match(line, pos).end()
   shape = parse_shape(line[pos:end])
-  rest = re.compile(r"\s*([\w\-]+)\(").match(line, end)
+  rest = _OPCODE.match(line, end)
   opcode = rest.group(1)
   close = _balanced_end(line, rest.end() - 1, "(", ")")
   operands = [] if opcode == "constant" else _operand_names(line[rest.end() : close - 1])
@@ -345,14 +347,8 @@ class Program:
     if op == "fusion":
       kind = "library" if ins.attr("kind") == "kCustom" else "fusion"
       cost.count(kind)
-      fused = self.computations[ins.called("calls")[0]]
-      inner = Cost()
-      for inside in fused.instructions:
-        self._arithmetic(fused, inside, inner)
-      cost.flops += inner.flops
-      cost.matmul_flops += inner.matmul_flops
-      cost.transcendentals += inner.transcendentals
-      cost.bytes += self._fusion_bytes(fused)
+      self._arithmetic(computation, ins, cost)  # the fused computation's
+      cost.bytes += self._fusion_bytes(self.computations[ins.called("calls")[0]])
       return kind
     if op == "custom-call":
       target = ins.attr("custom_call_target") or ""
@@ -424,9 +420,10 @@ class Program:
         return
       cost.flops += flops
       cost.matmul_flops += flops
-    elif op == "fusion":  # a fusion nested in a fusion
-      for inside in self.computations[ins.called("calls")[0]].instructions:
-        self._arithmetic(self.computations[ins.called("calls")[0]], inside, cost)
+    elif op == "fusion":  # the fused computation's instructions (fusions nest)
+      fused = self.computations[ins.called("calls")[0]]
+      for inside in fused.instructions:
+        self._arithmetic(fused, inside, cost)
 
   def _reducer_flops(self, ins: Instruction) -> int:
     names = ins.called("to_apply")

@@ -19,9 +19,11 @@ def make_mesh(devices=None) -> Mesh:
   return Mesh(devices.reshape(-1), (DATA_AXIS,))
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) axis split over ``data``; everything else whole."""
-  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+def batch_sharding(mesh: Mesh, members: int = 1) -> NamedSharding:
+  """The batch axis split over ``data``, everything else whole: the leading axis, or the one
+  after the member axis of a several-member batch (``[members, B, ...]``)."""
+  lead = (None,) if members > 1 else ()
+  return NamedSharding(mesh, PartitionSpec(*lead, DATA_AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

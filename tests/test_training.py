@@ -85,8 +85,7 @@ def test_members_train_in_one_program_as_they_do_alone():
   stacked = jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(states))
   batch = {k: np.stack([b[k] for b in batches]) for k in ("video", "ef")}
   member_batch = {
-    k: jax.device_put(v, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data")))
-    for k, v in batch.items()
+    k: jax.device_put(v, sharding.batch_sharding(mesh, members=2)) for k, v in batch.items()
   }
   both = steps.make_train_step(graphdef, tx, mesh, members=2)
   new_state, out = both(jax.device_put(stacked, sharding.replicated(mesh)), member_batch)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from lvef_jax import sharding
 from lvef_jax.training.state import TrainState
@@ -69,17 +69,9 @@ def make_train_step(
     return new_state, {**metrics, "skipped": jnp.logical_not(ok).astype(jnp.int32)}
 
   replicated = sharding.replicated(mesh)
-  if members > 1:
-    batch = NamedSharding(mesh, PartitionSpec(None, sharding.DATA_AXIS))
-    return jax.jit(
-      jax.vmap(step),
-      in_shardings=(replicated, batch),
-      out_shardings=(replicated, replicated),
-      donate_argnums=0,
-    )
   return jax.jit(
-    step,
-    in_shardings=(replicated, sharding.batch_sharding(mesh)),
+    jax.vmap(step) if members > 1 else step,
+    in_shardings=(replicated, sharding.batch_sharding(mesh, members)),
     out_shardings=(replicated, replicated),
     donate_argnums=0,
   )
