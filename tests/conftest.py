@@ -140,3 +140,26 @@ def shrink(config, cache_dir: pathlib.Path):
 def data_cache(tmp_path_factory) -> pathlib.Path:
   """One cache folder for the session: the tiny synthetic dataset is generated once."""
   return tmp_path_factory.mktemp("data_cache")
+
+
+def prepare_in_record_files(data_cfg, files: int):
+  """Prepares ``data_cfg``'s copy with every split written to ``files`` record files (TFDS
+  picks one file for the tests' small splits; EchoNet-Dynamic's train split takes dozens), so
+  that reading a slice of a split meets the files' boundaries (TFDS reads 16 examples of a
+  file at a time: a file needs more). Returns the builder; a launch.py run on the same data
+  config then uses this copy."""
+  import functools
+
+  import tensorflow_datasets as tfds
+
+  from lvef_jax.data import preparation
+
+  config_class = tfds.download.DownloadConfig
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(
+      tfds.download, "DownloadConfig", functools.partial(config_class, num_shards=files)
+    )
+    builder = preparation.prepare(data_cfg)
+  for split in ("train", "val", "test"):
+    assert len(builder.info.splits[split].shard_lengths) == files
+  return builder

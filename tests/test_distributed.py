@@ -13,13 +13,23 @@ import sys
 
 import pytest
 
-from tests.conftest import PLAIN_OPS, ROOT, child_env, communicate_all, run_command
+from lvef_jax import config_base
+from tests.conftest import (
+  PLAIN_OPS,
+  ROOT,
+  child_env,
+  communicate_all,
+  prepare_in_record_files,
+  run_command,
+)
 
 # several launch.py processes: left out of `make test-fast`.
 pytestmark = pytest.mark.slow
 
 SHRINK = {
-  "data.synthetic_num_videos": 24,
+  # 100 videos in 2 record files a split: the train split's files then hold more than the 16
+  # examples TFDS reads from a file at a time, which a process's slice of a split must survive.
+  "data.synthetic_num_videos": 100,
   "data.synthetic_seed": 3,
   "data.synthetic_min_frames": 10,
   "data.synthetic_max_frames": 40,
@@ -60,6 +70,11 @@ def _free_port() -> int:
 
 def test_two_processes_match_one(tmp_path):
   cache = tmp_path / "cache"
+  config = config_base.load_config("i3d", "variant=stem")
+  for key, value in {**SHRINK, "data.cache_dir": str(cache)}.items():
+    section, name = key.split(".")
+    config[section][name] = value
+  prepare_in_record_files(config.data, 2)
   single = run_command(_command(tmp_path / "one", cache), cwd=ROOT, env=child_env(2), timeout=600)
   assert single.returncode == 0, single.stderr[-3000:]
   port = _free_port()
@@ -85,6 +100,7 @@ def test_two_processes_match_one(tmp_path):
   one = json.loads((tmp_path / "one" / "results.json").read_text())
   two = json.loads((tmp_path / "two" / "results.json").read_text())
   assert one["best_epoch"] == two["best_epoch"]
+  assert sorted(one["splits"]) == ["test", "train", "val"]
   for split, scores in one["splits"].items():
     for key in ("rmse", "mae", "r2"):
       assert two["splits"][split][key] == pytest.approx(scores[key], abs=1e-4), (split, key)

@@ -30,7 +30,7 @@ from lvef_jax.data import preparation
 from lvef_jax.data import synthetic
 from lvef_jax.data import tfds_builder
 from lvef_jax.data import video_io
-from tests.conftest import ROOT, communicate_all
+from tests.conftest import ROOT, communicate_all, prepare_in_record_files
 
 NUM_VIDEOS = 24
 
@@ -608,3 +608,30 @@ def test_processes_preparing_at_once_prepare_once_and_all_use_it(data, tmp_path)
   assert sum("Reusing prepared data" in log for log in logs) == 1
   builder = preparation.prepare(cfg)
   assert sum(preparation.num_examples(builder, s) for s in clips.SPLITS) == NUM_VIDEOS
+
+
+def test_a_process_share_of_a_split_in_several_files_is_that_slice_of_the_split(tmp_path):
+  """Each process scores its slice of a split; the slices must be the split's order, also when
+  the split spans several record files (before, TFDS interleaved the files 16 examples at a
+  time, so a two-process run scored other videos of the train split under their indices)."""
+  root = synthetic.generate(tmp_path / "echonet", 120, 4, min_frames=8, max_frames=12, workers=1)
+  cfg = make_cfg(root=str(root), cache_dir=str(tmp_path / "cache"), image_size=16)
+  builder = prepare_in_record_files(cfg, 3)
+  stored = [ex["file_name"].decode() for ex in tfds.as_numpy(builder.as_dataset(split="train"))]
+  listing = preparation.split_listing(builder, "train")
+  names = lambda batches: [  # noqa: E731
+    listing["file_name"][i] for b in batches for i, m in zip(b["video_index"], b["mask"]) if m
+  ]
+  whole = list(pipeline.clip_batches(builder, "train", cfg, batch_size=4))
+  shards = [
+    list(pipeline.clip_batches(builder, "train", cfg, batch_size=2, shard_index=s, num_shards=2))
+    for s in range(2)
+  ]
+  clips_of = lambda batches: {  # noqa: E731
+    int(i): v.tobytes()
+    for b in batches
+    for v, i, m in zip(b["video"], b["video_index"], b["mask"])
+    if m
+  }
+  assert sorted(names(whole)) == sorted(stored)
+  assert clips_of(shards[0]) | clips_of(shards[1]) == clips_of(whole)

@@ -350,9 +350,15 @@ def read_examples(builder, split_spec, *, shuffle_seed=None) -> tf.data.Dataset:
   Shuffle buffers and memory caches then hold one string per video (its raw frame bytes, as
   stored); videos are turned into tensors only inside the parallel map.
   """
+  unshuffled = shuffle_seed is None
   read_config = tfds.ReadConfig(
     try_autocache=False,  # Caching is our decision (cache_in_memory), made after SkipDecoding.
     shuffle_seed=shuffle_seed,
+    # Unshuffled, the record files are read one after another: the split's order is then the
+    # files' order, and a slice of the split (a process's share) reads as that slice of it.
+    # TFDS's default interleaves 16 examples of each file, which orders a slice spanning fewer
+    # files differently: the train split of a two-process evaluation scored the wrong videos.
+    **({"interleave_cycle_length": 1} if unshuffled else {}),
   )
   return builder.as_dataset(
     split=split_spec,
