@@ -212,6 +212,11 @@ def base_config() -> ml_collections.ConfigDict:
       # exponential averages of training, as Keras (and so the paper) did.
       bn_recalibration_batches=50,
       log_every_steps=50,
+      # Members trained in one program (lvef_jax/training/members.py): `seeds` runs with seeds
+      # seed, seed+1, ..., times the points of `grid`, numeric hyperparameters that differ
+      # between members ("learning_rate=1e-3,3e-4;dropout=0.3,0.5"; "" for none).
+      seeds=1,
+      grid="",
     )
   )
 

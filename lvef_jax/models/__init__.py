@@ -57,6 +57,18 @@ def create_model(config, seed: int = 0) -> nnx.Module:
   )
 
 
+def set_member_hparams(model: nnx.Module, hparams: dict) -> None:
+  """Sets a member's grid values of the model's own hyperparameters on a model rebuilt inside
+  the train step (``train.grid``'s ``dropout``: every dropout layer's rate; ``l2``: Two-Stream's
+  penalty): arrays there, one value a member under ``jax.vmap``."""
+  if "dropout" in hparams:
+    for _, module in nnx.iter_modules(model):
+      if hasattr(module, "rate"):  # every family keeps its dropout rate as ``rate``
+        module.rate = hparams["dropout"]
+  if "l2" in hparams:
+    model.l2 = hparams["l2"]
+
+
 def path_keys(path) -> tuple:
   """A pytree path (``jax.tree_util`` key entries) as plain keys, as in ``nnx.to_flat_state``."""
   keys = []

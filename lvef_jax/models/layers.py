@@ -267,10 +267,16 @@ def dropout(x: jax.Array, rate: float, *, train: bool, key: jax.Array | None) ->
   """
   if train and key is None:
     raise ValueError("dropout in training mode needs a dropout_key")
-  if key is None or rate == 0.0:
+  if key is None or not nonzero(rate):
     return x
   keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def nonzero(coefficient) -> bool:
+  """Whether a rate or penalty coefficient acts: a number other than 0, or an array (a
+  member's grid value inside the step, `models.set_member_hparams`; it may be 0 there)."""
+  return not isinstance(coefficient, (int, float)) or coefficient != 0
 
 
 def dropout_keys(key: jax.Array | None, count: int) -> list:

@@ -140,9 +140,9 @@ class Model(layers.EFModel):
     kernels = self.spatial.kernels() + self.temporal.kernels() + [self.fusion.kernel[...]]
     total = jnp.zeros((), jnp.float32)
     for kernel in kernels:
-      if self.l2:
+      if layers.nonzero(self.l2):
         total += self.l2 * jnp.sum(jnp.square(kernel))
-      if self.l1:
+      if layers.nonzero(self.l1):
         total += self.l1 * jnp.sum(jnp.abs(kernel))
     return total
 

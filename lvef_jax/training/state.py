@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import flax.struct
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 
 from lvef_jax import models
+from lvef_jax.training import members as members_lib
 
 
 @flax.struct.dataclass
@@ -22,19 +24,27 @@ class TrainState:
   batch_stats: nnx.State  # BatchNorm running averages (empty for LayerNorm models)
   opt_state: optax.OptState
   rng: jax.Array  # dropout key; each step folds in its step number
+  # A several-member run's grid values (``train.grid``: name -> float32, one a member);
+  # empty otherwise. Read inside the step (`make_optimizer`, `models.set_member_hparams`).
+  hparams: dict = flax.struct.field(default_factory=dict)
 
 
-def learning_rate_schedule(train_cfg, steps_per_epoch: int) -> optax.Schedule:
-  """Step-wise schedule equal to the paper's per-epoch staircase decay."""
-  return optax.exponential_decay(
-    init_value=train_cfg.learning_rate,
+def learning_rate_schedule(train_cfg, steps_per_epoch: int, init_value=None) -> optax.Schedule:
+  """Step-wise schedule equal to the paper's per-epoch staircase decay, from
+  ``train.learning_rate`` (or ``init_value``: a member's rate, an array inside the step)."""
+  decay = optax.exponential_decay(
+    init_value=1.0,
     transition_steps=max(1, train_cfg.lr_decay_epochs * steps_per_epoch),
     decay_rate=train_cfg.lr_decay_factor,
     staircase=True,
   )
+  rate = train_cfg.learning_rate if init_value is None else init_value
+  return lambda count: rate * decay(count)
 
 
-def make_optimizer(train_cfg, steps_per_epoch: int, trainable=None) -> optax.GradientTransformation:
+def make_optimizer(
+  train_cfg, steps_per_epoch: int, trainable=None, hparams: dict | None = None
+) -> optax.GradientTransformation:
   """Adam (AdamW when weight_decay > 0), optionally after global-norm gradient clipping.
 
   Args:
@@ -42,14 +52,24 @@ def make_optimizer(train_cfg, steps_per_epoch: int, trainable=None) -> optax.Gra
     steps_per_epoch: steps of one epoch, for the per-epoch learning-rate staircase.
     trainable: a pytree like the parameters of booleans; parameters marked False get no
       update at all (and no optimizer state): frozen backbone layers.
+    hparams: a member's ``learning_rate``, ``weight_decay`` and ``grad_clip_norm`` where the
+      run's grid varies them (arrays inside the step). The optimizer's structure, and so its
+      state, is the same for every member: decay and clipping are there when any member has
+      them, and a member's 0 disables them as the config's 0 does.
   """
-  schedule = learning_rate_schedule(train_cfg, steps_per_epoch)
-  if train_cfg.weight_decay > 0:
-    tx = optax.adamw(schedule, weight_decay=train_cfg.weight_decay)
+  hparams = hparams or {}
+  schedule = learning_rate_schedule(train_cfg, steps_per_epoch, hparams.get("learning_rate"))
+  grid = members_lib.parse_grid(train_cfg.get("grid", ""))
+  varied = {name: max(values) for name, values in grid}
+  if max(train_cfg.weight_decay, varied.get("weight_decay", 0.0)) > 0:
+    tx = optax.adamw(schedule, weight_decay=hparams.get("weight_decay", train_cfg.weight_decay))
   else:
     tx = optax.adam(schedule)
-  if train_cfg.grad_clip_norm > 0:
-    tx = optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip_norm), tx)
+  if max(train_cfg.grad_clip_norm, varied.get("grad_clip_norm", 0.0)) > 0:
+    clip = hparams.get("grad_clip_norm", train_cfg.grad_clip_norm)
+    if "grad_clip_norm" in hparams:  # a member's 0: no clipping
+      clip = jnp.where(clip > 0, clip, jnp.inf)
+    tx = optax.chain(optax.clip_by_global_norm(clip), tx)
   if trainable is not None and not all(jax.tree.leaves(trainable)):
     labels = jax.tree.map(lambda t: "train" if t else "frozen", trainable)
     tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
@@ -80,10 +100,40 @@ def create(
   """The one way to build a run's model, optimizer and fresh state from its config.
 
   Used by the trainer, the benchmark and the tests. Returns ``(graphdef, state, tx)``; the
-  state lives on the default device (put it on the mesh with ``jax.device_put``).
+  state lives on the default device (put it on the mesh with ``jax.device_put``). A run of
+  several members (`lvef_jax.training.members`) gets `create_members`' state and optimizer.
   """
+  if members_lib.count(config) > 1:
+    return create_members(config, steps_per_epoch)
   model = models.create_model(config, seed=config.seed)
   trainable = models.trainable_mask(model, nnx.as_pure(nnx.state(model, nnx.Param)))
   tx = make_optimizer(config.train, steps_per_epoch, trainable)
   graphdef, state = create_train_state(model, tx, config.seed)
   return graphdef, state, tx
+
+
+def create_members(config, steps_per_epoch: int):
+  """Every member's fresh state (each from its own solo config, `members.member_config`),
+  stacked on a leading member axis, and the optimizer as a function of a member's
+  ``state.hparams`` (what `steps.make_train_step` takes for a several-member run)."""
+  states, graphdef, trainable = [], None, None
+  for member in members_lib.members(config):
+    solo = members_lib.member_config(config, member)
+    model = models.create_model(solo, seed=solo.seed)
+    trainable = models.trainable_mask(model, nnx.as_pure(nnx.state(model, nnx.Param)))
+    tx = make_optimizer(solo.train, steps_per_epoch, trainable)
+    member_graphdef, state = create_train_state(model, tx, solo.seed)
+    graphdef = graphdef or member_graphdef  # a grid's dropout is set inside the step
+    hparams = {name: jnp.float32(value) for name, value in member.hparams.items()}
+    states.append(state.replace(hparams=hparams))
+  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+
+  def optimizer(hparams: dict) -> optax.GradientTransformation:
+    return make_optimizer(config.train, steps_per_epoch, trainable, hparams)
+
+  return graphdef, stacked, optimizer
+
+
+def member_state(state: TrainState, index: int) -> TrainState:
+  """Member ``index`` of a several-member state, as a solo run's state."""
+  return jax.tree.map(lambda x: x[index], state)

@@ -17,12 +17,26 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from lvef_jax import sharding
+from lvef_jax import models, sharding
 from lvef_jax.training.state import TrainState
+
+# A run's optimizer: one for every member, or (a grid over optimizer hyperparameters) a
+# function of a member's ``state.hparams`` (`state.create_members`).
+Optimizer = optax.GradientTransformation | Callable[[dict], optax.GradientTransformation]
+
+
+def _merge(graphdef: nnx.GraphDef, state: TrainState, batch_stats=None) -> nnx.Module:
+  """The model with ``state``'s weights (and ``batch_stats``, default the state's) and its
+  member's grid values."""
+  model = nnx.merge(
+    graphdef, state.params, state.batch_stats if batch_stats is None else batch_stats
+  )
+  models.set_member_hparams(model, state.hparams)
+  return model
 
 
 def make_train_step(
-  graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh, members: int = 1
+  graphdef: nnx.GraphDef, tx: Optimizer, mesh: Mesh, members: int = 1
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Returns ``step(state, batch) -> (state, metrics)``, jitted with ``state`` donated.
 
@@ -34,13 +48,15 @@ def make_train_step(
   ``members > 1`` trains that many runs in one program (``jax.vmap`` of the same step): every
   array of ``state`` has a leading member axis, the batch is ``[members, B, ...]`` (each member
   its own clips, ``B`` split over the ``data`` axis) and every metric has one value a member.
+  The member axis is split over the mesh's ``members`` axis where it has one
+  (`sharding.make_mesh`). ``tx`` may be a function of the member's ``state.hparams``.
   """
 
   def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
     def loss_fn(params, batch_stats):
-      model = nnx.merge(graphdef, params, batch_stats)
+      model = _merge(graphdef, state.replace(params=params), batch_stats)
       predictions = model(batch["video"], train=True, dropout_key=dropout_key)
       mse = jnp.mean(jnp.square(predictions - batch["ef"]))
       penalty = model.regularization_loss()
@@ -49,7 +65,8 @@ def make_train_step(
     (_, (mse, penalty, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params, state.batch_stats
     )
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    optimizer = tx(state.hparams) if callable(tx) else tx
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
     # A non-finite loss or gradient skips the step: the weights, BatchNorm statistics and
@@ -68,34 +85,39 @@ def make_train_step(
     metrics = {"loss": mse, "penalty": penalty, "grad_norm": grad_norm}
     return new_state, {**metrics, "skipped": jnp.logical_not(ok).astype(jnp.int32)}
 
-  replicated = sharding.replicated(mesh)
+  state_sharding = sharding.state_sharding(mesh, members)
   return jax.jit(
     jax.vmap(step) if members > 1 else step,
-    in_shardings=(replicated, sharding.batch_sharding(mesh, members)),
-    out_shardings=(replicated, replicated),
+    in_shardings=(state_sharding, sharding.batch_sharding(mesh, members)),
+    out_shardings=(state_sharding, state_sharding),
     donate_argnums=0,
   )
 
 
 def make_predict_step(
-  graphdef: nnx.GraphDef, mesh: Mesh
+  graphdef: nnx.GraphDef, mesh: Mesh, members: int = 1
 ) -> Callable[[TrainState, dict], jax.Array]:
-  """Returns ``predict(state, batch) -> EF [B]``: running BatchNorm averages, no dropout."""
+  """Returns ``predict(state, batch) -> EF [B]``: running BatchNorm averages, no dropout.
+
+  ``members > 1``: every member predicts the same clips, ``[members, B]``."""
 
   def predict(state: TrainState, batch: dict) -> jax.Array:
-    model = nnx.merge(graphdef, state.params, state.batch_stats)
-    return model(batch["video"], train=False)
+    return _merge(graphdef, state)(batch["video"], train=False)
 
-  batch_sharding = sharding.batch_sharding(mesh)
+  if members > 1:
+    predict = jax.vmap(predict, in_axes=(0, None))
   return jax.jit(
-    predict, in_shardings=(sharding.replicated(mesh), batch_sharding), out_shardings=batch_sharding
+    predict,
+    in_shardings=(sharding.state_sharding(mesh, members), sharding.batch_sharding(mesh)),
+    out_shardings=sharding.batch_sharding(mesh, members),
   )
 
 
 def make_batch_stats_step(
-  graphdef: nnx.GraphDef, mesh: Mesh
+  graphdef: nnx.GraphDef, mesh: Mesh, members: int = 1
 ) -> Callable[[TrainState, dict], nnx.State]:
-  """Returns ``stats(state, batch)``: the BatchNorm statistics of ``batch`` alone, as a state.
+  """Returns ``stats(state, batch)``: the BatchNorm statistics of ``batch`` alone, as a state
+  (``members > 1``: each member's of its own batch, ``[members, B, ...]``).
 
   Used to recalibrate the running averages with the final weights (``precise BN``): the
   exponential averages kept during training lag behind weights that move every step, which
@@ -103,7 +125,7 @@ def make_batch_stats_step(
   """
 
   def stats(state: TrainState, batch: dict) -> nnx.State:
-    model = nnx.merge(graphdef, state.params, state.batch_stats)
+    model = _merge(graphdef, state)
     for _, module in nnx.iter_modules(model):
       if isinstance(module, nnx.BatchNorm):
         module.momentum = 0.0  # keep only this batch's statistics
@@ -111,8 +133,9 @@ def make_batch_stats_step(
     model(batch["video"], train=True, dropout_key=jax.random.wrap_key_data(state.rng))
     return nnx.as_pure(nnx.state(model, nnx.BatchStat))
 
+  state_sharding = sharding.state_sharding(mesh, members)
   return jax.jit(
-    stats,
-    in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
-    out_shardings=sharding.replicated(mesh),
+    jax.vmap(stats) if members > 1 else stats,
+    in_shardings=(state_sharding, sharding.batch_sharding(mesh, members)),
+    out_shardings=state_sharding,
   )
