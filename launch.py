@@ -4,6 +4,7 @@ r"""Trains, evaluates or summarises a model of the paper.
   python launch.py --config=configs/i3d.py:variant=mini,conv2=3x3x3 --workdir=runs/mini \
       --config.data.root=/data/EchoNet-Dynamic --config.train.batch_size=8
   python launch.py --mode=eval --workdir=runs/mini --eval_split=test --eval_clips=all
+  python launch.py --mode=eval --workdir=runs/mini_seeds --member=1   # one member of several
   python launch.py --mode=predict --workdir=runs/mini --videos=my_echos/ --output=ef.csv
   python launch.py --config=configs/i3d.py:variant=original --mode=summary
   python launch.py --list_experiments
@@ -51,6 +52,12 @@ CHECKPOINT = flags.DEFINE_string(
 )
 ENSEMBLE = flags.DEFINE_list(
   "ensemble", [], "--mode=eval/predict: more run directories whose predictions are averaged."
+)
+MEMBER = flags.DEFINE_integer(
+  "member",
+  None,
+  "--mode=eval/predict: only this member (0 to K-1) of a run of K members (train.seeds, "
+  "train.grid), instead of all of them averaged as an ensemble; a solo run has member 0.",
 )
 VIDEOS = flags.DEFINE_string(
   "videos", None, "--mode=predict: a video file, a folder or a glob (AVI, MP4, ..., DICOM)."
@@ -124,6 +131,7 @@ def _run(config, mode: str, workdir: str | None) -> None:
       clips=EVAL_CLIPS.value,
       checkpoint=CHECKPOINT.value,
       ensemble=ENSEMBLE.value,
+      member=MEMBER.value,
     )
     return
   if not VIDEOS.value or not OUTPUT.value:
@@ -136,6 +144,7 @@ def _run(config, mode: str, workdir: str | None) -> None:
     clips=EVAL_CLIPS.value or "all",
     checkpoint=CHECKPOINT.value,
     ensemble=ENSEMBLE.value,
+    member=MEMBER.value,
   )
   if not scored:
     raise LvefError(f"no video of {VIDEOS.value} could be read")

@@ -11,10 +11,14 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from flax import nnx
 
-from lvef_jax.data import echonet, synthetic
-from lvef_jax.evaluation import metrics
-from lvef_jax.training import trainer
+from lvef_jax import checkpoints, config_base, models, sharding
+from lvef_jax.data import echonet, preparation, synthetic
+from lvef_jax.errors import ConfigError
+from lvef_jax.evaluation import commands, evaluator, metrics
+from lvef_jax.evaluation.predictor import Predictor, predictors_from_run
+from lvef_jax.training import members as members_lib, state as state_lib, trainer
 from tests.conftest import PLAIN_OPS, ROOT, load_config, run_command, shrink
 
 # trained runs scored by launch.py: left out of `make test-fast`.
@@ -147,6 +151,153 @@ def test_eval_without_a_run_is_one_error(tmp_path):
   done = _launch("--mode=eval", f"--workdir={tmp_path}")
   assert done.returncode == 1
   assert "config.json does not exist" in done.stderr and "Traceback" not in done.stderr
+
+
+def _saved_run(workdir: pathlib.Path, config, best_epochs: list[int]):
+  """A run saved as the trainer saves one, without training: its fresh state as the best
+  checkpoint (several members: their states stacked, `state.create_members`, and each one's
+  best epoch). Returns the state."""
+  _, state, _ = state_lib.create(config, steps_per_epoch=2)
+  if len(best_epochs) == 1:
+    meta = {"epoch": best_epochs[0], "early_stopping": {"best_epoch": best_epochs[0]}}
+  else:
+    meta = {
+      "epoch": max(best_epochs),
+      "early_stopping": [{"best_epoch": e} for e in best_epochs],
+      "best_epochs": best_epochs,
+    }
+  store = checkpoints.Checkpoints(workdir / "checkpoints", writer=True)
+  store.save("best", max(best_epochs), state, meta)
+  store.wait()
+  store.close()
+  (workdir / config_base.RUN_CONFIG_FILE).write_text(config_base.run_config_json(config))
+  return state
+
+
+@pytest.fixture(scope="module")
+def members_run(tmp_path_factory, data_cache):
+  """A run of two members (``train.seeds=2``) of the tiny I3D-stem, untrained: members 0 and 1
+  are seeds 0 and 1, with best epochs 2 and 1."""
+  config = shrink(load_config("i3d", "variant=stem"), data_cache)
+  config.train.seeds = 2
+  workdir = tmp_path_factory.mktemp("members_run")
+  stacked = _saved_run(workdir, config, best_epochs=[2, 1])
+  return workdir, stacked
+
+
+def _run_config(workdir):
+  """The config ``launch.py --mode=eval`` reads: the run's own, on this suite's ops."""
+  config = config_base.load_run_config(workdir)
+  config.compute.kernels = load_config("i3d").compute.kernels
+  return config
+
+
+def _evaluated(monkeypatch, workdir, **options) -> tuple[dict, evaluator.VideoPredictions]:
+  """`commands.evaluate` of the test split, one clip: its report and its predictions (as
+  computed, before the CSV rounds them)."""
+  seen = []
+  write = commands.eval_files.write_evaluation
+
+  def keep(out_dir, name, report, predictions, *args):
+    seen.append(predictions)
+    return write(out_dir, name, report, predictions, *args)
+
+  monkeypatch.setattr(commands.eval_files, "write_evaluation", keep)
+  reports = commands.evaluate(_run_config(workdir), workdir, split="test", clips="one", **options)
+  (predictions,) = seen
+  return reports["test"], predictions
+
+
+def test_a_members_run_evaluates_as_the_ensemble_of_its_members(members_run, monkeypatch):
+  workdir, stacked = members_run
+  report, ensemble = _evaluated(monkeypatch, workdir)
+  assert report["interval"]["source"] == "ensemble(2)"
+  assert "interval_coverage" in report and np.all(ensemble.ef_pred_std > 0)
+  first, second = report["checkpoints"]
+  assert first == f"{workdir} (best checkpoint, member 0, seed 0, epoch 2)"
+  assert second == f"{workdir} (best checkpoint, member 1, seed 1, epoch 1)"
+  assert (workdir / "eval" / "test_one.json").is_file()
+  alone = []
+  for member in (0, 1):
+    member_report, predictions = _evaluated(monkeypatch, workdir, member=member)
+    assert member_report["interval"]["source"] == "none"
+    assert member_report["checkpoints"] == [report["checkpoints"][member]]
+    assert (workdir / "members" / str(member) / "eval" / "test_one.json").is_file()
+    alone.append(predictions.ef_pred)
+  assert not np.allclose(alone[0], alone[1])  # two seeds: two models
+  np.testing.assert_allclose(ensemble.ef_pred, (alone[0] + alone[1]) / 2, atol=1e-5)
+  np.testing.assert_allclose(ensemble.ef_pred_std, np.abs(alone[0] - alone[1]) / 2, atol=1e-4)
+
+  # Member 1 is the model of member 1's solo config with its slice of the stacked weights.
+  config = _run_config(workdir)
+  solo = members_lib.member_config(config, members_lib.members(config)[1])
+  graphdef, _, _ = nnx.split(models.create_model(solo, seed=solo.seed), nnx.Param, ...)
+  weights = state_lib.member_state(stacked, 1)
+  mesh = sharding.make_mesh()
+  direct = Predictor(solo, graphdef, weights.params, weights.batch_stats, mesh)
+  expected = evaluator.Evaluator("test", batch_size=8).run(
+    direct, preparation.prepare(config.data), config.data, mesh
+  )
+  np.testing.assert_allclose(alone[1], expected.ef_pred, atol=1e-5)
+
+  # The same through launch.py's --member flag (the CSV keeps four decimals).
+  done = _launch("--mode=eval", f"--workdir={workdir}", "--eval_split=test", "--member=1")
+  assert done.returncode == 0, done.stderr[-3000:]
+  rows = _rows(workdir / "members" / "1" / "eval" / "test_one_predictions.csv")
+  assert [r["FileName"] for r in rows] == list(expected.file_name)
+  pred = np.array([float(r["EF_pred"]) for r in rows])
+  np.testing.assert_allclose(pred, expected.ef_pred, atol=2e-4)
+
+
+def test_a_bad_member_is_one_error(members_run, tmp_path):
+  workdir, _ = members_run
+  config = _run_config(workdir)
+  for member in (2, -1):
+    with pytest.raises(ConfigError, match=r"the run has members 0 to 1"):
+      predictors_from_run(workdir, config=config, member=member)
+  with pytest.raises(ConfigError, match=r"run of 2 members: name one \(member 0 to 1\)"):
+    Predictor.from_run(workdir, config=config)
+  done = _launch("--mode=eval", f"--workdir={workdir}", "--member=2")
+  assert done.returncode == 1
+  assert f"error: member 2 of {workdir}: the run has members 0 to 1" in done.stderr
+  assert "Traceback" not in done.stderr
+
+
+def test_a_solo_run_has_only_member_0(tmp_path, data_cache):
+  _saved_run(tmp_path, shrink(load_config("i3d", "variant=stem"), data_cache), best_epochs=[3])
+  config = _run_config(tmp_path)
+  (predictor,) = predictors_from_run(tmp_path, config=config, member=0)
+  assert predictor.source == f"{tmp_path} (best checkpoint, epoch 3)"
+  assert Predictor.from_run(tmp_path, config=config).source == predictor.source
+  with pytest.raises(ConfigError, match=r"member 1 of .*: the run has only member 0"):
+    predictors_from_run(tmp_path, config=config, member=1)
+
+
+def test_each_grid_member_has_its_own_config(tmp_path, data_cache):
+  """A member's dropout rate (Monte-Carlo dropout samples with it) is its grid value."""
+  config = shrink(load_config("i3d", "variant=stem"), data_cache)
+  config.train.grid = "dropout=0.2,0.6"
+  _saved_run(tmp_path, config, best_epochs=[1, 2])
+  config = _run_config(tmp_path)
+  predictors = predictors_from_run(tmp_path, config=config)
+  assert [p.config.model.dropout for p in predictors] == [0.2, 0.6]
+  assert [p.config.train.seeds for p in predictors] == [1, 1]
+  assert [p.epoch for p in predictors] == [1, 2]
+  assert "member 1, seed 0, dropout=0.6, epoch 2" in predictors[1].source
+
+
+def test_predict_with_a_members_run(members_run, tmp_path):
+  workdir, _ = members_run
+  config = _run_config(workdir)
+  paths, _ = _video_files(config)
+  video = next(iter(paths.values()))
+  ef = []
+  for member in (None, 0, 1):
+    output = tmp_path / f"{member}.csv"
+    assert commands.predict(config, workdir, str(video), output, member=member) == 1
+    (row,) = _rows(output)
+    ef.append(float(row["EF_pred"]))
+  assert ef[0] == pytest.approx((ef[1] + ef[2]) / 2, abs=2e-4)
 
 
 def _video_files(config) -> dict[str, pathlib.Path]:
@@ -317,10 +468,12 @@ print(clips, (after - before) // 1024)
 
 
 def test_evaluation_code_imports_nothing_from_training():
+  """Nothing but `lvef_jax.training.members`, plain config logic (each member's config)."""
   code = (
     "import sys, lvef_jax.evaluation.commands, lvef_jax.evaluation.evaluator, "
     "lvef_jax.evaluation.predictor; "
-    "bad = [m for m in sys.modules if m.startswith('lvef_jax.training')]; "
+    "allowed = {'lvef_jax.training', 'lvef_jax.training.members'}; "
+    "bad = [m for m in sys.modules if m.startswith('lvef_jax.training') and m not in allowed]; "
     "assert not bad, bad"
   )
   done = run_command([sys.executable, "-c", code], cwd=ROOT, timeout=120)

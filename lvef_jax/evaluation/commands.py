@@ -2,7 +2,9 @@
 
 Both read the run's own ``config.json`` (``launch.py`` loads it when ``--config`` is not
 given), restore only the weights (:class:`~lvef_jax.evaluation.predictor.Predictor`), and
-average an ensemble of runs when ``ensemble`` names more run directories.
+average an ensemble of runs when ``ensemble`` names more run directories. A run of several
+members (``train.seeds``, ``train.grid``) is an ensemble of its members, or its member
+``member`` alone; every member of an ``ensemble`` run joins.
 """
 
 from __future__ import annotations
@@ -20,21 +22,27 @@ from lvef_jax.config_base import load_run_config
 from lvef_jax.data import clips as clip_layout
 from lvef_jax.errors import LvefError
 from lvef_jax.evaluation import evaluator, metrics
-from lvef_jax.evaluation.predictor import Predictor, check_same_inputs
+from lvef_jax.evaluation.predictor import check_same_inputs, predictors_from_run
 from lvef_jax.reporting import evaluation as eval_files
+from lvef_jax.training import members as members_lib
 
 EVAL_DIR = "eval"
+MEMBERS_DIR = "members"  # one member's evaluation of a several-member run: members/<i>/eval/
 
 
-def _predictors(config, workdir, checkpoint: str, ensemble: Sequence[str], mesh):
-  members = [Predictor.from_run(workdir, checkpoint, config=config, mesh=mesh)]
+def _predictors(
+  config, workdir, checkpoint: str, ensemble: Sequence[str], mesh, member: int | None = None
+):
+  """The prediction functions averaged: ``workdir``'s members (or its ``member``), then every
+  member of each ``ensemble`` run."""
+  members = predictors_from_run(workdir, checkpoint, config=config, mesh=mesh, member=member)
   for other in ensemble:
     other_config = load_run_config(other)
     other_config.compute = config.compute  # this command's hardware choice, for every member
-    members.append(Predictor.from_run(other, checkpoint, config=other_config, mesh=mesh))
+    members += predictors_from_run(other, checkpoint, config=other_config, mesh=mesh)
   check_same_inputs(members)
-  for member in members:
-    logging.info("weights: %s", member.source)
+  for predictor in members:
+    logging.info("weights: %s", predictor.source)
   return members
 
 
@@ -54,8 +62,12 @@ def evaluate(
   clips: str | None = None,
   checkpoint: str = "best",
   ensemble: Sequence[str] = (),
+  member: int | None = None,
 ) -> dict[str, dict]:
   """Scores ``split`` (or ``all`` splits) and writes ``workdir/eval/{split}_{clips}.*``.
+
+  A several-member run is scored as the ensemble of its members; ``member`` scores that member
+  alone, into ``workdir/members/<member>/eval/`` (a solo run's member 0: ``workdir/eval/``).
 
   Returns:
     The report of each split.
@@ -66,7 +78,10 @@ def evaluate(
 
   workdir = pathlib.Path(workdir)
   mesh = sharding.make_mesh()
-  members = _predictors(config, workdir, checkpoint, ensemble, mesh)
+  members = _predictors(config, workdir, checkpoint, ensemble, mesh, member)
+  out = workdir / EVAL_DIR
+  if member is not None and members_lib.count(config) > 1:
+    out = workdir / MEMBERS_DIR / str(member) / EVAL_DIR
   builder = preparation.prepare(config.data)
   mc_samples = int(config.eval.mc_dropout_samples)
   stride = clip_layout.clip_stride(
@@ -114,7 +129,7 @@ def evaluate(
       title = f"{name}, {clips} clip{'s' if clips == 'all' else ''}"
       curves = [metrics.roc(predictions.ef, predictions.ef_pred, t) for t in (35, 40, 45, 50)]
       written = eval_files.write_evaluation(
-        workdir / EVAL_DIR, f"{name}_{clips}", report, predictions, low, high, curves, title
+        out, f"{name}_{clips}", report, predictions, low, high, curves, title
       )
       print(_summary(report, written[0]))
   return reports
@@ -153,13 +168,15 @@ def predict(
   clips: str = "all",
   checkpoint: str = "best",
   ensemble: Sequence[str] = (),
+  member: int | None = None,
 ) -> int:
   """Predicts EF for every video of ``videos`` (a file, a folder or a glob) into ``output``.
 
   Each video is read the way the training data were (grey, resized to the training resolution,
   resampled in time when its frame rate is far from ``data.typical_fps``), cut into clips (all
   starts ``eval.clip_stride`` apart, or the clip from frame 0) and averaged. A file that cannot
-  be read gets a row with its error; the others go on.
+  be read gets a row with its error; the others go on. A several-member run predicts as the
+  ensemble of its members, or as its ``member`` alone.
 
   Returns:
     The number of videos scored (the caller exits non-zero when it is 0).
@@ -169,7 +186,7 @@ def predict(
   clip_layout.check_clip_mode(clips, "predict clips")
   found = video_io.find_videos(videos)
   mesh = sharding.make_mesh()
-  members = _predictors(config, pathlib.Path(workdir), checkpoint, ensemble, mesh)
+  members = _predictors(config, pathlib.Path(workdir), checkpoint, ensemble, mesh, member)
   data = config.data
   stride = clip_layout.clip_stride(config.eval.clip_stride, data.clip_frames, data.period)
   batch_size = config.eval.batch_size

@@ -3,6 +3,11 @@
 ``Predictor.from_run(workdir)`` rebuilds the model from the run's own ``config.json`` and
 restores only its parameters and BatchNorm averages from a checkpoint (no optimizer state), so
 evaluation and prediction never need the training config retyped, nor the trainer.
+
+A run of several members (``train.seeds``, ``train.grid``: `lvef_jax.training.members`, plain
+config logic, the one module of ``training/`` read here) keeps every array with a leading
+member axis; ``predictors_from_run`` restores it once and gives one Predictor a member, each
+rebuilt from its member's own config (its seed and grid values, such as its dropout rate).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from flax import nnx
 from lvef_jax import checkpoints, models, sharding
 from lvef_jax.config_base import load_run_config
 from lvef_jax.errors import ConfigError
+from lvef_jax.training import members as members_lib
 
 
 class Predictor:
@@ -61,6 +67,7 @@ class Predictor:
     *,
     config: ml_collections.ConfigDict | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    member: int | None = None,
   ) -> "Predictor":
     """The model of run ``workdir`` with the weights of ``checkpoint``.
 
@@ -69,27 +76,98 @@ class Predictor:
       checkpoint: ``best``, ``latest``, or an epoch number that one of them holds.
       config: the run's config with the caller's overrides (default: ``config.json``).
       mesh: default: every device.
+      member: which member of a several-member run (required there; `predictors_from_run`
+        gives all of them); a solo run is its own member 0.
     """
-    workdir = pathlib.Path(workdir)
     config = config if config is not None else load_run_config(workdir)
-    mesh = mesh if mesh is not None else sharding.make_mesh()
-    model = models.create_model(config, seed=config.seed)
-    graphdef, params, batch_stats = nnx.split(model, nnx.Param, ...)
-    template = jax.device_put(
-      (nnx.as_pure(params), nnx.as_pure(batch_stats)), sharding.replicated(mesh)
+    count = members_lib.count(config)
+    if member is None and count > 1:
+      raise ConfigError(
+        f"{workdir} is a run of {count} members: name one (member 0 to {count - 1}) or take "
+        "them all (predictors_from_run)"
+      )
+    (predictor,) = predictors_from_run(workdir, checkpoint, config=config, mesh=mesh, member=member)
+    return predictor
+
+
+def check_member(workdir, member: int, count: int) -> int:
+  """``member`` if run ``workdir`` of ``count`` members has it, else one clear error."""
+  if isinstance(member, bool) or not 0 <= member < count:
+    numbers = "only member 0 (a solo run)" if count == 1 else f"members 0 to {count - 1}"
+    raise ConfigError(f"member {member} of {workdir}: the run has {numbers}")
+  return member
+
+
+def predictors_from_run(
+  workdir: str | pathlib.Path,
+  checkpoint: str = "best",
+  *,
+  config: ml_collections.ConfigDict | None = None,
+  mesh: jax.sharding.Mesh | None = None,
+  member: int | None = None,
+) -> list[Predictor]:
+  """One Predictor a member of run ``workdir`` (one for a solo run), from one restore.
+
+  A several-member checkpoint stacks every member's parameters and BatchNorm statistics on a
+  leading member axis; its ``best`` kind holds each member's own best weights, of the epochs
+  in its meta's ``best_epochs``. Member ``i``'s Predictor has member ``i``'s own config and
+  model (`members.member_config`: its seed and grid values; its dropout rate counts for
+  Monte-Carlo dropout) and its slice of the weights; its ``epoch`` is its own best epoch for
+  ``best``, the checkpoint's epoch for ``latest``.
+
+  Args:
+    workdir, checkpoint, config, mesh: as for `Predictor.from_run`.
+    member: only this member (a solo run: only 0); default every member, in member order.
+
+  Raises:
+    ConfigError: ``member`` is not one of the run's.
+  """
+  workdir = pathlib.Path(workdir)
+  config = config if config is not None else load_run_config(workdir)
+  mesh = mesh if mesh is not None else sharding.make_mesh()
+  run_members = members_lib.members(config)
+  several = len(run_members) > 1
+  if member is not None:
+    check_member(workdir, member, len(run_members))
+  chosen = range(len(run_members)) if member is None else [member]
+  configs = {
+    i: members_lib.member_config(config, run_members[i]) if several else config for i in chosen
+  }
+  models_of = {i: models.create_model(c, seed=c.seed) for i, c in configs.items()}
+  graphdefs, template = {}, None
+  for i, model in models_of.items():
+    graphdefs[i], params, batch_stats = nnx.split(model, nnx.Param, ...)
+    if template is None:  # the members' weights have the same shapes
+      template = (nnx.as_pure(params), nnx.as_pure(batch_stats))
+  del models_of
+  replicated = sharding.replicated(mesh)
+  if several:  # every member's weights are restored (the checkpoint's arrays are stacked)
+    template = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct((len(run_members), *x.shape), x.dtype, sharding=replicated),
+      template,
     )
-    store = checkpoints.Checkpoints(workdir / "checkpoints")
-    kind = store.kind_of(checkpoint)
-    (params, batch_stats), meta = store.restore_variables(kind, template)
-    return cls(
-      config,
-      graphdef,
-      params,
-      batch_stats,
-      mesh,
-      epoch=meta["epoch"],
-      source=f"{workdir} ({kind} checkpoint, epoch {meta['epoch']})",
+  else:
+    template = jax.device_put(template, replicated)
+  store = checkpoints.Checkpoints(workdir / "checkpoints")
+  kind = store.kind_of(checkpoint)
+  variables, meta = store.restore_variables(kind, template)
+  predictors = []
+  for i in chosen:
+    if not several:
+      epoch, source = meta["epoch"], f"{workdir} ({kind} checkpoint, epoch {meta['epoch']})"
+    else:
+      best_epochs = meta.get("best_epochs", [meta["epoch"]] * len(run_members))
+      epoch = best_epochs[i] if kind == "best" else meta["epoch"]
+      grid = "".join(f", {k}={v:g}" for k, v in run_members[i].hparams.items())
+      source = (
+        f"{workdir} ({kind} checkpoint, member {i}, seed {run_members[i].seed}{grid}, "
+        f"epoch {epoch})"
+      )
+    params, batch_stats = jax.tree.map(lambda x: x[i], variables) if several else variables
+    predictors.append(
+      Predictor(configs[i], graphdefs[i], params, batch_stats, mesh, epoch=epoch, source=source)
     )
+  return predictors
 
 
 def check_same_inputs(predictors: list[Predictor]) -> None:
