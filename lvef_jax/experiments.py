@@ -18,7 +18,8 @@ Two recipes (``--recipe``):
             the final results averaged over every clip of each video.
 
 Adding a row is one line in ``EXPERIMENTS`` (and its paper values in
-``lvef_jax/reporting/paper_results.csv``, if it has any).
+``lvef_jax/reporting/paper_results.csv``, if it has any). ``COMPARISONS`` lists the pairs of
+rows the paper compares; the report tests each against the spread over seeds.
 """
 
 from __future__ import annotations
@@ -164,6 +165,76 @@ ALIASES: dict[str, str] = {
 }
 
 _BY_NAME = {experiment.name: experiment for experiment in EXPERIMENTS}
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedComparison:
+  """A comparison the paper draws between two rows: does ``a`` or ``b`` have the lower test RMSE?
+
+  Attributes:
+    topic: what the pair varies, as the report's table groups it.
+    context: what the two rows share (the family, the other settings).
+    a, b: experiment names (aliases allowed: the row as the paper prints it); the report shows
+      the test RMSE difference ``a - b``.
+  """
+
+  topic: str
+  context: str
+  a: str
+  b: str
+
+
+_CONV2 = "Conv2 1x1x1 vs 3x3x3"
+_NORM = "BatchNorm vs LayerNorm"
+_HEADS = "Regression heads"
+_DEPTH = "I3D-original vs I3D-mini"
+_FUSION = "Fusion kinds"
+_RNN = "GRU vs LSTM"
+
+# The paper's comparisons, in the report's order: one entry per pair of rows it sets side by
+# side. Adding one is one line here; the paper's difference comes from paper_results.csv.
+COMPARISONS: tuple[PairedComparison, ...] = (
+  PairedComparison(_CONV2, "I3D-mini, BatchNorm", "table3/B1", "table3/B2"),
+  PairedComparison(_CONV2, "I3D-mini, LayerNorm", "table4/mini-L1", "table4/mini-L2"),
+  PairedComparison(_CONV2, "I3D-original, BatchNorm", "table4/original-B1", "table4/original-B2"),
+  PairedComparison(_CONV2, "Fusion New Combination, BatchNorm", "table6/NC-B1", "table6/NC-B2"),
+  PairedComparison(_CONV2, "Fusion Dual Input, BatchNorm", "table6/DI-B1", "table6/DI-B2"),
+  PairedComparison(_CONV2, "Fusion Single Input, BatchNorm", "table6/SI-B1", "table6/SI-B2"),
+  PairedComparison(_NORM, "I3D-mini", "table4/mini-B1", "table4/mini-L1"),
+  PairedComparison(_NORM, "I3D-mini, conv2 3x3x3", "table4/mini-B2", "table4/mini-L2"),
+  PairedComparison(_NORM, "I3D-original", "table4/original-B1", "table4/original-L1"),
+  PairedComparison(_NORM, "Two-Stream", "table5/B1", "table5/L1"),
+  PairedComparison(_NORM, "Fusion New Combination", "table6/NC-B1", "table6/NC-L1"),
+  PairedComparison(_NORM, "Fusion Dual Input", "table6/DI-B1", "table6/DI-L1"),
+  PairedComparison(_NORM, "Fusion Single Input", "table6/SI-B1", "table6/SI-L1"),
+  PairedComparison(_NORM, "Fusion Combination", "table7/Comb-B1", "table7/Comb-L1"),
+  PairedComparison(_NORM, "CNN-RNN GRU", "table9/GRU-B1", "table9/GRU-L1"),
+  PairedComparison(_NORM, "CNN-RNN LSTM", "table9/LSTM-B1", "table9/LSTM-L1"),
+  PairedComparison(_HEADS, "I3D-mini, head A vs OG", "table2/A", "table2/OG"),
+  PairedComparison(_HEADS, "I3D-mini, head A vs B", "table2/A", "table2/B"),
+  PairedComparison(_HEADS, "I3D-mini, head A vs C", "table2/A", "table2/C"),
+  PairedComparison(_HEADS, "I3D-mini, head B vs C", "table2/B", "table2/C"),
+  PairedComparison(_DEPTH, "conv2 1x1x1, BatchNorm", "table1/original", "table1/mini"),
+  PairedComparison(_DEPTH, "conv2 3x3x3, BatchNorm", "table4/original-B2", "table4/mini-B2"),
+  PairedComparison(
+    _FUSION, "Single Input vs Dual Input, BatchNorm", "table6/SI-B1", "table6/DI-B1"
+  ),
+  PairedComparison(
+    _FUSION, "Single Input vs New Combination, BatchNorm", "table6/SI-B1", "table6/NC-B1"
+  ),
+  PairedComparison(
+    _FUSION, "Dual Input vs New Combination, BatchNorm", "table6/DI-B1", "table6/NC-B1"
+  ),
+  PairedComparison(
+    _FUSION, "New Combination vs Combination, BatchNorm", "table6/NC-B1", "table7/Comb-B1"
+  ),
+  PairedComparison(
+    _FUSION, "Dual Input vs Dual Input Truncated, BatchNorm", "table6/DI-B1", "table7/DIT-B1"
+  ),
+  PairedComparison(_RNN, "2-D I3D-mini, BatchNorm", "table9/GRU-B1", "table9/LSTM-B1"),
+  PairedComparison(_RNN, "2-D I3D-mini, LayerNorm", "table9/GRU-L1", "table9/LSTM-L1"),
+  PairedComparison(_RNN, "2-D I3D-mini, MixedNorm", "table9/GRU-Mixed1", "table9/LSTM-Mixed1"),
+)
 
 
 def names(include_aliases: bool = True) -> list[str]:

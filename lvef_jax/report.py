@@ -4,10 +4,11 @@
 
 Each ``--root`` is one sweep (``python -m lvef_jax.sweep --root=...``): one run directory per
 experiment, all of one recipe (read from the runs' config.json). Writes, into ``--out``:
-tables.md, tables.csv, error_by_ef_range.csv, generalization_gap.png and
-performance_vs_generalization.png. Reads run directories only: no JAX, no TensorFlow, so it runs
-wherever the results were copied to. A problem with the input ends the program with one
-``error: ...`` line on stderr and exit status 1.
+tables.md, tables.csv, comparisons.csv, error_by_ef_range.csv, generalization_gap.png,
+performance_vs_generalization.png and performance_vs_generalization.csv. A run of several
+seeds (``sweep --seeds=K``) shows its mean ± SD. Reads run directories only: no JAX, no
+TensorFlow, so it runs wherever the results were copied to. A problem with the input ends the
+program with one ``error: ...`` line on stderr and exit status 1.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ r"""Runs the paper's benchmark: every named experiment, one after another, into 
   python -m lvef_jax.sweep --root=runs/paper --config.data.root=/path/to/EchoNet-Dynamic
   python -m lvef_jax.sweep --root=runs/improved --recipe=improved --filter='table[45]/'
   python -m lvef_jax.sweep --root=/tmp/smoke --runlocal      # the whole suite in minutes, CPU
+  python -m lvef_jax.sweep --root=runs/paper_3seeds --seeds=3  # 3 members per run, one program
 
 - An experiment whose ``results.json`` exists is done and skipped; an interrupted one resumes
   from its latest checkpoint (``launch.py`` resumes a workdir); a failed one is recorded in
@@ -14,6 +15,11 @@ r"""Runs the paper's benchmark: every named experiment, one after another, into 
 - ``--config.KEY=VALUE`` (only this form) is handed to every experiment whose config has
   ``KEY`` (``--config.model.backbone_weights=...`` reaches the InceptionV3 runs only); a key no
   selected experiment has is an error.
+- ``--seeds=K`` trains every experiment as K members in one program (seeds ``seed`` to
+  ``seed + K - 1``; ``--config.train.seeds=K`` on each ``launch.py`` run). A root holds runs of
+  one K: a run directory whose ``config.json`` records another ``train.seeds`` is refused with
+  both counts (finished or not), rather than skipped or mixed. ``sweep_status.json`` records
+  each run's ``seeds``.
 - Each experiment runs as its own ``launch.py`` process, its output appended to
   ``ROOT/<name>/log.txt``: a crash or an out-of-memory in one run cannot take the sweep down.
 """
@@ -46,6 +52,12 @@ RECIPE = flags.DEFINE_enum(
 )
 RUNLOCAL = flags.DEFINE_bool(
   "runlocal", False, "Shrink every experiment to a smoke test on synthetic data (2-core CPU)."
+)
+SEEDS = flags.DEFINE_integer(
+  "seeds",
+  1,
+  "Members per experiment, trained in one program (--config.train.seeds=K).",
+  lower_bound=1,
 )
 DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print what would run, run nothing.")
 
@@ -117,14 +129,73 @@ def update_status(root: pathlib.Path, name: str, **record) -> None:
     tmp.replace(path)
 
 
-def _recorded_recipe(run_dir: pathlib.Path) -> str | None:
+def _recorded_config(run_dir: pathlib.Path) -> dict | None:
+  """The run's ``config.json``; None where there is none (or it is unreadable: launch.py,
+  which compares the whole config, decides then)."""
   path = run_dir / "config.json"
   if not path.is_file():
     return None
   try:
-    return json.loads(path.read_text()).get("experiment", {}).get("recipe")
-  except (json.JSONDecodeError, AttributeError):
+    config = json.loads(path.read_text())
+  except (OSError, json.JSONDecodeError):
     return None
+  return config if isinstance(config, dict) else None
+
+
+def _recorded_recipe(run_dir: pathlib.Path) -> str | None:
+  experiment = (_recorded_config(run_dir) or {}).get("experiment")
+  return experiment.get("recipe") if isinstance(experiment, dict) else None
+
+
+def _recorded_seeds(run_dir: pathlib.Path) -> int | None:
+  """``train.seeds`` of the run in ``run_dir`` (1 for a config without the key); None: no run."""
+  config = _recorded_config(run_dir)
+  if config is None:
+    return None
+  train = config.get("train")
+  try:
+    return int(train.get("seeds", 1)) if isinstance(train, dict) else 1
+  except (TypeError, ValueError):
+    return None
+
+
+def mismatch(run_dir: pathlib.Path, recipe: str, seeds: int) -> str:
+  """Why the run in ``run_dir`` cannot be this sweep's (another recipe or ``train.seeds``); ""
+  when it can (or there is no run yet)."""
+  recorded = _recorded_recipe(run_dir)
+  if recorded is not None and recorded != recipe:
+    return (
+      f"{run_dir} holds a run of recipe {recorded!r}, this sweep's is {recipe!r}: "
+      "use another --root for each recipe"
+    )
+  recorded_seeds = _recorded_seeds(run_dir)
+  if recorded_seeds is not None and recorded_seeds != seeds:
+    return (
+      f"{run_dir} holds a run of train.seeds={recorded_seeds}, this sweep's is --seeds={seeds}: "
+      f"use another --root for each number of seeds (or --seeds={recorded_seeds})"
+    )
+  return ""
+
+
+def launch_command(
+  root: pathlib.Path,
+  name: str,
+  recipe: str,
+  runlocal: bool,
+  overrides: list[str],
+  seeds: int = 1,
+) -> list[str]:
+  """The ``launch.py`` command that runs experiment ``name`` into ``root/name``."""
+  return [
+    sys.executable,
+    str(LAUNCH),
+    f"--experiment={name}",
+    f"--recipe={recipe}",
+    f"--workdir={root / name}",
+    *(["--runlocal"] if runlocal else []),
+    *([f"--config.train.seeds={seeds}"] if seeds != 1 else []),
+    *overrides,
+  ]
 
 
 def _error_of(log: pathlib.Path, since: int) -> str:
@@ -146,10 +217,23 @@ class Outcome:
 
 
 def run_one(
-  root: pathlib.Path, name: str, recipe: str, runlocal: bool, overrides: list[str]
+  root: pathlib.Path,
+  name: str,
+  recipe: str,
+  runlocal: bool,
+  overrides: list[str],
+  seeds: int = 1,
 ) -> Outcome:
-  """Runs experiment ``name`` into ``root/name`` unless it is finished or held elsewhere."""
+  """Runs experiment ``name`` into ``root/name`` unless it is finished or held elsewhere.
+
+  A run directory holding a run of another recipe or number of seeds fails with both named,
+  finished or not: a finished one would otherwise be counted as this sweep's.
+  """
   run_dir = root / name
+  error = mismatch(run_dir, recipe, seeds)
+  if error:
+    update_status(root, name, status="failed", error=error, recipe=recipe, seeds=seeds)
+    return Outcome("failed", error=error)
   if (run_dir / RESULTS_FILE).exists():
     return Outcome("skipped")
   with filelock.exclusive(run_dir / LOCK_FILE, wait=False) as held:
@@ -157,23 +241,7 @@ def run_one(
       return Outcome("busy")
     if (run_dir / RESULTS_FILE).exists():  # finished by another process meanwhile
       return Outcome("skipped")
-    recorded = _recorded_recipe(run_dir)
-    if recorded is not None and recorded != recipe:
-      error = (
-        f"{run_dir} holds a run of recipe {recorded!r}, this sweep's is {recipe!r}: "
-        "use another --root for each recipe"
-      )
-      update_status(root, name, status="failed", error=error, recipe=recipe)
-      return Outcome("failed", error=error)
-    command = [
-      sys.executable,
-      str(LAUNCH),
-      f"--experiment={name}",
-      f"--recipe={recipe}",
-      f"--workdir={run_dir}",
-      *(["--runlocal"] if runlocal else []),
-      *overrides,
-    ]
+    command = launch_command(root, name, recipe, runlocal, overrides, seeds)
     log = run_dir / "log.txt"
     start_offset = log.stat().st_size if log.exists() else 0
     update_status(
@@ -182,6 +250,7 @@ def run_one(
       status="running",
       recipe=recipe,
       runlocal=runlocal,
+      seeds=seeds,
       host=socket.gethostname(),
       pid=os.getpid(),
       started=_now(),
@@ -222,6 +291,7 @@ def sweep(
   runlocal: bool,
   overrides: dict[str, list[str]],
   log=functools.partial(print, flush=True),  # flushed: a sweep's log is often a file
+  seeds: int = 1,
 ) -> dict[str, Outcome]:
   """Runs ``runs`` in order; returns each one's outcome. Progress goes to ``log``."""
   outcomes: dict[str, Outcome] = {}
@@ -232,7 +302,7 @@ def sweep(
     done = sum(o.status in ("done", "skipped") for o in outcomes.values())
     failed = sum(o.status == "failed" for o in outcomes.values())
     log(f"[{index}/{len(runs)}] {name} (finished {done}, failed {failed}{eta})")
-    outcome = run_one(root, name, recipe, runlocal, overrides.get(name, []))
+    outcome = run_one(root, name, recipe, runlocal, overrides.get(name, []), seeds)
     outcomes[name] = outcome
     if outcome.status == "done":
       timed.append(outcome.seconds)
@@ -247,13 +317,29 @@ def sweep(
   return outcomes
 
 
+def dry_run_line(
+  root: pathlib.Path, name: str, recipe: str, runlocal: bool, overrides: list[str], seeds: int
+) -> str:
+  """``name: <state> <the launch.py arguments that follow --workdir>`` for ``--dry_run``."""
+  error = mismatch(root / name, recipe, seeds)
+  if error:
+    return f"{name}: refused ({error})"
+  if (root / name / RESULTS_FILE).exists():
+    return f"{name}: finished"
+  command = launch_command(root, name, recipe, runlocal, overrides, seeds)
+  return f"{name}: to run {' '.join(command[5:])}".rstrip()
+
+
 def main(argv, overrides: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not ROOT.value:
     raise app.UsageError("--root is required")
   root = pathlib.Path(ROOT.value).expanduser().absolute()
+  seeds = SEEDS.value
   try:
+    if any(o.startswith("--config.train.seeds=") for o in overrides):
+      raise ConfigError("give the number of members as --seeds=K, not --config.train.seeds")
     runs = select(FILTER.value)
     per_run = overrides_per_run(runs, overrides, RECIPE.value, RUNLOCAL.value)
   except ConfigError as e:
@@ -261,17 +347,17 @@ def main(argv, overrides: list[str]) -> int:
     return 1
   print(
     f"sweep of {len(runs)} experiments, recipe {RECIPE.value}"
+    f"{f', {seeds} seeds each' if seeds > 1 else ''}"
     f"{' (runlocal smoke test)' if RUNLOCAL.value else ''}, into {root}",
     flush=True,
   )
   if DRY_RUN.value:
     for run in runs:
-      state = "finished" if (root / run / RESULTS_FILE).exists() else "to run"
-      print(f"  {run}: {state} {' '.join(per_run[run])}".rstrip())
+      print(f"  {dry_run_line(root, run, RECIPE.value, RUNLOCAL.value, per_run[run], seeds)}")
     return 0
   root.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
-  outcomes = sweep(root, runs, RECIPE.value, RUNLOCAL.value, per_run)
+  outcomes = sweep(root, runs, RECIPE.value, RUNLOCAL.value, per_run, seeds=seeds)
   counts = {
     s: sum(o.status == s for o in outcomes.values()) for s in ("done", "skipped", "busy", "failed")
   }

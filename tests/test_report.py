@@ -8,14 +8,18 @@ import json
 import math
 import pathlib
 import shutil
+import statistics
 import subprocess
 import sys
 
+from matplotlib.container import ErrorbarContainer
 import pytest
 
 from lvef_jax import experiments
 from lvef_jax.reporting import paper_report
 from tests.conftest import ROOT
+
+plt = paper_report.plt
 
 PNG_MAGIC = b"\x89PNG"
 
@@ -209,8 +213,10 @@ def test_report_of_real_runs(sweeps):
 
   rows = _read_csv(out / "tables.csv")
   assert list(rows[0]) == [
-    "table", "row", "column", "metric", "recipe", "root", "experiment", "ours", "paper", "diff"
+    "table", "row", "column", "metric", "recipe", "root", "experiment", "ours", "paper", "diff",
+    "ours_sd", "seeds",
   ]  # fmt: skip
+  assert {r["ours_sd"] for r in rows} == {""}  # solo runs
   found = {(r["table"], r["experiment"], r["metric"]): r for r in rows if r["ours"]}
   assert float(found[("1", "table1/stem", "rmse")]["ours"]) == pytest.approx(rmse)
   assert float(found[("1", "table1/stem", "rmse")]["diff"]) == pytest.approx(rmse - 8.4287)
@@ -323,3 +329,305 @@ def test_report_imports_no_jax_or_tensorflow():
   )
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------- (e) several seeds
+# Fake run directories in the trainer's formats (results.json, metrics.jsonl, config.json):
+# solo runs and runs of several members, no training.
+
+EPOCHS = 4
+
+
+def _scores(rmse: float, train: bool = False) -> dict:
+  """A split's metrics derived from its RMSE (the train split a point better)."""
+  rmse = rmse - 1.0 if train else rmse
+  return {"rmse": rmse, "mae": 0.75 * rmse, "r2": 1 - rmse**2 / 150, "n": 102}
+
+
+def _spread(scores: list[dict]) -> dict:
+  out = {"n": scores[0]["n"]}
+  for key in ("rmse", "mae", "r2"):
+    values = [s[key] for s in scores]
+    out[key] = float(sum(values) / len(values))
+    out[f"{key}_sd"] = float(statistics.stdev(values))
+  return out
+
+
+def _write_run(
+  root: pathlib.Path,
+  name: str,
+  test_rmse,
+  best_epochs=None,
+  runlocal: bool = False,
+  hparams=None,
+) -> pathlib.Path:
+  """A finished run of experiment ``name``: solo for a number, one member per value of a
+  list. Member i's history has train_loss 10 + epoch + i and val_loss 20 + 2 epoch + i, so
+  its loss gap at its best epoch b is 10 + b."""
+  directory = root / name
+  directory.mkdir(parents=True)
+  several = isinstance(test_rmse, list)
+  count = len(test_rmse) if several else 1
+  best_epochs = best_epochs or [EPOCHS - 1] * count
+  config = {
+    "seed": 0,
+    "train": {"seeds": count, "grid": ""},
+    "experiment": {"name": name, "recipe": "paper", "runlocal": runlocal},
+  }
+  (directory / "config.json").write_text(json.dumps(config))
+  records = []
+  for epoch in range(1, EPOCHS + 1):
+    members = [
+      {"train_loss": 10.0 + epoch + i, "val_loss": 20.0 + 2 * epoch + i, "val_rmse": 7.0}
+      for i in range(count)
+    ]
+    record = {"epoch": epoch, "step": 10 * epoch, "seconds": 1.0, "clips_per_s": 5.0}
+    record.update({k: statistics.mean(m[k] for m in members) for k in members[0]})
+    if several:
+      record["members"] = [dict(m, stopped=False) for m in members]
+    records.append(record)
+  (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  if not several:
+    results = {
+      "best_epoch": best_epochs[0],
+      "eval_clips": "one",
+      "splits": {"train": _scores(test_rmse, train=True), "test": _scores(test_rmse)},
+    }
+  else:
+    members = [
+      {
+        "member": i,
+        "seed": i,
+        "hparams": (hparams or [{}] * count)[i],
+        "best_epoch": best_epochs[i],
+        "splits": {"train": _scores(rmse, train=True), "test": _scores(rmse)},
+      }
+      for i, rmse in enumerate(test_rmse)
+    ]
+    results = {
+      "eval_clips": "one",
+      "best_epochs": best_epochs,
+      "splits": {
+        split: _spread([m["splits"][split] for m in members]) for split in ("train", "test")
+      },
+      "members": members,
+      "ensemble": {"test": _scores(statistics.mean(test_rmse) - 0.2)},
+    }
+  (directory / "results.json").write_text(json.dumps(results))
+  return directory
+
+
+@pytest.fixture
+def seeded(tmp_path):
+  """A root of runs of three seeds and solo runs, chosen so that the paper's comparisons:
+  - conv2 1x1x1 vs 3x3x3 on I3D-mini (table3/B1 = table1/mini vs table3/B2) holds;
+  - BatchNorm vs LayerNorm on Two-Stream (table5/B1 vs L1) is within seed noise;
+  - GRU vs LSTM with BatchNorm (table9/GRU-B1 vs LSTM-B1) is reversed;
+  - head A vs OG (table2/A = table1/mini, 3 seeds, vs table2/OG, solo) has no interval."""
+  root = tmp_path / "seeds3"
+  _write_run(root, "table1/mini", [7.5, 7.6, 7.4], best_epochs=[1, 2, 3])
+  _write_run(root, "table3/B2", [6.8, 6.9, 6.7])
+  _write_run(root, "table5/B1", [8.0, 9.0, 10.0])
+  _write_run(root, "table5/L1", [8.5, 9.5, 8.0])
+  _write_run(root, "table9/GRU-B1", [7.0, 7.1, 7.2])
+  _write_run(root, "table9/LSTM-B1", [8.0, 8.1, 8.2])
+  _write_run(root, "table2/OG", 7.3)
+  return root
+
+
+def _table_line(md: str, table: int, row: str) -> list[str]:
+  start = md.index(f"## Table {table}.")
+  section = md[start : md.index("\n## ", start + 1)]
+  line = next(line for line in section.splitlines() if line.startswith(f"| {row} |"))
+  return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_cells_of_several_seeds_show_mean_sd_and_mark_the_paper_outside(seeded, tmp_path):
+  paper_report.write_report([seeded], tmp_path / "out")
+  md = (tmp_path / "out/tables.md").read_text()
+  assert "Seeds in paper: 6 runs of 3 seeds, 1 run of 1 seed." in md
+  # table3/B2: RMSE 6.8 ± 0.1 around the paper's 6.7954: inside, unmarked.
+  cells = _table_line(md, 3, "3x3x3 (B2)")
+  assert cells[1] == "6.80 ± 0.10 (6.80, +0.00)"
+  assert cells[2] == "5.10 ± 0.08 (5.01, +0.09)"  # MAE 0.75 RMSE: SD 0.075, 2 SD > 0.09
+  # table9/GRU-B1: 7.10 ± 0.10, the paper's 8.3539 is 12 SDs away.
+  assert _table_line(md, 9, "BatchNorm (B1)")[1] == "7.10 ± 0.10 (8.35†, -1.25)"
+  # A solo run looks as before; an alias row shows its run's spread.
+  assert _table_line(md, 2, "Dropout + Flatten + Dense (OG)")[1] == "7.30 (7.20, +0.10)"
+  assert _table_line(md, 2, "GAP + Dropout + Dense (A)")[1] == "7.50 ± 0.10 (7.09†, +0.41)"
+  # The rule is each such table's caption, and only theirs.
+  for table in (2, 3, 4, 5, 9, 10):
+    section = md[md.index(f"## Table {table}.") : md.index(f"## Table {table}.") + 400]
+    assert paper_report.SPREAD_CAPTION in section, table
+  section = md[md.index("## Table 8.") : md.index("## Table 9.")]
+  assert paper_report.SPREAD_CAPTION not in section
+  assert "outside our mean ± 2 SD" in paper_report.SPREAD_CAPTION
+
+  rows = {
+    (r["table"], r["experiment"], r["metric"]): r
+    for r in _read_csv(tmp_path / "out/tables.csv")
+    if r["ours"]
+  }
+  b2 = rows[("3", "table3/B2", "rmse")]
+  assert float(b2["ours"]) == pytest.approx(6.8)
+  assert float(b2["ours_sd"]) == pytest.approx(0.1)
+  assert b2["seeds"] == "3"
+  og = rows[("2", "table2/OG", "rmse")]
+  assert (og["ours_sd"], og["seeds"]) == ("", "1")
+
+
+def test_solo_root_has_no_spread(tmp_path):
+  root = tmp_path / "solo"
+  _write_run(root, "table3/B2", 6.9)
+  paper_report.write_report([root], tmp_path / "out")
+  md = (tmp_path / "out/tables.md").read_text()
+  assert _table_line(md, 3, "3x3x3 (B2)")[1] == "6.90 (6.80, +0.10)"
+  assert "±" not in md.split("## The paper's comparisons")[0]
+  assert "Seeds in" not in md and paper_report.SPREAD_CAPTION not in md
+
+
+def test_comparisons_table(seeded, tmp_path):
+  paper_report.write_report([seeded], tmp_path / "out")
+  md = (tmp_path / "out/tables.md").read_text()
+  section = md[md.index("## The paper's comparisons") : md.index("## Test error by true-EF")]
+  assert "95% Welch t interval" in section
+
+  def row(a, b):
+    line = next(line for line in section.splitlines() if f"| `{a}` | `{b}` |" in line)
+    return [c.strip() for c in line.strip("|").split("|")]
+
+  # Topic, pair, a, b, paper a - b, ours a - b, interval, seeds, verdict.
+  holds = row("table3/B1", "table3/B2")
+  assert holds[0] == "Conv2 1x1x1 vs 3x3x3" and holds[4] == "+0.30" and holds[5] == "+0.70"
+  t = paper_report.t_quantile(0.975, 4)  # equal SDs (0.1) and counts: Welch's df is 4
+  half = t * math.sqrt(0.01 / 3 + 0.01 / 3)
+  assert holds[6] == f"[{0.7 - half:+.2f}, {0.7 + half:+.2f}]"
+  assert holds[7:] == ["3 vs 3", "holds"]
+  noise = row("table5/B1", "table5/L1")
+  assert noise[4] == "+0.87" and noise[8] == "within seed noise"
+  reversed_ = row("table9/GRU-B1", "table9/LSTM-B1")
+  assert reversed_[4] == "+0.49" and reversed_[5] == "-1.00" and reversed_[8] == "reversed"
+  solo = row("table2/A", "table2/OG")
+  assert solo[5:] == ["+0.20", "n/a", "3 vs 1", "n/a"]
+  missing = row("table6/SI-B1", "table6/DI-B1")
+  assert missing[5:] == ["–", "–", "–", "–"]
+
+  rows = _read_csv(tmp_path / "out/comparisons.csv")
+  assert len(rows) == len(experiments.COMPARISONS)
+  found = {(r["a"], r["b"]): r for r in rows}
+  r = found[("table3/B1", "table3/B2")]
+  assert float(r["diff"]) == pytest.approx(0.7)
+  assert float(r["low"]) == pytest.approx(0.7 - half)
+  assert float(r["paper_diff"]) == pytest.approx(7.0906 - 6.7954)
+  assert (r["seeds_a"], r["seeds_b"], r["verdict"]) == ("3", "3", "holds")
+  assert found[("table2/A", "table2/OG")]["low"] == ""
+
+
+def test_welch_interval_against_scipy():
+  stats = pytest.importorskip("scipy.stats")
+  a, b = [7.1, 7.5, 6.9, 7.3], [6.2, 7.9, 6.8]
+  diff, (low, high) = paper_report.welch_interval(a, b)
+  expected = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+  assert diff == pytest.approx(statistics.mean(a) - statistics.mean(b))
+  assert (low, high) == pytest.approx((expected.low, expected.high))
+  assert paper_report.t_quantile(0.975, 2) == pytest.approx(4.302653, abs=1e-6)
+  assert paper_report.welch_interval([7.0], [6.0, 6.5]) == (pytest.approx(0.75), None)
+  assert paper_report.welch_interval([7.0, 7.0], [6.0, 6.0]) == (1.0, (1.0, 1.0))
+
+
+@pytest.mark.parametrize(
+  "paper_diff,interval,expected",
+  [
+    (0.3, (0.1, 0.5), "holds"),
+    (-0.3, (-0.5, -0.1), "holds"),
+    (0.3, (-0.1, 0.5), "within seed noise"),
+    (0.3, (-0.5, -0.1), "reversed"),
+    (-0.3, (0.1, 0.5), "reversed"),
+    (0.3, None, "n/a"),
+  ],
+)
+def test_verdict(paper_diff, interval, expected):
+  assert paper_report.verdict(paper_diff, interval) == expected
+
+
+def test_comparisons_name_experiments_and_distinct_runs():
+  for pair in experiments.COMPARISONS:
+    assert experiments.canonical(pair.a) != experiments.canonical(pair.b), pair
+  topics = {pair.topic for pair in experiments.COMPARISONS}
+  assert len(topics) == 6
+  paper = paper_report._paper_rmse(paper_report.load_paper())
+  assert all(pair.a in paper and pair.b in paper for pair in experiments.COMPARISONS)
+
+
+def test_figures_have_error_bars_over_seeds(seeded, tmp_path, monkeypatch):
+  figures = {}
+
+  def keep(fig, path):
+    figures[pathlib.Path(path).name] = fig
+
+  monkeypatch.setattr(paper_report.plots, "_save", keep)
+  sweeps = paper_report.load_sweeps([seeded])
+  bars = paper_report.generalization_gap_figure(sweeps, tmp_path / "gap.png")
+  names = list(sweeps[0].runs)
+  mini, og = names.index("table1/mini"), names.index("table2/OG")
+  values, sds = bars["RMSE: train - test"]
+  assert values[mini] == pytest.approx(-1.0) and sds[mini] == pytest.approx(0.0, abs=1e-9)
+  assert math.isnan(sds[og])
+  # The loss gap of each member at its own best epoch (1, 2, 3): 11, 12, 13.
+  values, sds = bars["loss (MSE): val - train, best epoch"]
+  assert values[mini] == pytest.approx(12.0) and sds[mini] == pytest.approx(1.0)
+  assert values[og] == pytest.approx(10.0 + EPOCHS - 1) and math.isnan(sds[og])
+  axes = figures["gap.png"].axes
+  for ax in axes:  # one error-bar set a panel: a bar for each of the six runs of three seeds
+    (container,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(container.lines[2][0].get_segments()) == 6
+
+  points = paper_report.performance_figure(sweeps, tmp_path / "perf.png")
+  by_name = {p.run.name: p for p in points}
+  b5 = by_name["table5/B1"]
+  assert (b5.x, b5.x_sd) == (pytest.approx(9.0), pytest.approx(1.0))
+  assert (b5.y, b5.y_sd) == (pytest.approx(1.0), pytest.approx(0.0, abs=1e-9))
+  assert math.isnan(by_name["table2/OG"].x_sd)
+  ax = figures["perf.png"].axes[0]
+  (container,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+  assert len(container.lines[2][0].get_segments()) == 6  # x bars of the six, not the solo run
+  plt.close("all")
+
+
+def test_figure_16_labels_never_overlap(tmp_path, monkeypatch):
+  """42 runs piled into one corner, as a --runlocal sweep's: some labels are left out, the
+  ones drawn overlap nothing, and the CSV lists every run."""
+  root = tmp_path / "pile"
+  names = experiments.names(include_aliases=False)
+  for index, name in enumerate(names):
+    _write_run(root, name, 8.1 + 0.002 * index + (0.5 if index == 0 else 0.0))
+  figures = {}
+  monkeypatch.setattr(paper_report.plots, "_save", lambda fig, path: figures.update(fig=fig))
+  sweeps = paper_report.load_sweeps([root])
+  points = paper_report.performance_figure(sweeps, tmp_path / "perf.png")
+  assert len(points) == 42
+  labelled = [p for p in points if p.labelled]
+  assert 0 < len(labelled) < 42
+  assert names[0] in {p.run.name for p in labelled}  # the isolated run gets its label
+  fig = figures["fig"]
+  renderer = fig.canvas.get_renderer()
+  texts = [t for t in fig.axes[0].texts if t.get_text() in names]
+  assert sorted(t.get_text() for t in texts) == sorted(p.run.name for p in labelled)
+  boxes = [t.get_window_extent(renderer) for t in texts]
+  for i, box in enumerate(boxes):
+    assert not any(box.overlaps(other) for other in boxes[i + 1 :])
+  plt.close("all")
+  monkeypatch.undo()
+  paper_report.write_report([root], tmp_path / "out")
+  rows = _read_csv(tmp_path / "out/performance_vs_generalization.csv")
+  assert len(rows) == 42 and sum(int(r["labelled"]) for r in rows) == len(labelled)
+  assert (tmp_path / "out/performance_vs_generalization.png").read_bytes()[:4] == PNG_MAGIC
+
+
+def test_members_of_a_grid_are_a_warning(tmp_path):
+  root = tmp_path / "grid"
+  _write_run(
+    root, "table3/B2", [6.8, 6.9], hparams=[{"learning_rate": 1e-3}, {"learning_rate": 3e-4}]
+  )
+  sweep = paper_report.load_sweep(root)
+  assert any("differ in hyperparameters" in m for m in sweep.warnings)

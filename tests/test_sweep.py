@@ -1,5 +1,6 @@
 """`python -m lvef_jax.sweep`: skips finished runs, resumes interrupted ones, survives failures,
-and shares one root between several processes without running an experiment twice."""
+shares one root between several processes without running an experiment twice, and trains K
+members per experiment with --seeds=K."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ import pytest
 from lvef_jax import filelock, sweep
 from tests.conftest import ROOT, communicate_all
 
-# sweeps of real runs: left out of `make test-fast`.
-pytestmark = pytest.mark.slow
+# Tests marked slow sweep real runs or start the CLI: left out of `make test-fast`.
 
 # Two of the cheapest experiments, shrunk by --runlocal to a few seconds each.
 CHEAP = ["table1/stem", "table7/DIT-B1"]
@@ -40,6 +40,7 @@ def swept(tmp_path_factory):
   return root, cache, outcomes, lines
 
 
+@pytest.mark.slow
 def test_a_failed_experiment_is_recorded_and_the_sweep_goes_on(swept):
   root, _, outcomes, lines = swept
   assert outcomes[CHEAP[0]].status == "done"
@@ -57,6 +58,7 @@ def test_a_failed_experiment_is_recorded_and_the_sweep_goes_on(swept):
   assert config["experiment"] == {"name": CHEAP[0], "recipe": "paper", "runlocal": True}
 
 
+@pytest.mark.slow
 def test_a_finished_experiment_is_skipped(swept):
   root, cache, _, _ = swept
   log_before = (root / CHEAP[0] / "log.txt").read_text()
@@ -65,6 +67,7 @@ def test_a_finished_experiment_is_skipped(swept):
   assert (root / CHEAP[0] / "log.txt").read_text() == log_before
 
 
+@pytest.mark.slow
 def test_an_interrupted_experiment_resumes_from_its_checkpoint(swept):
   root, cache, _, _ = swept
   run_dir = root / CHEAP[0]
@@ -79,6 +82,7 @@ def test_an_interrupted_experiment_resumes_from_its_checkpoint(swept):
   assert (run_dir / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_an_experiment_held_by_another_process_is_passed_over(swept):
   root, cache, _, _ = swept
   with filelock.exclusive(root / CHEAP[1] / sweep.LOCK_FILE) as held:
@@ -86,6 +90,7 @@ def test_an_experiment_held_by_another_process_is_passed_over(swept):
     assert sweep.run_one(root, CHEAP[1], "paper", True, [cache]).status == "busy"
 
 
+@pytest.mark.slow
 def test_a_run_of_the_other_recipe_is_refused(swept):
   root, cache, _, _ = swept
   config = root / CHEAP[1] / "config.json"  # as if a paper-recipe run had started there
@@ -98,6 +103,7 @@ def test_a_run_of_the_other_recipe_is_refused(swept):
   config.unlink()
 
 
+@pytest.mark.slow
 def test_two_sweeps_on_one_root_never_run_an_experiment_twice(tmp_path):
   command = [
     sys.executable,
@@ -122,6 +128,7 @@ def test_two_sweeps_on_one_root_never_run_an_experiment_twice(tmp_path):
   assert {status[name]["status"] for name in CHEAP} == {"done"}
 
 
+@pytest.mark.slow
 def test_filter_and_overrides():
   assert sweep.select("^table1/") == [
     "table1/stem",
@@ -144,6 +151,7 @@ def test_filter_and_overrides():
     sweep.overrides_per_run(runs, ["--config.model.bogus=1"], "paper", False)
 
 
+@pytest.mark.slow
 def test_cli_dry_run_and_bad_filter(tmp_path):
   def run(*args):
     return subprocess.run(
@@ -159,3 +167,62 @@ def test_cli_dry_run_and_bad_filter(tmp_path):
   assert "table5/B1: to run" in done.stdout and "table5/L1: to run" in done.stdout
   done = run("--filter=(")
   assert done.returncode == 1 and "error: --filter='('" in done.stderr
+  done = run("--dry_run", "--filter=^table5/", "--seeds=2")
+  assert done.returncode == 0, done.stderr
+  assert "2 seeds each" in done.stdout
+  assert "table5/B1: to run --config.train.seeds=2" in done.stdout
+  done = run("--dry_run", "--filter=^table5/", "--config.train.seeds=2")
+  assert done.returncode == 1 and "--seeds=K" in done.stderr
+
+
+# ----------------------------------------------------------------------------- --seeds=K
+
+
+def _fake_run(run_dir, seeds: int, recipe: str = "paper", finished: bool = True) -> None:
+  """A run directory as launch.py leaves it: config.json (and results.json when finished)."""
+  run_dir.mkdir(parents=True, exist_ok=True)
+  config = {"train": {"seeds": seeds, "grid": ""}, "experiment": {"recipe": recipe}}
+  (run_dir / "config.json").write_text(json.dumps(config))
+  if finished:
+    (run_dir / "results.json").write_text("{}")
+
+
+def test_seeds_go_to_every_launch(tmp_path):
+  command = sweep.launch_command(tmp_path, "table3/B2", "paper", False, ["--config.x=1"], seeds=2)
+  assert command[2:] == [
+    "--experiment=table3/B2",
+    "--recipe=paper",
+    f"--workdir={tmp_path / 'table3/B2'}",
+    "--config.train.seeds=2",
+    "--config.x=1",
+  ]
+  # One seed: the command of a sweep without --seeds.
+  solo = sweep.launch_command(tmp_path, "table3/B2", "paper", True, [])
+  assert not [a for a in solo if "train.seeds" in a] and "--runlocal" in solo
+  line = sweep.dry_run_line(tmp_path, "table3/B2", "paper", True, [], 2)
+  assert line == "table3/B2: to run --runlocal --config.train.seeds=2"
+
+
+def test_a_run_of_other_seeds_is_refused_finished_or_not(tmp_path):
+  _fake_run(tmp_path / "table1/stem", seeds=1)
+  _fake_run(tmp_path / "table3/B2", seeds=3, finished=False)
+  _fake_run(tmp_path / "table5/B1", seeds=3)
+  outcome = sweep.run_one(tmp_path, "table1/stem", "paper", True, [], seeds=3)
+  assert outcome.status == "failed"
+  assert "train.seeds=1, this sweep's is --seeds=3" in outcome.error
+  outcome = sweep.run_one(tmp_path, "table3/B2", "paper", True, [], seeds=1)
+  assert outcome.status == "failed" and "train.seeds=3" in outcome.error
+  status = json.loads((tmp_path / "sweep_status.json").read_text())
+  assert status["table1/stem"]["seeds"] == 3 and status["table3/B2"]["seeds"] == 1
+  assert "another --root" in status["table1/stem"]["error"]
+  # The same number of seeds: finished, skipped.
+  assert sweep.run_one(tmp_path, "table5/B1", "paper", True, [], seeds=3).status == "skipped"
+  assert not (tmp_path / "table3/B2/log.txt").exists()  # nothing was launched
+  line = sweep.dry_run_line(tmp_path, "table1/stem", "paper", True, [], 3)
+  assert line.startswith("table1/stem: refused (") and "train.seeds=1" in line
+  assert sweep.dry_run_line(tmp_path, "table5/B1", "paper", True, [], 3) == "table5/B1: finished"
+  # A config.json without train.seeds is a run of one seed.
+  (tmp_path / "table7/DIT-B1").mkdir(parents=True)
+  (tmp_path / "table7/DIT-B1/config.json").write_text(json.dumps({"experiment": {}}))
+  assert sweep.mismatch(tmp_path / "table7/DIT-B1", "paper", 1) == ""
+  assert "train.seeds=1" in sweep.mismatch(tmp_path / "table7/DIT-B1", "paper", 2)

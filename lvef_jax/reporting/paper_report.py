@@ -6,19 +6,28 @@ values (``paper_results.csv`` next to this file). Imports no JAX, TensorFlow or 
 it runs anywhere the results were copied to. ``python -m lvef_jax.report`` is its command line.
 
 Each root is one sweep of one recipe; several roots show as side-by-side blocks of columns.
-A run without ``results.json`` is missing: its cells show the paper's value alone.
+A run without ``results.json`` is missing: its cells show the paper's value alone. A run of
+several members (``train.seeds=K``, ``python -m lvef_jax.sweep --seeds=K``) shows the mean and
+SD over its members; the comparisons table (``experiments.COMPARISONS``) tests the paper's
+pairwise claims against that spread.
 """
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
+import functools
 import json
 import math
 import pathlib
 from typing import Iterable, Sequence
 
 from absl import logging
+import matplotlib.legend
+import matplotlib.lines
+import matplotlib.patches
+import matplotlib.transforms
 import numpy as np
 
 from lvef_jax import experiments
@@ -46,13 +55,28 @@ TABLE_TITLES = {
   9: "CNN-RNN from scratch (2-D I3D-mini): normalisation, GRU and LSTM",
   10: "Test RMSE of the key models across families",
 }
+# A K-member cell marks the paper's value when it lies more than this many SDs from our mean.
+OUTSIDE_SDS = 2.0
+OUTSIDE_MARK = "†"
+SPREAD_CAPTION = (
+  "A cell `mean ± SD` is a run of several seeds: the mean and the sample SD of its members' "
+  f"values. `{OUTSIDE_MARK}` after the paper's value: it lies outside our mean ± "
+  f"{OUTSIDE_SDS:g} SD."
+)
+# The comparisons table's interval: a two-sided Welch t interval at this level.
+INTERVAL_LEVEL = 0.95
 FILES = (
   "tables.md",
   "tables.csv",
+  "comparisons.csv",
   "error_by_ef_range.csv",
   "generalization_gap.png",
   "performance_vs_generalization.png",
+  "performance_vs_generalization.csv",
 )
+FAMILY_NAMES = {"i3d": "I3D", "two_stream": "Two-Stream", "fusion": "Fusion", "cnn_rnn": "CNN-RNN"}
+FAMILY_MARKERS = {"i3d": "o", "two_stream": "s", "fusion": "^", "cnn_rnn": "D"}
+OTHER_MARKER = "P"  # a family without its own
 
 
 class ReportError(LvefError, ValueError):
@@ -83,26 +107,79 @@ def load_paper(path: pathlib.Path = PAPER_CSV) -> list[PaperCell]:
     ]
 
 
+def _number(value) -> float:
+  return float(value) if value is not None else math.nan
+
+
+def mean_sd(values) -> tuple[float, float]:
+  """The mean and the sample SD (ddof=1) of ``values``; the SD is NaN for fewer than two."""
+  values = np.asarray(values, dtype=np.float64)
+  if not values.size:
+    return math.nan, math.nan
+  sd = float(np.std(values, ddof=1)) if values.size > 1 else math.nan
+  return float(np.mean(values)), sd
+
+
 @dataclasses.dataclass
 class Run:
-  """One finished run directory."""
+  """One finished run directory: a solo run, or a run of several members (``members``)."""
 
   name: str
   directory: pathlib.Path
-  best_epoch: int | None
-  splits: dict[str, dict[str, float]]
+  best_epoch: int | None  # None for a run of several members (each has its own)
+  splits: dict[str, dict[str, float]]  # several members: means, with ``<metric>_sd``
   recipe: str | None = None
   runlocal: bool = False
   history: list[dict] = dataclasses.field(default_factory=list)
   ef: np.ndarray | None = None
   ef_pred: np.ndarray | None = None
+  # results.json's "members" (several members only): member, seed, hparams, best_epoch, splits.
+  members: list[dict] = dataclasses.field(default_factory=list)
+
+  @property
+  def several(self) -> bool:
+    return len(self.members) > 1
+
+  @property
+  def count(self) -> int:
+    """Its members (1 for a solo run)."""
+    return max(1, len(self.members))
 
   def metric(self, split: str, name: str) -> float:
-    value = self.splits.get(split, {}).get(name)
-    return float(value) if value is not None else math.nan
+    return _number(self.splits.get(split, {}).get(name))
+
+  def member_metric(self, split: str, name: str) -> np.ndarray:
+    """One value per member (a solo run: its own value); NaN where a member has none."""
+    if not self.members:
+      return np.array([self.metric(split, name)])
+    return np.array(
+      [_number(m.get("splits", {}).get(split, {}).get(name)) for m in self.members],
+      dtype=np.float64,
+    )
+
+  def sd(self, split: str, name: str) -> float:
+    """The sample SD over the members, as results.json records it; NaN for a solo run."""
+    if not self.several:
+      return math.nan
+    recorded = self.splits.get(split, {}).get(f"{name}_sd")
+    return (
+      _number(recorded) if recorded is not None else mean_sd(self.member_metric(split, name))[1]
+    )
 
   def best_epoch_record(self) -> dict | None:
     return next((r for r in self.history if r.get("epoch") == self.best_epoch), None)
+
+  def best_epoch_records(self) -> list[dict | None]:
+    """Each member's metrics.jsonl record at its own best epoch (a solo run: the run's)."""
+    if not self.members:
+      return [self.best_epoch_record()]
+    by_epoch = {r.get("epoch"): r for r in self.history}
+    records = []
+    for position, member in enumerate(self.members):
+      index = member.get("member", position)
+      per_member = (by_epoch.get(member.get("best_epoch")) or {}).get("members") or []
+      records.append(per_member[index] if 0 <= index < len(per_member) else None)
+    return records
 
 
 @dataclasses.dataclass
@@ -122,14 +199,19 @@ def _warn(warnings: list[str], message: str) -> None:
   warnings.append(message)
 
 
-def _read_results(path: pathlib.Path) -> tuple[int | None, dict]:
+def _read_results(path: pathlib.Path) -> tuple[int | None, dict, list[dict]]:
+  """``(best_epoch, splits, members)`` of a results.json (``members`` empty for a solo run)."""
   data = json.loads(path.read_text())
   splits = data["splits"]
   test = splits["test"]
   for metric in METRICS:
     float(test[metric])  # a results file without the test metrics is unusable
   best = data.get("best_epoch")
-  return (int(best) if best is not None else None), splits
+  members = data.get("members") or []
+  for member in members:
+    for metric in METRICS:
+      float(member["splits"]["test"][metric])
+  return (int(best) if best is not None else None), splits, members
 
 
 def _read_history(path: pathlib.Path, warnings: list[str]) -> list[dict]:
@@ -191,7 +273,7 @@ def load_sweep(root: pathlib.Path) -> Sweep:
         unfinished.append(name)
       continue
     try:
-      best_epoch, splits = _read_results(results)
+      best_epoch, splits, members = _read_results(results)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
       _warn(
         warnings, f"{results}: unreadable results ({type(e).__name__}: {e}); run counted as missing"
@@ -211,7 +293,15 @@ def load_sweep(root: pathlib.Path) -> Sweep:
       history=_read_history(directory / "metrics.jsonl", warnings),
       ef=ef,
       ef_pred=ef_pred,
+      members=members,
     )
+    grids = _ordered(json.dumps(m.get("hparams") or {}, sort_keys=True) for m in members)
+    if len(grids) > 1:
+      _warn(
+        warnings,
+        f"{directory}: its members differ in hyperparameters (train.grid: {', '.join(grids)}); "
+        "its mean ± SD mixes the grid's points",
+      )
   recipes: dict[str, list[str]] = {}
   for run in runs.values():
     if run.recipe:
@@ -262,6 +352,20 @@ class Comparison:
     ours = self.ours
     return None if ours is None else ours - self.cell.number
 
+  @property
+  def sd(self) -> float | None:
+    """The SD over the run's members; None for a solo (or missing) run."""
+    if self.ours is None or not self.run.several:
+      return None
+    sd = self.run.sd("test", self.cell.metric)
+    return None if math.isnan(sd) else sd
+
+  @property
+  def outside(self) -> bool:
+    """The paper's value lies outside our mean ± ``OUTSIDE_SDS`` SD (several members only)."""
+    sd = self.sd
+    return sd is not None and abs(self.cell.number - self.ours) > OUTSIDE_SDS * sd
+
 
 def compare(paper: Iterable[PaperCell], sweeps: Sequence[Sweep]) -> list[Comparison]:
   return [
@@ -278,7 +382,14 @@ def _format_cell(comparison: Comparison) -> str:
   if ours is None:
     return f"– ({paper:.{digits}f})"
   star = "*" if comparison.run.runlocal else ""
-  return f"{ours:.{digits}f}{star} ({paper:.{digits}f}, {comparison.diff:+.{digits}f})"
+  sd = comparison.sd
+  if sd is None:
+    return f"{ours:.{digits}f}{star} ({paper:.{digits}f}, {comparison.diff:+.{digits}f})"
+  mark = OUTSIDE_MARK if comparison.outside else ""
+  return (
+    f"{ours:.{digits}f} ± {sd:.{digits}f}{star} "
+    f"({paper:.{digits}f}{mark}, {comparison.diff:+.{digits}f})"
+  )
 
 
 def _ordered(values: Iterable) -> list:
@@ -305,6 +416,8 @@ def _paper_table(table: int, comparisons: Sequence[Comparison], sweeps: Sequence
   by_key = {(c.sweep.label, c.cell.row, c.cell.column, c.cell.metric): c for c in cells}
   groups = [metrics] if len(columns) == 1 or len(metrics) == 1 else [[m] for m in metrics]
   lines = [f"## Table {table}. {TABLE_TITLES.get(table, '')}".rstrip()]
+  if any(c.sd is not None for c in cells):
+    lines += ["", SPREAD_CAPTION]
   for group in groups:
     header = ["Row"]
     for sweep in sweeps:
@@ -344,6 +457,13 @@ def _header(sweeps: Sequence[Sweep]) -> list[str]:
     ),
   ]
   for sweep in sweeps:
+    counts = collections.Counter(run.count for run in sweep.runs.values())
+    if any(count > 1 for count in counts):
+      listing = ", ".join(
+        f"{n} run{'s' if n > 1 else ''} of {count} seed{'s' if count > 1 else ''}"
+        for count, n in sorted(counts.items(), reverse=True)
+      )
+      lines += ["", f"Seeds in {sweep.label}: {listing}."]
     if sweep.unfinished:
       lines += [
         "",
@@ -377,9 +497,168 @@ def _long_rows(comparisons: Sequence[Comparison]) -> list[list]:
         "" if ours is None else repr(ours),
         c.cell.value,
         "" if diff is None else repr(diff),
+        "" if c.sd is None else repr(c.sd),
+        "" if c.run is None else c.run.count,
       ]
     )
   return rows
+
+
+# ----------------------------------------------------------------------------- comparisons
+
+
+def t_quantile(p: float, df: float) -> float:
+  """The ``p`` quantile of Student's t distribution with ``df`` (real, > 0) degrees of freedom."""
+  from scipy import special  # a dependency of JAX's; imported here, where it is needed
+
+  return float(special.stdtrit(df, p))
+
+
+def welch_interval(
+  a: Sequence[float], b: Sequence[float], level: float = INTERVAL_LEVEL
+) -> tuple[float, tuple[float, float] | None]:
+  """``mean(a) - mean(b)`` and its Welch t interval at ``level`` (two-sided).
+
+  The interval is None where a side has fewer than two values (no spread to judge by) or a
+  value is not finite; it is the difference itself where both sides have no spread.
+  """
+  a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+  diff = float(np.mean(a) - np.mean(b))
+  if a.size < 2 or b.size < 2 or not math.isfinite(diff):
+    return diff, None
+  va, vb = np.var(a, ddof=1) / a.size, np.var(b, ddof=1) / b.size
+  se = math.sqrt(va + vb)
+  if se == 0:
+    return diff, (diff, diff)
+  df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
+  half = t_quantile(0.5 + level / 2, df) * se
+  return diff, (diff - half, diff + half)
+
+
+HOLDS, NOISE, REVERSED = "holds", "within seed noise", "reversed"
+
+
+def verdict(paper_diff: float | None, interval: tuple[float, float] | None) -> str:
+  """Whether our interval of ``a - b`` bears out the paper's direction (the sign of its diff)."""
+  if paper_diff is None or paper_diff == 0 or interval is None:
+    return "n/a"
+  low, high = interval
+  if low <= 0 <= high:
+    return NOISE
+  return HOLDS if (low > 0) == (paper_diff > 0) else REVERSED
+
+
+@dataclasses.dataclass(frozen=True)
+class PairResult:
+  """One of the paper's comparisons (``experiments.COMPARISONS``) in one sweep."""
+
+  pair: experiments.PairedComparison
+  sweep: Sweep
+  paper_diff: float | None  # the paper's test RMSE a - b
+  runs: tuple[Run | None, Run | None]
+
+  @property
+  def found(self) -> bool:
+    return all(run is not None for run in self.runs)
+
+  @functools.cached_property
+  def ours(self) -> tuple[float, tuple[float, float] | None] | None:
+    """Our a - b over the members' test RMSEs and its interval; None: a run is missing."""
+    if not self.found:
+      return None
+    a, b = (run.member_metric("test", "rmse") for run in self.runs)
+    return welch_interval(a, b)
+
+  @property
+  def verdict(self) -> str:
+    return "" if self.ours is None else verdict(self.paper_diff, self.ours[1])
+
+
+def _paper_rmse(paper: Iterable[PaperCell]) -> dict[str, float]:
+  """The paper's test RMSE of each experiment name (an alias: its own row), Tables 1-9."""
+  out: dict[str, float] = {}
+  for cell in paper:
+    if cell.metric == "rmse" and cell.table < 10:
+      out.setdefault(cell.experiment, cell.number)
+  return out
+
+
+def pair_results(paper: Sequence[PaperCell], sweeps: Sequence[Sweep]) -> list[PairResult]:
+  """Every comparison of ``experiments.COMPARISONS`` in every sweep, in that order."""
+  rmse = _paper_rmse(paper)
+  results = []
+  for pair in experiments.COMPARISONS:
+    a, b = rmse.get(pair.a), rmse.get(pair.b)
+    paper_diff = None if a is None or b is None else a - b
+    for sweep in sweeps:
+      runs = tuple(sweep.runs.get(experiments.canonical(name)) for name in (pair.a, pair.b))
+      results.append(PairResult(pair, sweep, paper_diff, runs))
+  return results
+
+
+def _pair_cells(result: PairResult) -> list[str]:
+  """Ours a - b, its interval, the seeds and the verdict of one sweep."""
+  if result.ours is None:
+    return ["–", "–", "–", "–"]
+  diff, interval = result.ours
+  if not math.isfinite(diff):
+    return ["–", "–", "–", "–"]
+  star = "*" if any(run.runlocal for run in result.runs) else ""
+  shown = "n/a" if interval is None else f"[{interval[0]:+.2f}, {interval[1]:+.2f}]"
+  seeds = " vs ".join(str(run.count) for run in result.runs)
+  return [f"{diff:+.2f}{star}", shown, seeds, result.verdict]
+
+
+def _comparisons_section(
+  paper: Sequence[PaperCell], sweeps: Sequence[Sweep]
+) -> tuple[list[str], list[list]]:
+  results = pair_results(paper, sweeps)
+  per_pair = collections.defaultdict(dict)
+  csv_rows = []
+  for r in results:
+    per_pair[r.pair][r.sweep.label] = r
+    diff, interval = r.ours if r.ours is not None else (None, None)
+    csv_rows.append(
+      [
+        r.pair.topic,
+        r.pair.context,
+        r.pair.a,
+        r.pair.b,
+        r.sweep.recipe or "",
+        str(r.sweep.root),
+        "" if r.paper_diff is None else repr(r.paper_diff),
+        "" if diff is None else repr(diff),
+        "" if interval is None else repr(interval[0]),
+        "" if interval is None else repr(interval[1]),
+        *("" if run is None else run.count for run in r.runs),
+        r.verdict,
+      ]
+    )
+  names = ("ours a − b", f"{INTERVAL_LEVEL:.0%} interval", "seeds (a vs b)", "verdict")
+  header = ["Topic", "Pair", "a", "b", "paper a − b"]
+  for sweep in sweeps:
+    header += [f"{sweep.label}: {name}" if len(sweeps) > 1 else name for name in names]
+  body = []
+  for pair, by_sweep in per_pair.items():
+    paper_diff = next(iter(by_sweep.values())).paper_diff
+    line = [pair.topic, pair.context, f"`{pair.a}`", f"`{pair.b}`"]
+    line.append("-" if paper_diff is None else f"{paper_diff:+.2f}")
+    for sweep in sweeps:
+      line += _pair_cells(by_sweep[sweep.label])
+    body.append(line)
+  lines = [
+    "## The paper's comparisons",
+    "",
+    "Test RMSE difference a − b in EF points (negative: a is the better one). The interval is "
+    f"the {INTERVAL_LEVEL:.0%} Welch t interval of the difference of the means, from each "
+    "member's test RMSE; with one seed on a side there is none (`n/a`) and the difference is "
+    f"the two runs'. The paper's direction **{HOLDS}** where our interval excludes 0 on the "
+    f"paper's side, is **{NOISE}** where it includes 0, and is **{REVERSED}** where it "
+    "excludes 0 on the other side; `–`: a run is missing, `*`: a smoke test.",
+    "",
+    *_markdown_table(header, body),
+  ]
+  return lines, csv_rows
 
 
 # ----------------------------------------------------------------------------- EF ranges
@@ -449,77 +728,268 @@ def _no_runs(ax) -> None:
   ax.set_yticks([])
 
 
-def generalization_gap_figure(sweeps: Sequence[Sweep], path: pathlib.Path) -> None:
+def _metric_gap(metric: str):
+  """Per member: train minus test ``metric``."""
+  return lambda run: run.member_metric("train", metric) - run.member_metric("test", metric)
+
+
+def _loss_gaps(run: Run) -> np.ndarray:
+  """Per member: val minus train loss in its metrics.jsonl record at its own best epoch."""
+  gaps = []
+  for record in run.best_epoch_records():
+    if record is None or record.get("val_loss") is None or record.get("train_loss") is None:
+      gaps.append(math.nan)
+    else:
+      gaps.append(float(record["val_loss"]) - float(record["train_loss"]))
+  return np.array(gaps, dtype=np.float64)
+
+
+GAP_PANELS = (
+  ("RMSE: train - test", _metric_gap("rmse"), -1),
+  ("MAE: train - test", _metric_gap("mae"), -1),
+  ("R²: train - test", _metric_gap("r2"), 1),
+  ("loss (MSE): val - train, best epoch", _loss_gaps, 1),
+)
+
+
+def _bar_errors(ax, values: np.ndarray, y: np.ndarray, sds: np.ndarray) -> None:
+  """±1 SD on horizontal bars where a run has an SD (several members); none for solo runs."""
+  shown = np.isfinite(sds) & np.isfinite(values)
+  if shown.any():
+    ax.errorbar(
+      values[shown], y[shown], xerr=sds[shown], fmt="none", ecolor="k", elinewidth=0.8, capsize=2
+    )
+
+
+def generalization_gap_figure(
+  sweeps: Sequence[Sweep], path: pathlib.Path
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """Figure 15: per run, train - test RMSE/MAE/R² and val - train loss at the best epoch.
 
   A bar is red where the model does better on train than on test (val for the loss):
-  overfitting; green otherwise.
+  overfitting; green otherwise. A run of several members shows the mean of its members' gaps
+  (the loss: each member's record at its own best epoch) with a ±1 SD error bar.
+
+  Returns:
+    Per panel title, the bars' values and SDs (NaN: no bar), one a run in the figure's order.
   """
   points = _points(sweeps)
-  panels = (
-    ("RMSE: train - test", lambda r: r.metric("train", "rmse") - r.metric("test", "rmse"), -1),
-    ("MAE: train - test", lambda r: r.metric("train", "mae") - r.metric("test", "mae"), -1),
-    ("R²: train - test", lambda r: r.metric("train", "r2") - r.metric("test", "r2"), 1),
-    ("loss (MSE): val - train, best epoch", _loss_gap, 1),
-  )
   height = max(3.0, 0.3 * len(points) + 1.5)
-  fig, axes = plt.subplots(1, len(panels), figsize=(16, height), sharey=True, layout="constrained")
+  fig, axes = plt.subplots(
+    1, len(GAP_PANELS), figsize=(16, height), sharey=True, layout="constrained"
+  )
   labels = [label for label, _, _ in points]
-  for ax, (title, gap, overfit_sign) in zip(axes, panels):
+  drawn = {}
+  for ax, (title, gap, overfit_sign) in zip(axes, GAP_PANELS):
     ax.set_title(title, fontsize=10)
     if not points:
       _no_runs(ax)
       continue
-    values = np.array([gap(run) for _, _, run in points], dtype=np.float64)
+    stats = np.array([mean_sd(gap(run)) for _, _, run in points], dtype=np.float64)
+    values, sds = stats[:, 0], stats[:, 1]
+    drawn[title] = (values, sds)
     colors = ["tab:red" if v * overfit_sign > 0 else "tab:green" for v in values]
     y = np.arange(len(points))
     ax.barh(y, np.nan_to_num(values), color=colors)
+    _bar_errors(ax, values, y, sds)
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(y, labels, fontsize=8)
     ax.grid(axis="x", alpha=0.3)
   if points:
     axes[0].invert_yaxis()  # the first run on top (the axes share y)
-  fig.suptitle("Generalization gap (red: better on train, overfitting; green: otherwise)")
+  several = any(run.several for _, _, run in points)
+  fig.suptitle(
+    "Generalization gap (red: better on train, overfitting; green: otherwise)"
+    + ("; error bars: ±1 SD over seeds" if several else "")
+  )
   plots._save(fig, path)
+  return drawn
 
 
-def _loss_gap(run: Run) -> float:
-  record = run.best_epoch_record()
-  if record is None or record.get("val_loss") is None or record.get("train_loss") is None:
-    return math.nan
-  return float(record["val_loss"]) - float(record["train_loss"])
+@dataclasses.dataclass(frozen=True)
+class PerformancePoint:
+  """One run of Figure 16: test RMSE (x) and test - train RMSE (y), each with its SD."""
+
+  sweep: Sweep
+  run: Run
+  x: float
+  x_sd: float
+  y: float
+  y_sd: float
+  labelled: bool = False
+
+  @property
+  def family(self) -> str:
+    return experiments.get(self.run.name).family
 
 
-def performance_figure(sweeps: Sequence[Sweep], path: pathlib.Path) -> None:
+def _performance_points(sweeps: Sequence[Sweep]) -> list[PerformancePoint]:
+  out = []
+  for _, sweep, run in _points(sweeps):
+    x, x_sd = mean_sd(run.member_metric("test", "rmse"))
+    gaps = run.member_metric("test", "rmse") - run.member_metric("train", "rmse")
+    y, y_sd = mean_sd(gaps)
+    if math.isfinite(x) and math.isfinite(y):
+      out.append(PerformancePoint(sweep, run, x, x_sd, y, y_sd))
+  return out
+
+
+def _overlaps(box, boxes) -> bool:
+  return any(box.overlaps(other) for other in boxes)
+
+
+def place_labels(ax, xy: np.ndarray, texts: Sequence[str], fontsize: float = 7) -> list[bool]:
+  """Writes ``texts[i]`` beside point ``xy[i]`` (data coordinates) where it fits: inside the
+  axes and clear of every other label, marker and legend. Isolated points are served first; a
+  label that fits nowhere is left out. Returns, per point, whether it got its label.
+
+  The figure's layout must be final (drawn once, layout engine off): positions are measured on
+  the canvas.
+  """
+  fig = ax.figure
+  renderer = fig.canvas.get_renderer()
+  frame = ax.get_window_extent(renderer)
+  pixels = ax.transData.transform(xy) if len(xy) else np.zeros((0, 2))
+  radius = 3.5 * fig.dpi / 72  # a marker's half-width (size 30: 2.7 points) and a margin
+  gap = 1.0 * fig.dpi / 72  # kept free around each label
+  markers = [
+    matplotlib.transforms.Bbox.from_extents(px - radius, py - radius, px + radius, py + radius)
+    for px, py in pixels
+  ]
+  occupied = [legend.get_window_extent(renderer) for legend in _legends(ax)]
+  if len(pixels) > 1:
+    distance = np.linalg.norm(pixels[:, None] - pixels[None], axis=-1)
+    np.fill_diagonal(distance, np.inf)
+    order = np.argsort(-distance.min(axis=1), kind="stable")
+  else:
+    order = np.arange(len(pixels))
+  candidates = (  # offset in points, alignment: right, left, above, below the marker
+    ((5, 1), "left", "bottom"),
+    ((5, -1), "left", "top"),
+    ((-5, 1), "right", "bottom"),
+    ((-5, -1), "right", "top"),
+    ((0, 5), "center", "bottom"),
+    ((0, -5), "center", "top"),
+  )
+  placed = [False] * len(pixels)
+  for i in order:
+    others = occupied + markers[:i] + markers[i + 1 :]
+    for offset, ha, va in candidates:
+      text = ax.annotate(
+        texts[i], xy[i], xytext=offset, textcoords="offset points", fontsize=fontsize, ha=ha,
+        va=va,
+      )  # fmt: skip
+      box = text.get_window_extent(renderer).padded(gap)
+      inside = frame.containsx(box.x0) and frame.containsx(box.x1)
+      inside = inside and frame.containsy(box.y0) and frame.containsy(box.y1)
+      if inside and not _overlaps(box, others):
+        occupied.append(box)
+        placed[i] = True
+        break
+      text.remove()
+  return placed
+
+
+def _legends(ax) -> list:
+  return [artist for artist in ax.get_children() if isinstance(artist, matplotlib.legend.Legend)]
+
+
+def performance_figure(sweeps: Sequence[Sweep], path: pathlib.Path) -> list[PerformancePoint]:
   """Figure 16: test RMSE (x) against the generalization gap, test - train RMSE (y).
 
   Overfitting models sit high; collapsed mean-predictors sit bottom-right (a small gap only
-  because they learnt nothing).
+  because they learnt nothing). One marker shape per family, one colour per sweep; a run of
+  several members shows its members' means with ±1 SD error bars on both axes. A run is
+  labelled where its name fits without covering another (`place_labels`); every point is in
+  performance_vs_generalization.csv.
+
+  Returns:
+    The points drawn, each with whether it got its label.
   """
-  fig, ax = plt.subplots(figsize=(8, 6), layout="constrained")
-  points = _points(sweeps)
+  fig, ax = plt.subplots(figsize=(9, 6.5), layout="constrained")
+  points = _performance_points(sweeps)
   if not points:
     _no_runs(ax)
-  markers = "os^Dv<>"
-  for index, sweep in enumerate(sweeps):
-    mine = [(label, run) for label, s, run in points if s is sweep]
-    if not mine:
-      continue
-    x = [run.metric("test", "rmse") for _, run in mine]
-    y = [run.metric("test", "rmse") - run.metric("train", "rmse") for _, run in mine]
-    ax.scatter(x, y, marker=markers[index % len(markers)], label=sweep.label)
-    for (_, run), xi, yi in zip(mine, x, y):
-      ax.annotate(run.name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+  colors = {sweep.label: f"C{index % 10}" for index, sweep in enumerate(sweeps)}
+  families = _ordered(p.family for p in points)
+  for family in families:
+    for sweep in sweeps:
+      mine = [p for p in points if p.family == family and p.sweep is sweep]
+      if mine:
+        marker = FAMILY_MARKERS.get(family, OTHER_MARKER)
+        ax.scatter(
+          [p.x for p in mine], [p.y for p in mine], marker=marker, s=30, color=colors[sweep.label]
+        )
+  xs, ys = (np.array([getattr(p, k) for p in points], dtype=np.float64) for k in ("x", "y"))
+  x_sd, y_sd = (
+    np.array([getattr(p, k) for p in points], dtype=np.float64) for k in ("x_sd", "y_sd")
+  )
+  shown = np.isfinite(x_sd) & np.isfinite(y_sd)
+  if shown.any():
+    ax.errorbar(
+      xs[shown], ys[shown], xerr=x_sd[shown], yerr=y_sd[shown], fmt="none", ecolor="0.45",
+      elinewidth=0.7, capsize=1.5, zorder=1,
+    )  # fmt: skip
+  several = bool(shown.any())
   if points:
     ax.axhline(0, color="0.6", lw=0.8)
-    ax.legend(title="recipe / root", fontsize=8)
+    handles = [
+      matplotlib.lines.Line2D(
+        [], [], ls="", marker=FAMILY_MARKERS.get(f, OTHER_MARKER), color="0.3",
+        label=FAMILY_NAMES.get(f, f),
+      )
+      for f in families
+    ]  # fmt: skip
+    title = "family"
+    if len(sweeps) > 1:
+      handles += [matplotlib.patches.Patch(color=colors[s.label], label=s.label) for s in sweeps]
+      title = "family; colour: recipe / root"
+    ax.legend(handles=handles, title=title, fontsize=8, title_fontsize=8, loc="best")
   ax.set(
     xlabel="test RMSE (EF %)",
     ylabel="generalization gap: test - train RMSE (EF %)",
-    title="Performance vs generalization",
   )
   ax.grid(alpha=0.3)
+  title = "Performance vs generalization"
+  if several:
+    title += " (error bars: ±1 SD over seeds)"
+  ax.set_title(title)
+  if points:
+    fig.canvas.draw()  # the layout, final before the labels are measured
+    fig.set_layout_engine("none")
+    ax.set_xlim(ax.get_xlim())
+    ax.set_ylim(ax.get_ylim())
+    placed = place_labels(ax, np.stack([xs, ys], axis=1), [p.run.name for p in points])
+    points = [dataclasses.replace(p, labelled=got) for p, got in zip(points, placed)]
+    if not all(placed):
+      ax.set_title(
+        f"{title}\n{sum(placed)} of {len(points)} runs labelled (where the name fits); "
+        "all: performance_vs_generalization.csv",
+        fontsize=10,
+      )
   plots._save(fig, path)
+  return points
+
+
+def _performance_rows(points: Sequence[PerformancePoint]) -> list[list]:
+  def number(value: float) -> str:
+    return "" if math.isnan(value) else repr(value)
+
+  return [
+    [
+      p.sweep.recipe or "",
+      str(p.sweep.root),
+      p.run.name,
+      p.family,
+      p.run.count,
+      number(p.x),
+      number(p.x_sd),
+      number(p.y),
+      number(p.y_sd),
+      int(p.labelled),
+    ]
+    for p in points
+  ]
 
 
 # ----------------------------------------------------------------------------- writing
@@ -530,8 +1000,18 @@ def render_markdown(paper: Sequence[PaperCell], sweeps: Sequence[Sweep]) -> str:
   lines = _header(sweeps)
   for table in sorted({c.table for c in paper}):
     lines += ["", *_paper_table(table, comparisons, sweeps)]
+  lines += ["", *_comparisons_section(paper, sweeps)[0]]
   lines += ["", *_ef_range_section(sweeps)[0]]
   return "\n".join(lines) + "\n"
+
+
+# The CSV files' columns.
+TABLES_COLUMNS = "table row column metric recipe root experiment ours paper diff ours_sd seeds"
+COMPARISONS_COLUMNS = "topic pair a b recipe root paper_diff diff low high seeds_a seeds_b verdict"
+EF_RANGE_COLUMNS = "recipe root experiment ef_range n mae rmse mean_error"
+PERFORMANCE_COLUMNS = (
+  "recipe root experiment family seeds test_rmse test_rmse_sd gap gap_sd labelled"
+)
 
 
 def write_report(roots: Sequence[pathlib.Path], out: pathlib.Path) -> str:
@@ -540,24 +1020,17 @@ def write_report(roots: Sequence[pathlib.Path], out: pathlib.Path) -> str:
   paper = load_paper()
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  comparisons = compare(paper, sweeps)
+
+  def write_csv(name: str, columns: str, rows: list[list]) -> None:
+    files.write_text(out / name, files.csv_text(columns.split(), rows))
+
   files.write_text(out / "tables.md", render_markdown(paper, sweeps))
-  files.write_text(
-    out / "tables.csv",
-    files.csv_text(
-      ["table", "row", "column", "metric", "recipe", "root", "experiment", "ours", "paper", "diff"],
-      _long_rows(comparisons),
-    ),
-  )
-  files.write_text(
-    out / "error_by_ef_range.csv",
-    files.csv_text(
-      ["recipe", "root", "experiment", "ef_range", "n", "mae", "rmse", "mean_error"],
-      _ef_range_section(sweeps)[1],
-    ),
-  )
+  write_csv("tables.csv", TABLES_COLUMNS, _long_rows(compare(paper, sweeps)))
+  write_csv("comparisons.csv", COMPARISONS_COLUMNS, _comparisons_section(paper, sweeps)[1])
+  write_csv("error_by_ef_range.csv", EF_RANGE_COLUMNS, _ef_range_section(sweeps)[1])
   generalization_gap_figure(sweeps, out / "generalization_gap.png")
-  performance_figure(sweeps, out / "performance_vs_generalization.png")
+  points = performance_figure(sweeps, out / "performance_vs_generalization.png")
+  write_csv("performance_vs_generalization.csv", PERFORMANCE_COLUMNS, _performance_rows(points))
   total = len(experiments.EXPERIMENTS)
   found = "; ".join(f"{s.label} ({s.root}): {len(s.runs)}/{total}" for s in sweeps)
   return f"wrote {', '.join(str(out / name) for name in FILES)}; runs found: {found}"
