@@ -241,6 +241,12 @@ def base_config() -> ml_collections.ConfigDict:
       # lvef_jax/kernels, on the CPU backend; XLA's plain ops elsewhere), "xla" (XLA's plain ops
       # on every backend: what GPUs run) or "cpu" (the CPU's forms on every backend).
       kernels="auto",
+      # How a several-member train step (train.seeds, train.grid) maps its member axis
+      # (lvef_jax.training.steps.MEMBER_MAPS): "vmap" (jax.vmap: batched ops, convolutions
+      # grouped), "loop" (each member's step in turn inside the one program) or "auto", the
+      # measured best of the platform: the loop on the CPU, vmap elsewhere
+      # (docs/benchmarks.md, "Several members in one program"). Every form computes the same.
+      members="auto",
     )
   )
   return config

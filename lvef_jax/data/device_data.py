@@ -87,18 +87,21 @@ def take_clips(
 
 
 def make_clip_sampler(
-  mesh: Mesh, *, clip_frames: int, period: int, pad: int
+  mesh: Mesh, *, clip_frames: int, period: int, pad: int, members: int = 1
 ) -> Callable[[DeviceVideos, dict], dict]:
   """Returns ``sample(videos, plan) -> {"video", "ef"}``, jitted, the batch sharded over the
   ``data`` axis like the batches the tf.data path puts on the devices. ``plan`` is one of
-  `pipeline.train_plans` (numpy; a few bytes per clip)."""
+  `pipeline.train_plans` (numpy; a few bytes per clip); for several members, their plans
+  stacked (``[members, B]``), giving each member's batch (``[members, B, ...]``)."""
   cut = functools.partial(take_clips, clip_frames=clip_frames, period=period, pad=pad)
 
   def sample(videos: DeviceVideos, plan: dict) -> dict:
     index = plan["index"]
     return {"video": cut(videos, index, plan["start"], plan["offset"]), "ef": videos.ef[index]}
 
-  batch = sharding.batch_sharding(mesh)
+  batch = sharding.batch_sharding(mesh, members)
+  if members > 1:
+    sample = jax.vmap(sample, in_axes=(None, 0))
   return jax.jit(sample, out_shardings={"video": batch, "ef": batch})
 
 

@@ -51,16 +51,18 @@ class VideoPredictions:
     return self.ef_pred - z * self.ef_pred_std, self.ef_pred + z * self.ef_pred_std
 
 
-def local_rows(x: jax.Array) -> np.ndarray:
-  """This process's rows of a batch-sharded array, in batch order."""
-  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+def local_rows(x: jax.Array, axis: int = 0) -> np.ndarray:
+  """This process's rows of a batch-sharded array (the batch axis ``axis``), in batch order."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  shards = sorted(x.addressable_shards, key=lambda s: s.index[axis].start or 0)
   rows, seen = [], set()
   for shard in shards:
-    start = shard.index[0].start or 0
+    start = shard.index[axis].start or 0
     if start not in seen:  # a replicated shard appears on several devices
       seen.add(start)
       rows.append(np.asarray(shard.data))
-  return np.concatenate(rows)
+  return np.concatenate(rows, axis=axis)
 
 
 class _Sums:
@@ -163,6 +165,24 @@ class Evaluator:
     for number, (host, device) in enumerate(self.batches(builder, data_cfg, mesh)):
       sums.score(predict_fns, device["video"], host["video_index"], host["mask"], number, self)
     return _finish(listing, sums.gathered())
+
+
+def run_members(
+  evaluator: Evaluator, predict_fn: PredictFn, members: int, builder, data_cfg, mesh
+) -> list[VideoPredictions]:
+  """Each member's predictions of every video of ``evaluator``'s split, from one function that
+  predicts a batch for every member at once (``[members, B]``: a several-member run's vmapped
+  predict step, `lvef_jax.training.steps.make_predict_step`), so each clip is read and sent
+  to the devices once. Monte-Carlo dropout is not sampled here."""
+  from lvef_jax.data import preparation  # TensorFlow: only where a prepared split is read
+
+  listing = preparation.split_listing(builder, evaluator.split)
+  sums = [_Sums(len(listing["ef"])) for _ in range(members)]
+  for host, device in evaluator.batches(builder, data_cfg, mesh):
+    values = local_rows(predict_fn(device["video"]), axis=1)
+    for member_sums, member_values in zip(sums, values):
+      member_sums.add(host["video_index"], host["mask"], member_values, clips=True)
+  return [_finish(listing, member_sums.gathered()) for member_sums in sums]
 
 
 def _finish(listing: dict, sums: _Sums) -> VideoPredictions:

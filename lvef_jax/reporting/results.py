@@ -37,12 +37,39 @@ def write_results(workdir: pathlib.Path, results: dict) -> None:
   files.write_text(workdir / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
 
 
+def spread(scores: list[dict]) -> dict:
+  """Several members' scores of one split as each metric's mean and sample standard
+  deviation (``rmse``, ``rmse_sd``, ...; ``n`` as it is)."""
+  out = {}
+  for key in RESULT_KEYS:
+    values = np.array([s[key] for s in scores], np.float64)
+    if key == "n":
+      out["n"] = int(values[0])
+      continue
+    out[key] = float(values.mean())
+    out[f"{key}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+  return out
+
+
 def format_table(results: dict) -> str:
-  """The final table: one row per split."""
+  """The final table: one row per split (several members: mean ± SD, and the ensemble)."""
+  if "members" not in results:
+    lines = [
+      f"best epoch {results['best_epoch']}",
+      f"{'split':<6} {'n':>6} {'RMSE':>8} {'MAE':>8} {'R2':>8}",
+    ]
+    for split, s in results["splits"].items():
+      lines.append(f"{split:<6} {s['n']:>6d} {s['rmse']:>8.3f} {s['mae']:>8.3f} {s['r2']:>8.3f}")
+    return "\n".join(lines)
+  count = len(results["members"])
   lines = [
-    f"best epoch {results['best_epoch']}",
-    f"{'split':<6} {'n':>6} {'RMSE':>8} {'MAE':>8} {'R2':>8}",
+    f"{count} members, best epochs {', '.join(map(str, results['best_epochs']))}",
+    f"{'split':<6} {'n':>6} {'RMSE (mean ± SD)':>17} {'MAE':>15} {'R2':>15} {'ensemble R2':>12}",
   ]
   for split, s in results["splits"].items():
-    lines.append(f"{split:<6} {s['n']:>6d} {s['rmse']:>8.3f} {s['mae']:>8.3f} {s['r2']:>8.3f}")
+    cells = [f"{s[k]:.3f} ± {s[k + '_sd']:.3f}" for k in ("rmse", "mae", "r2")]
+    lines.append(
+      f"{split:<6} {s['n']:>6d} {cells[0]:>17} {cells[1]:>15} {cells[2]:>15} "
+      f"{results['ensemble'][split]['r2']:>12.3f}"
+    )
   return "\n".join(lines)

@@ -15,9 +15,10 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec
 
 from lvef_jax import models, sharding
+from lvef_jax.errors import ConfigError
 from lvef_jax.training.state import TrainState
 
 # A run's optimizer: one for every member, or (a grid over optimizer hyperparameters) a
@@ -35,8 +36,59 @@ def _merge(graphdef: nnx.GraphDef, state: TrainState, batch_stats=None) -> nnx.M
   return model
 
 
+# How a several-member train step maps its member axis (``compute.members``): ``vmap``
+# (``jax.vmap``: one batched op for all members), ``loop`` (each member's step in turn, inside
+# the one jitted program), or ``auto``, the measured best of the mesh's platform
+# (`member_map_for`; docs/benchmarks.md, "Several members in one program").
+MEMBER_MAPS = ("auto", "vmap", "loop")
+
+
+def member_map_for(member_map: str, platform: str) -> str:
+  """The form ``member_map`` names on ``platform`` (a device's ``platform``): ``auto`` is the
+  loop on the CPU, where vmapped convolutions become grouped ones that XLA:CPU runs slowly,
+  and ``vmap`` on every other platform, where one batched kernel serves all members."""
+  if member_map not in MEMBER_MAPS:
+    raise ConfigError(
+      f"compute.members must be one of {', '.join(MEMBER_MAPS)}, got {member_map!r}"
+    )
+  if member_map == "auto":
+    return "loop" if platform == "cpu" else "vmap"
+  return member_map
+
+
+def over_members(fn: Callable, mesh: Mesh, members: int, form: str) -> Callable:
+  """``fn`` of one member's arguments, over a leading member axis of every argument and
+  result: ``jax.vmap``, or (``loop``) one member after another, their results stacked.
+
+  Where the mesh splits the members over devices, each device group maps only its own
+  members (``jax.shard_map`` over the ``members`` axis; ``data`` stays automatic): left to
+  XLA, a vmapped pointwise convolution, grouped over members split over devices, all-gathers
+  the input and keeps one group's kernel, and computes wrong values (jax 0.10.2, CPU and
+  the compiled GPU program alike; tests/test_members_step.py)."""
+  if members <= 1:
+    return fn
+  if form == "vmap":
+    mapped = jax.vmap(fn)
+  else:
+
+    def mapped(*args):
+      count = jax.tree.leaves(args)[0].shape[0]  # this device group's members
+      outs = [fn(*jax.tree.map(lambda x, i=i: x[i], args)) for i in range(count)]
+      return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+  if mesh.shape.get(sharding.MEMBERS_AXIS, 1) > 1:
+    axis = sharding.MEMBERS_AXIS
+    spec = PartitionSpec(axis)
+    mapped = jax.shard_map(mapped, mesh=mesh, in_specs=spec, out_specs=spec, axis_names={axis})
+  return mapped
+
+
 def make_train_step(
-  graphdef: nnx.GraphDef, tx: Optimizer, mesh: Mesh, members: int = 1
+  graphdef: nnx.GraphDef,
+  tx: Optimizer,
+  mesh: Mesh,
+  members: int = 1,
+  member_map: str = "auto",
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Returns ``step(state, batch) -> (state, metrics)``, jitted with ``state`` donated.
 
@@ -50,6 +102,8 @@ def make_train_step(
   its own clips, ``B`` split over the ``data`` axis) and every metric has one value a member.
   The member axis is split over the mesh's ``members`` axis where it has one
   (`sharding.make_mesh`). ``tx`` may be a function of the member's ``state.hparams``.
+  ``member_map`` (``compute.members``) chooses how the member axis is mapped (`MEMBER_MAPS`):
+  every form computes the same step.
   """
 
   def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -85,9 +139,10 @@ def make_train_step(
     metrics = {"loss": mse, "penalty": penalty, "grad_norm": grad_norm}
     return new_state, {**metrics, "skipped": jnp.logical_not(ok).astype(jnp.int32)}
 
+  form = member_map_for(member_map, mesh.devices.flat[0].platform)
   state_sharding = sharding.state_sharding(mesh, members)
   return jax.jit(
-    jax.vmap(step) if members > 1 else step,
+    _over_member_parts(step, members, form, mesh),
     in_shardings=(state_sharding, sharding.batch_sharding(mesh, members)),
     out_shardings=(state_sharding, state_sharding),
     donate_argnums=0,
@@ -99,15 +154,17 @@ def make_predict_step(
 ) -> Callable[[TrainState, dict], jax.Array]:
   """Returns ``predict(state, batch) -> EF [B]``: running BatchNorm averages, no dropout.
 
-  ``members > 1``: every member predicts the same clips, ``[members, B]``."""
+  ``members > 1``: every member predicts the same clips, ``[members, B]``, one member after
+  another inside the program (``lax.map``; prediction is the small part of a run's work): the
+  vmapped inference step, partitioned over a mesh of 2 members x 4 devices, gave each member
+  predictions mixed with the other's weights (XLA:CPU, jax 0.10.2), the loop each member's
+  own (tests/test_members.py)."""
 
   def predict(state: TrainState, batch: dict) -> jax.Array:
     return _merge(graphdef, state)(batch["video"], train=False)
 
-  if members > 1:
-    predict = jax.vmap(predict, in_axes=(0, None))
   return jax.jit(
-    predict,
+    _over_member_parts(predict, members, "loop", mesh, shared_batch=True),
     in_shardings=(sharding.state_sharding(mesh, members), sharding.batch_sharding(mesh)),
     out_shardings=sharding.batch_sharding(mesh, members),
   )
@@ -135,7 +192,7 @@ def make_batch_stats_step(
 
   state_sharding = sharding.state_sharding(mesh, members)
   return jax.jit(
-    jax.vmap(stats) if members > 1 else stats,
+    _over_member_parts(stats, members, "vmap", mesh),
     in_shardings=(state_sharding, sharding.batch_sharding(mesh, members)),
     out_shardings=state_sharding,
   )

@@ -26,9 +26,10 @@ from lvef_jax.errors import ConfigError, NonFiniteLossError
 from lvef_jax.evaluation import evaluator, metrics
 from lvef_jax.reporting import plots, results as run_files, tensorboard
 from lvef_jax import checkpoints, config_base, sharding
-from lvef_jax.training import state as state_lib, steps
+from lvef_jax.training import members as members_lib, state as state_lib, steps
 
 METRICS_FILE = "metrics.jsonl"
+MEMBERS_DIR = "members"  # a several-member run's files of each member: members/<i>/
 
 
 @dataclasses.dataclass
@@ -69,30 +70,51 @@ class TrainingRun:
   predict_step: object
   batch_stats_step: object
   checkpoints: checkpoints.Checkpoints
-  bad_streak: int = 0  # train steps in a row skipped for a non-finite loss or gradient
+  # The members trained in this program (`lvef_jax.training.members`); one for a solo run,
+  # whose state then has no member axis.
+  members: list = dataclasses.field(default_factory=list)
+  stopping: list = dataclasses.field(default_factory=list)  # an EarlyStopping a member
+  # Train steps in a row skipped for a non-finite loss or gradient, one count a member.
+  bad_streak: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(1, np.int64))
   # data.device_resident: the train split on the devices, and the jitted clip sampler.
   device_videos: device_data.DeviceVideos | None = None
   clip_sampler: object = None
+
+  @property
+  def several(self) -> bool:
+    """Several members: every state array has a leading member axis."""
+    return len(self.members) > 1
 
   def predict_fn(self):
     """The current weights as an evaluator's prediction function."""
     return lambda video: self.predict_step(self.state, {"video": video})
 
-  def score(self, split: str, clips: str = "one"):
+  def score(self, split: str, clips: str = "one") -> list:
     """Every video of ``split`` with the current weights: one clip (from frame 0), or all
-    clips (``eval.clip_stride`` apart) averaged per video."""
-    return evaluator.Evaluator(
+    clips (``eval.clip_stride`` apart) averaged per video. One `VideoPredictions` a member."""
+    split_evaluator = evaluator.Evaluator(
       split,
       clips=clips,
       stride=self.config.eval.clip_stride,
       batch_size=self.config.eval.batch_size,
-    ).run(self.predict_fn(), self.builder, self.config.data, self.mesh)
+    )
+    if not self.several:
+      return [split_evaluator.run(self.predict_fn(), self.builder, self.config.data, self.mesh)]
+    return evaluator.run_members(
+      split_evaluator,
+      self.predict_fn(),
+      len(self.members),
+      self.builder,
+      self.config.data,
+      self.mesh,
+    )
 
 
 def build_training_run(config, workdir: str | pathlib.Path) -> TrainingRun:
   """Prepares the data and builds a fresh, replicated train state for ``config``."""
   workdir = pathlib.Path(workdir)
-  mesh = sharding.make_mesh()
+  members = members_lib.members(config)
+  mesh = sharding.make_mesh(members=len(members))
   local_batch_size = sharding.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
   sharding.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
   builder = preparation.prepare(config.data)
@@ -106,8 +128,8 @@ def build_training_run(config, workdir: str | pathlib.Path) -> TrainingRun:
         f"train.batch_size={config.train.batch_size}"
       )
   graphdef, state, tx = state_lib.create(config, steps_per_epoch)
-  state = jax.device_put(state, sharding.replicated(mesh))
-  device_videos, clip_sampler = _device_videos(config.data, builder, mesh)
+  state = jax.device_put(state, sharding.state_sharding(mesh, len(members)))
+  device_videos, clip_sampler = _device_videos(config.data, builder, mesh, len(members))
   return TrainingRun(
     config=config,
     workdir=workdir,
@@ -117,16 +139,20 @@ def build_training_run(config, workdir: str | pathlib.Path) -> TrainingRun:
     state=state,
     steps_per_epoch=steps_per_epoch,
     local_batch_size=local_batch_size,
-    train_step=steps.make_train_step(graphdef, tx, mesh),
-    predict_step=steps.make_predict_step(graphdef, mesh),
-    batch_stats_step=steps.make_batch_stats_step(graphdef, mesh),
+    train_step=steps.make_train_step(
+      graphdef, tx, mesh, len(members), member_map=config.compute.members
+    ),
+    predict_step=steps.make_predict_step(graphdef, mesh, len(members)),
+    batch_stats_step=steps.make_batch_stats_step(graphdef, mesh, len(members)),
     checkpoints=checkpoints.Checkpoints(workdir / "checkpoints", writer=True),
+    members=members,
+    bad_streak=np.zeros(len(members), np.int64),
     device_videos=device_videos,
     clip_sampler=clip_sampler,
   )
 
 
-def _device_videos(data_cfg, builder, mesh):
+def _device_videos(data_cfg, builder, mesh, members: int = 1):
   """The train split on the devices and its clip sampler, if ``data.device_resident`` says so;
   else ``(None, None)``."""
   frames = int(preparation.split_listing(builder, "train")["num_frames"].sum())
@@ -142,40 +168,61 @@ def _device_videos(data_cfg, builder, mesh):
     time.perf_counter() - start,
   )
   sampler = device_data.make_clip_sampler(
-    mesh, clip_frames=data_cfg.clip_frames, period=data_cfg.period, pad=data_cfg.augment_pad
+    mesh,
+    clip_frames=data_cfg.clip_frames,
+    period=data_cfg.period,
+    pad=data_cfg.augment_pad,
+    members=members,
   )
   return videos, sampler
 
 
 def _device_batches(run: TrainingRun, epoch: int, num_batches: int, salt: int = 0) -> Iterator:
   """``num_batches`` train batches for ``epoch`` on the devices, each ``(host, device)`` as
-  from `sharding.device_prefetch` (``host`` is None on the device-resident path)."""
+  from `sharding.device_prefetch` (``host`` is None on the device-resident path). Several
+  members: each member's batch of its own stream, stacked (``[members, B, ...]``)."""
+  make = pipeline.train_batches if run.device_videos is None else pipeline.train_plans
+  streams = [_train_stream(run, epoch, num_batches, salt, make, m.seed) for m in run.members]
+  stream = streams[0] if not run.several else _stacked(streams)
   if run.device_videos is None:
     return sharding.device_prefetch(
-      _train_stream(run, epoch, num_batches, salt),
+      stream,
       run.mesh,
       keys=("video", "ef"),
       size=run.config.data.prefetch,
+      members=len(run.members),
     )
-  plans = _train_stream(run, epoch, num_batches, salt, make=pipeline.train_plans)
-  return ((None, run.clip_sampler(run.device_videos, plan)) for plan in plans)
+  return ((None, run.clip_sampler(run.device_videos, plan)) for plan in stream)
+
+
+def _stacked(streams: list[Iterator[dict]]) -> Iterator[dict]:
+  """One batch of each stream a step, stacked key by key on a leading member axis."""
+  for batches in zip(*streams):
+    yield {key: np.stack([batch[key] for batch in batches]) for key in batches[0]}
 
 
 def _train_stream(
-  run: TrainingRun, epoch: int, num_batches: int, salt: int = 0, make=pipeline.train_batches
+  run: TrainingRun,
+  epoch: int,
+  num_batches: int,
+  salt: int = 0,
+  make=pipeline.train_batches,
+  seed: int | None = None,
 ) -> Iterator[dict]:
   """``num_batches`` train batches for ``epoch``, passing over the split as often as needed.
 
   ``salt`` gives another, equally reproducible, draw of the same epoch (BatchNorm
   recalibration uses 1). ``make`` is `pipeline.train_batches` (clips) or
-  `pipeline.train_plans` (where to cut them, for the device-resident path).
+  `pipeline.train_plans` (where to cut them, for the device-resident path). ``seed``: the
+  member's (default ``config.seed``); a member's stream is its solo run's.
   """
   config = run.config
+  base_seed = config.seed if seed is None else seed
 
   def passes():
     for repeat in itertools.count():
       # A distinct, reproducible shuffle and clip sampling for every epoch (and repeat).
-      seed = ((config.seed * 100_003 + epoch) * 1_009 + repeat) * 7 + salt
+      seed = ((base_seed * 100_003 + epoch) * 1_009 + repeat) * 7 + salt
       yield from make(
         run.builder,
         config.data,
@@ -255,27 +302,28 @@ def _etas(
 
 def _train_epoch(
   run: TrainingRun, epoch: int, total_epochs: int, first_epoch: int, run_start: float
-) -> tuple[float, float, int]:
-  """Runs one epoch of train steps; returns (mean finite train loss, clips/s, skipped steps)."""
+) -> tuple[np.ndarray, float, np.ndarray]:
+  """Runs one epoch of train steps; returns the mean finite train loss and the skipped steps
+  of each member (arrays, one value a member) and the clips/s of all members together."""
   config = run.config
   log_every = max(1, config.train.log_every_steps)
   losses, logged, start = [], 0, time.perf_counter()
   batches = _device_batches(run, epoch, run.steps_per_epoch)
-  skipped_flags, skipped = [], 0
+  skipped_flags, skipped = [], np.zeros(len(run.members), np.int64)
+  clips_per_step = config.train.batch_size * len(run.members)
   for index, (_, batch) in enumerate(batches, start=1):
     run.state, step_metrics = run.train_step(run.state, batch)
     losses.append(step_metrics["loss"])
     skipped_flags.append(step_metrics["skipped"])
     if index % log_every == 0 or index == run.steps_per_epoch:
       # Fetching the losses is the only host sync; it happens at log steps only.
-      recent = np.asarray(jax.device_get(losses[logged:]))
-      flags = np.asarray(jax.device_get(skipped_flags[logged:]))
+      recent = _per_member(jax.device_get(losses[logged:]))
+      flags = _per_member(jax.device_get(skipped_flags[logged:]))
       logged = len(losses)
-      skipped += int(flags.sum())
+      skipped += flags.sum(0)
       _check_bad_steps(run, flags, epoch, index)
       now = time.perf_counter()
       elapsed = now - start
-      clips_per_s = index * config.train.batch_size / elapsed
       epoch_eta, run_eta = _etas(
         step=index,
         steps_per_epoch=run.steps_per_epoch,
@@ -293,28 +341,46 @@ def _train_epoch(
         index,
         run.steps_per_epoch,
         float(np.mean(recent[np.isfinite(recent)])) if np.isfinite(recent).any() else math.nan,
-        float(step_metrics["grad_norm"]),
-        f" | {skipped} non-finite steps skipped this epoch" if skipped else "",
-        clips_per_s,
+        float(np.mean(jax.device_get(step_metrics["grad_norm"]))),
+        f" | {int(skipped.sum())} non-finite steps skipped this epoch" if skipped.any() else "",
+        index * clips_per_step / elapsed,
         _format_seconds(epoch_eta),
         _format_seconds(run_eta),
       )
   seconds = time.perf_counter() - start
-  all_losses = np.asarray(jax.device_get(losses))
-  finite = all_losses[np.isfinite(all_losses)]
-  mean_loss = float(finite.mean()) if finite.size else math.nan
-  return mean_loss, run.steps_per_epoch * config.train.batch_size / seconds, skipped
+  all_losses = _per_member(jax.device_get(losses))
+  mean_losses = np.array(
+    [
+      column[np.isfinite(column)].mean() if np.isfinite(column).any() else math.nan
+      for column in all_losses.T
+    ]
+  )
+  return mean_losses, run.steps_per_epoch * clips_per_step / seconds, skipped
+
+
+def _per_member(values: list) -> np.ndarray:
+  """Step values (scalars, or one a member) as ``[steps, members]``."""
+  values = np.asarray(values)
+  return values.reshape(len(values), -1)
 
 
 def _check_bad_steps(run: TrainingRun, skipped: np.ndarray, epoch: int, index: int) -> None:
-  """Counts non-finite steps in a row (across log windows and epochs); too many stop the run."""
-  for flag in skipped:
-    run.bad_streak = run.bad_streak + 1 if flag else 0
+  """Counts each member's non-finite steps in a row (across log windows and epochs); too many
+  in a member still training stop the run. ``skipped``: ``[steps, members]`` flags."""
+  for flags in skipped:
+    run.bad_streak = np.where(flags > 0, run.bad_streak + 1, 0)
   limit = run.config.train.max_bad_steps
-  if run.bad_streak >= limit > 0:
+  patience = run.config.train.early_stopping_patience
+  active = np.array([not stop.should_stop(patience) for stop in run.stopping] or [True])
+  streak = int(np.max(np.where(active, run.bad_streak, 0)))
+  if streak >= limit > 0:
     kept = run.checkpoints.epoch("latest")
+    which = ""
+    if run.several:
+      bad = np.flatnonzero(active & (run.bad_streak >= limit))
+      which = f" of member {', '.join(str(i) for i in bad)}"
     raise NonFiniteLossError(
-      f"{run.bad_streak} train steps in a row had a non-finite loss or gradient (up to epoch "
+      f"{streak} train steps in a row{which} had a non-finite loss or gradient (up to epoch "
       f"{epoch} step {index}; train.max_bad_steps={limit}); the run stopped, and its last good "
       + (f"checkpoint (epoch {kept}) is kept" if kept else "state was never checkpointed")
       + "; lower train.learning_rate or set train.grad_clip_norm"
@@ -353,7 +419,7 @@ RESUMABLE_KEYS = (
   "experiment.",
   "compute.",
 )
-RUN_FILES = ("checkpoints", "metrics.jsonl", "results.json", "plots", "eval")
+RUN_FILES = ("checkpoints", "metrics.jsonl", "results.json", "plots", "eval", MEMBERS_DIR)
 
 
 def _flat(values: dict, prefix: str = "") -> dict[str, object]:
@@ -409,7 +475,10 @@ def check_workdir(config, workdir: pathlib.Path, overwrite: bool) -> None:
 def train_and_evaluate(config, workdir: str | pathlib.Path, *, overwrite: bool = False) -> dict:
   """Trains ``config`` in ``workdir`` (resuming if possible), then evaluates the best checkpoint.
 
-  A workdir that holds a run of another config is refused (see ``check_workdir``).
+  A workdir that holds a run of another config is refused (see ``check_workdir``). A run of
+  several members (``train.seeds``, ``train.grid``) trains them in one program, each with its
+  own early stopping and best weights; it ends when every member has stopped or the epochs
+  are done.
 
   Returns:
     The ``results.json`` contents.
@@ -424,94 +493,168 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, overwrite: bool =
     skipped = preparation.skipped_videos_csv(run.builder)
     if skipped:
       (run.workdir / preparation.SKIPPED_FILE).write_text(skipped)
-  stopping, first_epoch = EarlyStopping(), 0
-  if run.checkpoints.epoch("latest") is not None:
-    run.state, meta = run.checkpoints.restore("latest", run.state)
-    first_epoch = meta["epoch"]
-    stopping = EarlyStopping(**meta["early_stopping"])
-    logging.info(
-      "resuming %s from epoch %d (best val RMSE %.3f at epoch %d)",
-      run.workdir,
-      first_epoch,
-      stopping.best_val_rmse,
-      stopping.best_epoch,
-    )
-    if stopping.best_epoch == first_epoch and run.checkpoints.epoch("best") != first_epoch:
-      # Killed while saving the best checkpoint (set aside above): the latest is that epoch.
-      logging.warning(
-        "the best checkpoint (epoch %d) was not saved before the run stopped: saving it again "
-        "from the latest checkpoint, which is the same epoch",
-        first_epoch,
-      )
-      run.checkpoints.save("best", first_epoch, run.state, meta)
+  first_epoch, best_state = _resume(run)
+  patience = config.train.early_stopping_patience
   history_path = run.workdir / METRICS_FILE
   history = _read_history(history_path, first_epoch)
   writer = tensorboard.SummaryWriter(run.workdir, enabled=is_main)
-  schedule = state_lib.learning_rate_schedule(config.train, run.steps_per_epoch)
+  schedules = [
+    state_lib.learning_rate_schedule(
+      config.train, run.steps_per_epoch, m.hparams.get("learning_rate")
+    )
+    for m in run.members
+  ]
   total_epochs, run_start = config.train.num_epochs, time.perf_counter()
   logging.info(
-    "training %s: %d epochs x %d steps of %d clips on %d devices",
+    "training %s: %d epochs x %d steps of %d clips on %d devices%s",
     config.model.name,
     total_epochs,
     run.steps_per_epoch,
     config.train.batch_size,
     run.mesh.devices.size,
+    f", {len(run.members)} members in one program" if run.several else "",
   )
 
   for epoch in range(first_epoch + 1, total_epochs + 1):
-    if stopping.should_stop(config.train.early_stopping_patience):
-      logging.info(
-        "early stopping: no better val RMSE for %d epochs (best %.3f at epoch %d)",
-        stopping.epochs_without_improvement,
-        stopping.best_val_rmse,
-        stopping.best_epoch,
-      )
+    active = [not stop.should_stop(patience) for stop in run.stopping]
+    if not any(active):
+      for index, stop in enumerate(run.stopping):
+        logging.info(
+          "early stopping%s: no better val RMSE for %d epochs (best %.3f at epoch %d)",
+          f" of member {index}" if run.several else "",
+          stop.epochs_without_improvement,
+          stop.best_val_rmse,
+          stop.best_epoch,
+        )
       break
     epoch_start = time.perf_counter()
-    train_loss, clips_per_s, skipped = _train_epoch(
+    train_losses, clips_per_s, skipped = _train_epoch(
       run, epoch, total_epochs, first_epoch, run_start
     )
     _recalibrate_batch_norm(run, epoch)
-    val_predictions = run.score("val")
-    val = metrics.regression_metrics(val_predictions.ef, val_predictions.ef_pred)
-    step = int(jax.device_get(run.state.step))
-    record = {
-      "epoch": epoch,
-      "step": step,
-      "train_loss": train_loss,
-      "val_loss": val["mse"],
-      "val_rmse": val["rmse"],
-      "val_mae": val["mae"],
-      "val_r2": val["r2"],
-      "lr": float(schedule(step)),
-      "clips_per_s": clips_per_s,
-      "skipped_steps": skipped,
-      "seconds": time.perf_counter() - epoch_start,
-    }
-    improved = stopping.update(epoch, val["rmse"])
-    meta = {"epoch": epoch, "early_stopping": dataclasses.asdict(stopping)}
+    vals = [metrics.regression_metrics(p.ef, p.ef_pred) for p in run.score("val")]
+    step = int(np.max(jax.device_get(run.state.step)))
+    records = [
+      {
+        "train_loss": float(train_losses[i]),
+        "val_loss": val["mse"],
+        "val_rmse": val["rmse"],
+        "val_mae": val["mae"],
+        "val_r2": val["r2"],
+        "lr": float(schedules[i](step)),
+        "skipped_steps": int(skipped[i]),
+      }
+      for i, val in enumerate(vals)
+    ]
+    # A member that has stopped trains on in the program, unrecorded: it keeps its best weights.
+    improved = [
+      on and stop.update(epoch, val["rmse"]) for on, stop, val in zip(active, run.stopping, vals)
+    ]
+    seconds = time.perf_counter() - epoch_start
+    if run.several:
+      for record, on in zip(records, active):
+        record["stopped"] = not on
+      mean = {key: float(np.mean([r[key] for r in records])) for key in records[0]}
+      del mean["stopped"]
+      mean["skipped_steps"] = int(sum(r["skipped_steps"] for r in records))
+      record = {"epoch": epoch, "step": step, **mean, "clips_per_s": clips_per_s}
+      record.update(seconds=seconds, members=records)
+    else:
+      record = {"epoch": epoch, "step": step, **records[0], "clips_per_s": clips_per_s}
+      record["seconds"] = seconds
+    meta = _meta(run, epoch)
     # History first, checkpoint second: a crash in between leaves a record that resuming drops.
     history.append(record)
     if is_main:
       _write_history(history_path, history)
-    writer.scalars(step, {k: v for k, v in record.items() if k not in ("epoch", "step")})
+    writer.scalars(step, {k: v for k, v in record.items() if k not in ("epoch", "step", "members")})
     run.checkpoints.save("latest", epoch, run.state, meta)
-    if improved:
-      run.checkpoints.save("best", epoch, run.state, meta)
-    logging.info(
-      "epoch %d: train_loss %.2f val_rmse %.3f val_mae %.3f val_r2 %.3f%s (%.0f s)",
-      epoch,
-      train_loss,
-      val["rmse"],
-      val["mae"],
-      val["r2"],
-      " *best*" if improved else "",
-      record["seconds"],
-    )
+    if any(improved):
+      best_state = _with_members(improved, run.state, best_state)
+      run.checkpoints.save("best", epoch, best_state, meta)
+    for index, (member_record, better) in enumerate(zip(records, improved)):
+      if run.several and not active[index]:
+        continue
+      logging.info(
+        "epoch %d%s: train_loss %.2f val_rmse %.3f val_mae %.3f val_r2 %.3f%s (%.0f s)",
+        epoch,
+        f" member {index}" if run.several else "",
+        member_record["train_loss"],
+        member_record["val_rmse"],
+        member_record["val_mae"],
+        member_record["val_r2"],
+        " *best*" if better else "",
+        seconds,
+      )
   _log_compilations(run.train_step)
   run.checkpoints.wait()
   writer.close()
   return evaluate_best(run, history)
+
+
+def _meta(run: TrainingRun, epoch: int) -> dict:
+  """A checkpoint's meta: the epoch and the early-stopping progress (several members: one a
+  member, and each member's best epoch)."""
+  progress = [dataclasses.asdict(stop) for stop in run.stopping]
+  if not run.several:
+    return {"epoch": epoch, "early_stopping": progress[0]}
+  return {
+    "epoch": epoch,
+    "early_stopping": progress,
+    "best_epochs": [stop.best_epoch for stop in run.stopping],
+  }
+
+
+def _with_members(chosen: list[bool], new, old):
+  """``new``'s arrays for the chosen members, ``old``'s for the rest (one member: ``new``)."""
+  if len(chosen) == 1:
+    return new if chosen[0] else old
+  mask = jnp.asarray(chosen)
+
+  def pick(n, o):
+    return jnp.where(mask.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
+
+  return jax.tree.map(pick, new, old)
+
+
+def _resume(run: TrainingRun):
+  """Restores the latest checkpoint, if any, into ``run`` (state, early stopping); returns
+  the epoch it holds (0 for a fresh run) and the best weights so far (several members: each
+  member's own; a solo run saves its state as the best, so needs none kept)."""
+  count = len(run.members)
+  run.stopping = [EarlyStopping() for _ in range(count)]
+  best_state = jax.tree.map(jnp.copy, run.state) if run.several else None
+  if run.checkpoints.epoch("latest") is None:
+    return 0, best_state
+  run.state, meta = run.checkpoints.restore("latest", run.state)
+  first_epoch = meta["epoch"]
+  progress = meta["early_stopping"]
+  progress = [progress] if isinstance(progress, dict) else progress
+  run.stopping = [EarlyStopping(**p) for p in progress]
+  for index, stop in enumerate(run.stopping):
+    logging.info(
+      "resuming %s%s from epoch %d (best val RMSE %.3f at epoch %d)",
+      run.workdir,
+      f" member {index}" if run.several else "",
+      first_epoch,
+      stop.best_val_rmse,
+      stop.best_epoch,
+    )
+  best_epoch = run.checkpoints.epoch("best")
+  if run.several and best_epoch is not None:
+    best_state, _ = run.checkpoints.restore("best", run.state)
+  lost = [stop.best_epoch == first_epoch for stop in run.stopping]
+  if any(lost) and best_epoch != first_epoch:
+    # Killed while saving the best checkpoint: for the members whose best epoch is the
+    # latest, the latest checkpoint holds their best weights.
+    logging.warning(
+      "the best checkpoint (epoch %d) was not saved before the run stopped: saving it again "
+      "from the latest checkpoint, which is the same epoch",
+      first_epoch,
+    )
+    best_state = _with_members(lost, run.state, best_state)
+    run.checkpoints.save("best", first_epoch, best_state, _meta(run, first_epoch))
+  return first_epoch, best_state
 
 
 def _log_compilations(train_step) -> int:
@@ -537,6 +680,12 @@ def evaluate_best(run: TrainingRun, history: list[dict]) -> dict:
   ``eval.clips`` clips per video: ``one`` (from frame 0, the paper's protocol; the default) or
   ``all``. Validation during training always uses one clip. ``launch.py --mode=eval`` goes
   further (confidence intervals, ROC, prediction intervals).
+
+  Several members: each member's own best weights; ``results.json``'s ``splits`` hold each
+  metric's mean over the members and its standard deviation (``rmse_sd``, ...), ``members``
+  each member's scores, seed and grid values, ``ensemble`` the scores of the members'
+  averaged prediction; the top-level predictions and plots are the ensemble's, each member's
+  are under ``members/<i>/``.
   """
   kind = "best" if run.checkpoints.epoch("best") is not None else "latest"
   run.state, meta = run.checkpoints.restore(kind, run.state)
@@ -546,19 +695,53 @@ def evaluate_best(run: TrainingRun, history: list[dict]) -> dict:
     meta["epoch"],
     ", ".join(run.config.eval.splits),
   )
-  results = {"best_epoch": meta["epoch"], "eval_clips": run.config.eval.clips, "splits": {}}
   is_main = jax.process_index() == 0
-  for split in run.config.eval.splits:
-    predictions = run.score(split, run.config.eval.clips)
-    scores = metrics.regression_metrics(predictions.ef, predictions.ef_pred)
-    results["splits"][split] = {key: scores[key] for key in run_files.RESULT_KEYS}
-    if is_main:
-      run_files.write_split(
-        run.workdir, split, predictions.file_name, predictions.ef, predictions.ef_pred, scores
-      )
+  if not run.several:
+    results = {"best_epoch": meta["epoch"], "eval_clips": run.config.eval.clips, "splits": {}}
+    for split in run.config.eval.splits:
+      (predictions,) = run.score(split, run.config.eval.clips)
+      results["splits"][split] = _scores(predictions, run.workdir if is_main else None, split)
+  else:
+    results = _evaluate_members(run, meta.get("best_epochs", [meta["epoch"]] * len(run.members)))
   if is_main:
     if history:
       plots.history(history, run.workdir / "plots" / "history.png")
     run_files.write_results(run.workdir, results)
     print(run_files.format_table(results))
+  return results
+
+
+def _scores(predictions, workdir: pathlib.Path | None, split: str) -> dict:
+  """The results.json scores of one split's predictions; their files go to ``workdir``."""
+  scores = metrics.regression_metrics(predictions.ef, predictions.ef_pred)
+  if workdir is not None:
+    run_files.write_split(
+      workdir, split, predictions.file_name, predictions.ef, predictions.ef_pred, scores
+    )
+  return {key: scores[key] for key in run_files.RESULT_KEYS}
+
+
+def _evaluate_members(run: TrainingRun, best_epochs: list[int]) -> dict:
+  """Every member's scores, their mean and spread, and the ensemble's (see `evaluate_best`)."""
+  is_main = jax.process_index() == 0
+  results = {
+    "eval_clips": run.config.eval.clips,
+    "best_epochs": best_epochs,
+    "splits": {},
+    "members": [
+      {**member.describe(), "best_epoch": epoch, "splits": {}}
+      for member, epoch in zip(run.members, best_epochs)
+    ],
+    "ensemble": {},
+  }
+  for split in run.config.eval.splits:
+    predictions = run.score(split, run.config.eval.clips)
+    for index, (member, member_predictions) in enumerate(zip(results["members"], predictions)):
+      out = run.workdir / MEMBERS_DIR / str(index) if is_main else None
+      member["splits"][split] = _scores(member_predictions, out, split)
+    ensemble = dataclasses.replace(
+      predictions[0], ef_pred=np.mean([p.ef_pred for p in predictions], axis=0)
+    )
+    results["ensemble"][split] = _scores(ensemble, run.workdir if is_main else None, split)
+    results["splits"][split] = run_files.spread([m["splits"][split] for m in results["members"]])
   return results
