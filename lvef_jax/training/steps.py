@@ -56,30 +56,41 @@ def member_map_for(member_map: str, platform: str) -> str:
   return member_map
 
 
-def over_members(fn: Callable, mesh: Mesh, members: int, form: str) -> Callable:
-  """``fn`` of one member's arguments, over a leading member axis of every argument and
-  result: ``jax.vmap``, or (``loop``) one member after another, their results stacked.
+def _over_member_parts(
+  fn: Callable, members: int, form: str, mesh: Mesh, shared_batch: bool = False
+) -> Callable:
+  """``fn(state, batch)`` of one member, over a leading member axis of the state and the batch
+  (``shared_batch``: every member takes the same batch) and of every result: ``jax.vmap``, or
+  (``loop``) one member after another inside the program, their results stacked.
 
-  Where the mesh splits the members over devices, each device group maps only its own
-  members (``jax.shard_map`` over the ``members`` axis; ``data`` stays automatic): left to
-  XLA, a vmapped pointwise convolution, grouped over members split over devices, all-gathers
-  the input and keeps one group's kernel, and computes wrong values (jax 0.10.2, CPU and
+  Where the mesh splits the members over devices, each part maps only its own members
+  (``jax.shard_map`` over the ``members`` axis; ``data`` stays automatic): left to XLA, a
+  vmapped pointwise convolution, grouped over members split over devices, all-gathers the
+  input and keeps one part's kernel, and computes wrong values (jax 0.10.2, on the CPU and in
   the compiled GPU program alike; tests/test_members_step.py)."""
   if members <= 1:
     return fn
   if form == "vmap":
-    mapped = jax.vmap(fn)
+    mapped = jax.vmap(fn, in_axes=(0, None) if shared_batch else 0)
   else:
 
-    def mapped(*args):
-      count = jax.tree.leaves(args)[0].shape[0]  # this device group's members
-      outs = [fn(*jax.tree.map(lambda x, i=i: x[i], args)) for i in range(count)]
+    def mapped(state, batch):
+      def take(tree, i):
+        return jax.tree.map(lambda x: x[i], tree)
+
+      count = jax.tree.leaves(state)[0].shape[0]  # this part's members
+      outs = [fn(take(state, i), batch if shared_batch else take(batch, i)) for i in range(count)]
       return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
   if mesh.shape.get(sharding.MEMBERS_AXIS, 1) > 1:
-    axis = sharding.MEMBERS_AXIS
-    spec = PartitionSpec(axis)
-    mapped = jax.shard_map(mapped, mesh=mesh, in_specs=spec, out_specs=spec, axis_names={axis})
+    split = PartitionSpec(sharding.MEMBERS_AXIS)
+    mapped = jax.shard_map(
+      mapped,
+      mesh=mesh,
+      in_specs=(split, PartitionSpec() if shared_batch else split),
+      out_specs=split,
+      axis_names={sharding.MEMBERS_AXIS},
+    )
   return mapped
 
 
