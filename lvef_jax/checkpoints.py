@@ -154,7 +154,12 @@ class Checkpoints:
     restored = self._managers[kind].restore(
       epoch,
       args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(item=abstract, partial_restore=True),
+        state=ocp.args.PyTreeRestore(
+          item=abstract,
+          # The template's layout, not the one saved with the checkpoint (another topology).
+          restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+          partial_restore=True,
+        ),
         meta=ocp.args.JsonRestore(),
       ),
     )
