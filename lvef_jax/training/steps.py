@@ -182,10 +182,11 @@ def make_predict_step(
 
 
 def make_batch_stats_step(
-  graphdef: nnx.GraphDef, mesh: Mesh, members: int = 1
+  graphdef: nnx.GraphDef, mesh: Mesh, members: int = 1, member_map: str = "auto"
 ) -> Callable[[TrainState, dict], nnx.State]:
   """Returns ``stats(state, batch)``: the BatchNorm statistics of ``batch`` alone, as a state
-  (``members > 1``: each member's of its own batch, ``[members, B, ...]``).
+  (``members > 1``: each member's of its own batch, ``[members, B, ...]``, the member axis
+  mapped as the train step's, ``member_map``).
 
   Used to recalibrate the running averages with the final weights (``precise BN``): the
   exponential averages kept during training lag behind weights that move every step, which
@@ -203,7 +204,9 @@ def make_batch_stats_step(
 
   state_sharding = sharding.state_sharding(mesh, members)
   return jax.jit(
-    _over_member_parts(stats, members, "vmap", mesh),
+    _over_member_parts(
+      stats, members, member_map_for(member_map, mesh.devices.flat[0].platform), mesh
+    ),
     in_shardings=(state_sharding, sharding.batch_sharding(mesh, members)),
     out_shardings=state_sharding,
   )

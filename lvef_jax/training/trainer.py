@@ -143,7 +143,9 @@ def build_training_run(config, workdir: str | pathlib.Path) -> TrainingRun:
       graphdef, tx, mesh, len(members), member_map=config.compute.members
     ),
     predict_step=steps.make_predict_step(graphdef, mesh, len(members)),
-    batch_stats_step=steps.make_batch_stats_step(graphdef, mesh, len(members)),
+    batch_stats_step=steps.make_batch_stats_step(
+      graphdef, mesh, len(members), member_map=config.compute.members
+    ),
     checkpoints=checkpoints.Checkpoints(workdir / "checkpoints", writer=True),
     members=members,
     bad_streak=np.zeros(len(members), np.int64),
