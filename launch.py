@@ -7,6 +7,9 @@ r"""Trains, evaluates or summarises a model of the paper.
   python launch.py --mode=eval --workdir=runs/mini_seeds --member=1   # one member of several
   python launch.py --mode=predict --workdir=runs/mini --videos=my_echos/ --output=ef.csv
   python launch.py --config=configs/i3d.py:variant=original --mode=summary
+  python launch.py --mode=import --config=configs/r2plus1d.py --workdir=runs/echonet \
+      --config.model.init_from=r2plus1d_18_32_2_pretrained.pt \
+      --config.model.input_mean=M --config.model.input_std=S
   python launch.py --list_experiments
   python launch.py --experiment=table3/B2 --workdir=runs/paper/table3/B2 \
       --config.data.root=/data/EchoNet-Dynamic [--recipe=paper|improved] [--runlocal]
@@ -33,9 +36,10 @@ WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metr
 MODE = flags.DEFINE_enum(
   "mode",
   "train",
-  ["train", "eval", "predict", "summary"],
+  ["train", "eval", "predict", "summary", "import"],
   "train (then evaluate), eval (score a checkpoint of workdir), predict (EF of new videos), "
-  "summary (parameter table).",
+  "summary (parameter table), import (a run directory from the PyTorch weights of "
+  "--config.model.init_from, no training).",
 )
 EVAL_SPLIT = flags.DEFINE_enum(
   "eval_split", "test", ["train", "val", "test", "all"], "--mode=eval: the split to score."
@@ -75,7 +79,7 @@ OVERWRITE = flags.DEFINE_bool(
   "overwrite",
   False,
   "--mode=train: if --workdir holds a run of another config, delete it and start again "
-  "(without this flag such a workdir is refused).",
+  "(without this flag such a workdir is refused); --mode=import: replace the run there.",
 )
 CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Config file, e.g. configs/i3d.py:variant=mini."
@@ -120,6 +124,11 @@ def _run(config, mode: str, workdir: str | None) -> None:
     from lvef_jax.training import trainer  # Here so that --mode=summary never loads TensorFlow.
 
     trainer.train_and_evaluate(config, workdir, overwrite=OVERWRITE.value)
+    return
+  if mode == "import":
+    from lvef_jax.training import importer
+
+    importer.import_run(config, workdir, overwrite=OVERWRITE.value)
     return
   from lvef_jax.evaluation import commands  # evaluation never imports the trainer
 

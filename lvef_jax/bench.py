@@ -12,12 +12,23 @@ in ``docs/benchmarks.md`` with the machine. Every model family works (``--config
 
   python -m lvef_jax.bench --model=i3d_mini --batch=4 --precision=bf16
   python -m lvef_jax.bench --model=table3/B2        # any experiment of the benchmark too
+  python -m lvef_jax.bench --model=r2plus1d_18 --precision=bf16   # EchoNet-Dynamic's, batch 20
 
 ``--data=device`` (the default) times the step on one random batch already on the devices;
 ``--data=resident`` feeds it batches cut on the devices from a synthesised device-resident
 split (``data.device_resident`` in training); ``--data=tfdata`` feeds it from the tf.data
 pipeline over the configured dataset (end to end; TensorFlow is imported only then) and also
 reports ``input_clips_per_s``, what the pipeline alone delivers.
+
+  python -m lvef_jax.bench --model=i3d_mini --batch=4 --members=1,2,4,8
+
+times K runs trained in one program (``train.seeds=K``: the state as training builds it, on
+the members mesh, each member its own random batch ``[K, B, ...]``; ``--data=device`` only),
+for each K in the list, in this one process, their steps timed in turns (one of each a round,
+so that other jobs on the machine slow all alike): ``clips_per_s`` counts every member's clips,
+``clips_per_s_per_member`` one member's, and ``clips_per_s_vs_one`` (with a K of 1 in the list)
+is the ratio to one member's clips/s. ``--config.compute.members=vmap|loop`` chooses how the
+member axis is mapped (``auto``: the loop on the CPU, vmap elsewhere; docs/benchmarks.md).
 
 ``--model`` names a registry model (``MODELS`` below, or an experiment name) instead of a config
 file; ``--config.KEY=VALUE`` overrides apply to it. Each line has the FLOPs per clip of the
@@ -29,14 +40,15 @@ and the MFU where the device's peak is known (``PEAK_TFLOPS``, or ``--peak_tflop
 
 ``--peer=torch`` then times ``benchmarks/torch_peer.py``, the same I3D model in PyTorch (the
 optional ``peer`` extra), in the same call, and prints its line and the ratio of clips/s. The
-peer refuses to run unless its parameter count equals ours.
+peer refuses to run unless its parameter count equals ours. It implements the I3D family with
+BatchNorm only: any other model is refused before anything is timed.
 
   python -m lvef_jax.bench --suite [--sustained_tflops=100]
 
-prints, for every run of the paper's benchmark (``lvef_jax/experiments.py``), the FLOPs of one
-train step per clip (XLA's cost analysis of the lowered step at the paper's clip shape and
-batch; nothing is compiled or run), and the arithmetic of the whole sweep on EchoNet-Dynamic
-with its time at an assumed sustained rate.
+prints, for every run of the benchmark (``lvef_jax/experiments.py``: the paper's 42 and the
+``echonet/`` runs), the FLOPs of one train step per clip (XLA's cost analysis of the lowered
+step at the run's clip shape and batch; nothing is compiled or run), and the arithmetic of the
+whole sweep on EchoNet-Dynamic with its time at an assumed sustained rate.
 
   python -m lvef_jax.bench --target=h100 --model=i3d_mini --batch=4 --precision=bf16
   python -m lvef_jax.bench --target=h100 --check      # every family (make gpu-check)
@@ -50,6 +62,7 @@ up over the whole benchmark (train, prediction and BatchNorm-recalibration steps
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -84,6 +97,10 @@ MODELS = {
   "cnn_rnn_gru": ("cnn_rnn", "rnn=gru"),
   "cnn_rnn_lstm": ("cnn_rnn", "rnn=lstm"),
   "cnn_rnn_inception_v3": ("cnn_rnn", "backbone=inception_v3,train_backbone=all"),
+  # EchoNet-Dynamic's video ResNets (configs/r2plus1d.py: 32 frames every 2nd, batch 20).
+  "r2plus1d_18": ("r2plus1d", "arch=r2plus1d_18"),
+  "r3d_18": ("r2plus1d", "arch=r3d_18"),
+  "mc3_18": ("r2plus1d", "arch=mc3_18"),
 }
 MODELS_DOC = MODELS
 # Dense peak TFLOP/s by device kind and compute dtype (vendor figures, without sparsity;
@@ -171,11 +188,13 @@ TARGET = flags.DEFINE_enum(
 KERNEL_US = flags.DEFINE_float(
   "kernel_us", gpu_program.KERNEL_US, "--target: assumed cost of one kernel launch (µs)."
 )
-MEMBERS = flags.DEFINE_integer(
+MEMBERS = flags.DEFINE_list(
   "members",
-  1,
-  "--target: this many runs in one train step (jax.vmap over a leading member axis of the "
-  "state and batch; steps.make_train_step).",
+  ["1"],
+  "This many runs in one train step (train.seeds=K: a leading member axis of the state and "
+  "batch, mapped as compute.members says; steps.make_train_step). Timed here (--data=device; "
+  "a list, 1,2,4,8, times each in this one process), or with --target (one count) compiled "
+  "for a GPU.",
 )
 CHECK = flags.DEFINE_bool(
   "check",
@@ -187,9 +206,10 @@ SUSTAINED = flags.DEFINE_float(
   "sustained_tflops", 100.0, "--suite: assumed sustained TFLOP/s of the accelerator."
 )
 
-# EchoNet-Dynamic's splits (FileList.csv), the paper's epoch limit.
+# EchoNet-Dynamic's splits (FileList.csv) and a typical video's frames (all-clips evaluation
+# counts the clips of a video this long).
 ECHONET_SPLITS = {"train": 7465, "val": 1288, "test": 1277}
-MAX_EPOCHS = 50
+ECHONET_FRAMES = 175
 
 
 def train_flops_per_clip(config, batch_size: int | None = None) -> float:
@@ -213,20 +233,33 @@ def lowered_flops_per_clip(config, batch_size: int) -> float:
   return float(cost.get("flops", 0.0)) / batch_size if cost else 0.0
 
 
+def final_clips_per_video(config) -> int:
+  """Clips the final evaluation scores of a video of `ECHONET_FRAMES` frames: 1 for
+  ``eval.clips=one``; for ``all``, every start ``eval.clip_stride`` apart."""
+  if config.eval.clips != "all":
+    return 1
+  from lvef_jax.data import clips  # numpy only
+
+  data = config.data
+  stride = clips.clip_stride(config.eval.clip_stride, data.clip_frames, data.period)
+  return len(clips.clip_starts(ECHONET_FRAMES, data.clip_frames, data.period, stride))
+
+
 def run_work(config) -> dict:
-  """What one benchmark run does on EchoNet-Dynamic at the paper's 50 epochs (early stopping
-  can only shorten it): train steps (full batches of the train split), BatchNorm
-  recalibration batches, and predicted clips and prediction calls (the val split after every
-  epoch, then all three splits with the best checkpoint)."""
+  """What one benchmark run does on EchoNet-Dynamic at its ``train.num_epochs`` (the paper's
+  50; early stopping can only shorten it): train steps (full batches of the train split),
+  BatchNorm recalibration batches, and predicted clips and prediction calls (one clip of each
+  val video after every epoch, then ``eval.splits`` with the best checkpoint, one clip or all
+  clips of each video as ``eval.clips`` says, a video of `ECHONET_FRAMES` frames)."""
   batch, eval_batch = config.train.batch_size, config.eval.batch_size
-  val = ECHONET_SPLITS["val"]
-  calls = MAX_EPOCHS * math.ceil(val / eval_batch) + sum(
-    math.ceil(n / eval_batch) for n in ECHONET_SPLITS.values()
-  )
+  epochs, val = config.train.num_epochs, ECHONET_SPLITS["val"]
+  per_video = final_clips_per_video(config)
+  final = [ECHONET_SPLITS[split] * per_video for split in config.eval.splits]
+  calls = epochs * math.ceil(val / eval_batch) + sum(math.ceil(n / eval_batch) for n in final)
   return {
-    "train_steps": MAX_EPOCHS * (ECHONET_SPLITS["train"] // batch),
-    "recalibration_steps": MAX_EPOCHS * max(config.train.bn_recalibration_batches, 0),
-    "predicted_clips": MAX_EPOCHS * val + sum(ECHONET_SPLITS.values()),
+    "train_steps": epochs * (ECHONET_SPLITS["train"] // batch),
+    "recalibration_steps": epochs * max(config.train.bn_recalibration_batches, 0),
+    "predicted_clips": epochs * val + sum(final),
     "predict_calls": calls,
   }
 
@@ -281,7 +314,7 @@ def gpu_line(config, batch_size: int, target: str, kernel_us: float, members: in
     "framework": f"jax-{jax.__version__}",
     "target": target,
     "device": gpu_program.load_target(target).device,
-    "variant": f"i3d_{m.variant}_conv2_{m.conv2}" if m.name == "i3d" else m.name,
+    "variant": _variant(m),
     "model": {k: v for k, v in m.items() if k != "name"},
     "dtype": m.dtype,
     "batch": batch_size,
@@ -292,6 +325,16 @@ def gpu_line(config, batch_size: int, target: str, kernel_us: float, members: in
     **_rounded(figures),
     "member_step_bound_ms": _rounded(figures["step_bound_ms"] / members),
   }
+
+
+def _variant(model_cfg) -> str:
+  """The model's short description in a JSON line: the I3D variant and conv2, the video
+  ResNet's arch, or the family."""
+  if model_cfg.name == "i3d":
+    return f"i3d_{model_cfg.variant}_conv2_{model_cfg.conv2}"
+  if model_cfg.name == "r2plus1d":
+    return model_cfg.arch
+  return model_cfg.name
 
 
 def _rounded(value):
@@ -375,8 +418,9 @@ def gpu_suite(target: str, precision: str | None, kernel_us: float):
   )
 
 
-# make gpu-check: one train step of every model family at its paper batch size (experiment,
-# precision), bf16 (the GPU's speed) and I3D-mini in fp32 too (the paper's).
+# make gpu-check: one train step of every model family at its paper batch size (R(2+1)D-18 at
+# EchoNet-Dynamic's; experiment, precision), bf16 (the GPU's speed) and I3D-mini in fp32 too
+# (the paper's).
 CHECK_ROWS = (
   ("i3d_mini", "table1/mini", "bf16"),
   ("i3d_mini", "table1/mini", "fp32"),
@@ -385,6 +429,7 @@ CHECK_ROWS = (
   ("fusion_new_combination", "table6/NC-B1", "bf16"),
   ("cnn_rnn_inception_v3", "table8/CNN_RNN-1", "bf16"),
   ("cnn_rnn_lstm", "table9/LSTM-B1", "bf16"),
+  ("r2plus1d_18", "echonet/r2plus1d_32_2", "bf16"),
 )
 CHECK_COLUMNS = (
   ("model", "{}"),
@@ -444,16 +489,18 @@ def gpu_check(target: str, kernel_us: float) -> tuple[list[dict], str]:
 
 # Videos and frames per video of the device-resident split that --data=resident synthesises:
 # a stand-in with EchoNet-Dynamic's typical length (its train split: 7,465 videos).
-RESIDENT_VIDEOS, RESIDENT_FRAMES = 64, 175
+RESIDENT_VIDEOS, RESIDENT_FRAMES = 64, ECHONET_FRAMES
 # --data=tfdata times the pipeline alone for at least this long.
 INPUT_SECONDS = 5.0
 
 
-def _random_batch(data, batch_size: int, rng: np.random.Generator) -> dict:
-  shape = (batch_size, data.clip_frames, data.image_size, data.image_size, 1)
+def _random_batch(data, batch_size: int, rng: np.random.Generator, members: int = 1) -> dict:
+  """Random clips and EFs: ``[B, ...]``, or ``[members, B, ...]`` (each member its own)."""
+  lead = (members,) if members > 1 else ()
+  shape = (*lead, batch_size, data.clip_frames, data.image_size, data.image_size, 1)
   return {
     "video": rng.integers(0, 256, shape, dtype=np.uint8),
-    "ef": rng.uniform(10, 80, batch_size).astype(np.float32),
+    "ef": rng.uniform(10, 80, (*lead, batch_size)).astype(np.float32),
   }
 
 
@@ -511,12 +558,137 @@ def _tfdata_batches(config, batch_size: int, mesh, stats: dict):
     yield batch
 
 
+@dataclasses.dataclass
+class _Timed:
+  """A train step being timed: what it was built from, its state and batches, and its times."""
+
+  config: object  # the run's config (``train.seeds`` = members)
+  flops_per_clip: float  # one run's
+  mesh: object
+  members: int
+  batch_size: int
+  data_mode: str
+  train_step: object
+  state: object
+  batches: object
+  stats: dict
+  first: float = 0.0  # the compiling step
+  times: list = dataclasses.field(default_factory=list)
+  faults: list = dataclasses.field(default_factory=list)
+
+
+def _prepare(config, batch_size: int, data_mode: str, members: int) -> _Timed:
+  """Builds the train step as training does and runs its first, compiling, step."""
+  if members < 1:
+    raise LvefError(f"--members must be at least 1, got {members}")
+  if members > 1 and data_mode != "device":
+    raise LvefError(
+      f"--members={members} times the step on random batches on the devices: --data=device, "
+      f"not {data_mode}"
+    )
+  solo = config.copy_and_resolve_references()
+  solo.train.update(seeds=1, grid="")
+  config = solo.copy_and_resolve_references()
+  config.train.seeds = members  # the members are seeds: runs of one model
+  mesh = sharding.make_mesh(members=members)
+  sharding.check_batch_size(batch_size, mesh, "batch")
+  data = config.data
+  graphdef, state, tx = state_lib.create(config, steps_per_epoch=1000)
+  state = jax.device_put(state, sharding.state_sharding(mesh, members))
+  train_step = steps.make_train_step(graphdef, tx, mesh, members, config.compute.members)
+  rng, stats = np.random.default_rng(0), {}
+  if data_mode == "device":
+    batch = _random_batch(data, batch_size, rng, members)
+    batches = itertools.repeat(sharding.shard_batch(batch, mesh, members))
+  elif data_mode == "resident":
+    batches = _resident_batches(data, batch_size, mesh, rng)
+  elif data_mode == "tfdata":
+    batches = _tfdata_batches(config, batch_size, mesh, stats)
+  else:
+    raise LvefError(f"--data={data_mode}: expected device, resident or tfdata")
+  run = _Timed(
+    config=config,
+    flops_per_clip=train_flops_per_clip(solo, batch_size),
+    mesh=mesh,
+    members=members,
+    batch_size=batch_size,
+    data_mode=data_mode,
+    train_step=train_step,
+    state=state,
+    batches=batches,
+    stats=stats,
+  )
+  batch = next(batches)
+  start = time.perf_counter()
+  run.state, out = train_step(run.state, batch)
+  jax.block_until_ready(out)
+  run.first = time.perf_counter() - start
+  return run
+
+
+def _time_step(run: _Timed) -> None:
+  """Runs and times one more step of ``run``, and counts its host page faults."""
+  batch, faults = next(run.batches), hostmem.minor_page_faults()
+  start = time.perf_counter()
+  run.state, out = run.train_step(run.state, batch)
+  jax.block_until_ready(out)
+  run.times.append(time.perf_counter() - start)
+  if faults is not None:
+    run.faults.append(hostmem.minor_page_faults() - faults)
+
+
+def _record(run: _Timed, peak_tflops: float | None) -> dict:
+  """The JSON line of a timed step: the median of its timed steps."""
+  step = float(np.median(run.times))
+  config, batch_size, members = run.config, run.batch_size, run.members
+  m, data = config.model, config.data
+  clips = batch_size * members  # every member's clips of one step
+  achieved = run.flops_per_clip * clips / step / 1e12
+  device = jax.devices()[0].device_kind
+  peak = peak_tflops if peak_tflops else PEAK_TFLOPS.get(device, {}).get(m.dtype)
+  platform = run.mesh.devices.flat[0].platform
+  return {
+    "framework": f"jax-{jax.__version__}",
+    "device": device,
+    "devices": jax.device_count(),
+    "variant": _variant(m),
+    "model": {k: v for k, v in m.items() if k != "name"},
+    "norm": m.get("norm", "batch"),  # the video ResNets have BatchNorm and no such key
+    "dtype": m.dtype,
+    "kernels": models.ops_for(config.compute.kernels).name,  # the ops the timed step ran
+    "batch": batch_size,
+    "members": members,
+    # How the step mapped its member axis (compute.members on this platform; "none": one run).
+    "member_map": (
+      steps.member_map_for(config.compute.members, platform) if members > 1 else "none"
+    ),
+    "shape": [data.clip_frames, data.image_size, data.image_size, 1],
+    "first_step_s": round(run.first, 3),
+    "step_s": round(step, 4),
+    "clips_per_s": round(clips / step, 3),
+    "clips_per_s_per_member": round(batch_size / step, 3),
+    "gflop_per_clip": round(run.flops_per_clip / 1e9, 4),
+    "tflops": round(achieved, 6),
+    "peak_tflops": peak,
+    "mfu": round(achieved / (peak * jax.device_count()), 6) if peak else None,
+    "data": run.data_mode,
+    "params": int(sum(x.size for x in jax.tree.leaves(run.state.params))) // members,  # a run's
+    # Host page faults a timed step (the input pipeline's included with --data=tfdata), and the
+    # malloc settings they depend on (lvef_jax/hostmem.py).
+    "page_faults_per_step": round(float(np.mean(run.faults))) if run.faults else None,
+    "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    **run.stats,
+  }
+
+
 def benchmark(
   config,
   batch_size: int,
   num_steps: int,
   peak_tflops: float | None = None,
   data_mode: str = "device",
+  members: int = 1,
 ) -> dict:
   """Compiles and times ``num_steps`` train steps; returns the figures as a dict.
 
@@ -524,82 +696,56 @@ def benchmark(
   alone); ``resident``, batches cut on the devices from a synthesised device-resident split
   (the sampler and the step); ``tfdata``, batches from the tf.data pipeline (end to end; the
   line then also has ``input_clips_per_s``, the pipeline alone).
-  """
-  mesh = sharding.make_mesh()
-  sharding.check_batch_size(batch_size, mesh, "batch")
-  data = config.data
-  graphdef, state, tx = state_lib.create(config, steps_per_epoch=1000)
-  state = jax.device_put(state, sharding.replicated(mesh))
-  train_step = steps.make_train_step(graphdef, tx, mesh)
-  rng, stats = np.random.default_rng(0), {}
-  if data_mode == "device":
-    batches = itertools.repeat(sharding.shard_batch(_random_batch(data, batch_size, rng), mesh))
-  elif data_mode == "resident":
-    batches = _resident_batches(data, batch_size, mesh, rng)
-  elif data_mode == "tfdata":
-    batches = _tfdata_batches(config, batch_size, mesh, stats)
-  else:
-    raise LvefError(f"--data={data_mode}: expected device, resident or tfdata")
-  batch = next(batches)
 
-  flops_per_clip = train_flops_per_clip(config, batch_size)
-  start = time.perf_counter()
-  state, out = train_step(state, batch)
-  jax.block_until_ready(out)
-  first = time.perf_counter() - start
-  times, faults = [], hostmem.minor_page_faults()
+  ``members > 1`` times that many runs in one train step, built as training builds them
+  (``train.seeds=members``: `state_lib.create`'s stacked state on the members mesh, the
+  member axis mapped as ``compute.members`` says), each member its own random batch
+  (``[members, B, ...]``; ``data_mode`` ``device`` only). ``clips_per_s`` then counts every
+  member's clips, ``clips_per_s_per_member`` one member's.
+  """
+  run = _prepare(config, batch_size, data_mode, members)
   for _ in range(num_steps):
-    start = time.perf_counter()
-    state, out = train_step(state, next(batches))
-    jax.block_until_ready(out)
-    times.append(time.perf_counter() - start)
-  if faults is not None:
-    faults = round((hostmem.minor_page_faults() - faults) / num_steps)
-  step = float(np.median(times))
-  m = config.model
-  achieved = flops_per_clip * batch_size / step / 1e12
-  device = jax.devices()[0].device_kind
-  peak = peak_tflops if peak_tflops else PEAK_TFLOPS.get(device, {}).get(m.dtype)
-  return {
-    "framework": f"jax-{jax.__version__}",
-    "device": device,
-    "devices": jax.device_count(),
-    "variant": f"i3d_{m.variant}_conv2_{m.conv2}" if m.name == "i3d" else m.name,
-    "model": {k: v for k, v in m.items() if k != "name"},
-    "norm": m.norm,
-    "dtype": m.dtype,
-    "kernels": models.ops_for(config.compute.kernels).name,  # the ops the timed step ran
-    "batch": batch_size,
-    "shape": [data.clip_frames, data.image_size, data.image_size, 1],
-    "first_step_s": round(first, 3),
-    "step_s": round(step, 4),
-    "clips_per_s": round(batch_size / step, 3),
-    "gflop_per_clip": round(flops_per_clip / 1e9, 4),
-    "tflops": round(achieved, 6),
-    "peak_tflops": peak,
-    "mfu": round(achieved / (peak * jax.device_count()), 6) if peak else None,
-    "data": data_mode,
-    "params": int(sum(x.size for x in jax.tree.leaves(state.params))),
-    # Host page faults a timed step (the input pipeline's included with --data=tfdata), and the
-    # malloc settings they depend on (lvef_jax/hostmem.py).
-    "page_faults_per_step": faults,
-    "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-    "xla_flags": os.environ.get("XLA_FLAGS", ""),
-    **stats,
-  }
+    _time_step(run)
+  return _record(run, peak_tflops)
+
+
+def benchmark_members(
+  config, batch_size: int, num_steps: int, counts, peak_tflops: float | None = None
+) -> list[dict]:
+  """:func:`benchmark` of the step of each member count in ``counts`` (``--data=device``),
+  compiled one after another, then timed in turns, one step of each in each of ``num_steps``
+  rounds: whatever else the machine runs meanwhile slows them alike, so their ratios hold.
+  Where ``counts`` has 1, each line's ``clips_per_s_vs_one`` is its clips/s over one
+  member's (at least 1: no slower a clip)."""
+  runs = [_prepare(config, batch_size, "device", count) for count in dict.fromkeys(counts)]
+  for _ in range(num_steps):
+    for run in runs:
+      _time_step(run)
+  records = [_record(run, peak_tflops) for run in runs]
+  one = next((r["clips_per_s"] for r in records if r["members"] == 1), None)
+  for record in records:
+    record["timed"] = "in turns"
+    if one:
+      record["clips_per_s_vs_one"] = round(record["clips_per_s"] / one, 3)
+  return records
 
 
 PEER_SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "torch_peer.py"
+
+
+def check_peer(config) -> None:
+  """Raises LvefError unless the PyTorch peer implements ``config``'s model (I3D, BatchNorm)."""
+  m = config.model
+  if m.name != "i3d" or m.get("norm") != "batch":
+    described = m.name if m.name != "i3d" else f"{m.name}/{m.norm}"
+    raise LvefError(f"--peer=torch implements the I3D family with norm=batch, not {described}")
 
 
 def torch_peer(config, batch_size: int, num_steps: int, params: int, compile_: bool) -> dict:
   """Times the PyTorch peer of an I3D config in a subprocess (its own threads and memory) and
   returns its JSON line; the peer refuses to run if its parameter count is not ``params``."""
   m, data = config.model, config.data
-  if m.name != "i3d" or m.norm != "batch":
-    raise LvefError(
-      f"--peer=torch implements the I3D family with norm=batch, not {m.name}/{m.norm}"
-    )
+  check_peer(config)
   if not PEER_SCRIPT.is_file():
     raise LvefError(f"--peer=torch needs {PEER_SCRIPT} (a source checkout of the repository)")
   command = [
@@ -633,23 +779,44 @@ def main(argv):
     sys.exit(1)
 
 
+def _member_counts() -> list[int]:
+  try:
+    counts = [int(count) for count in MEMBERS.value]
+  except ValueError:
+    raise LvefError(f"--members={','.join(MEMBERS.value)}: expected counts, 1,2,4,8") from None
+  if not counts or min(counts) < 1:
+    raise LvefError(f"--members={','.join(MEMBERS.value)}: every count must be at least 1")
+  return counts
+
+
 def _main():
   if TARGET.value:
     _main_target()
     return
-  if MEMBERS.value != 1 or CHECK.value:
-    raise LvefError("--members and --check go with --target (a compiled GPU program)")
+  if CHECK.value:
+    raise LvefError("--check goes with --target (a compiled GPU program)")
+  counts = _member_counts()
+  if counts != [1] and (SUITE.value or PEER.value):
+    raise LvefError("--members times one model's step: not with --suite or --peer")
+  if len(counts) > 1 and DATA.value != "device":
+    raise LvefError(f"--members={MEMBERS.value[0]},...: --data=device, not {DATA.value}")
   if SUITE.value:
     for record in suite(SUSTAINED.value):
       print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in record.items()}))
     return
   config = CONFIG.value
+  if PEER.value:
+    check_peer(config)  # before our step is compiled and timed
   _compute_dtype(config, PRECISION.value)
   batch = BATCH.value or config.train.batch_size
   hint = hostmem.allocator_hint()
   if hint:
     print(f"note: {hint}", file=sys.stderr)
-  ours = benchmark(config, batch, STEPS.value, PEAK.value, DATA.value)
+  if len(counts) > 1:
+    for record in benchmark_members(config, batch, STEPS.value, counts, PEAK.value):
+      print(json.dumps(record), flush=True)
+    return
+  ours = benchmark(config, batch, STEPS.value, PEAK.value, DATA.value, counts[0])
   print(json.dumps(ours), flush=True)
   if PEER.value:
     peer = torch_peer(config, batch, STEPS.value, ours["params"], PEER_COMPILE.value)
@@ -666,7 +833,10 @@ def _main_target():
   """--target: the GPU program, compiled here (JAX's CPU platform only: no device is used)."""
   if PEER.value or DATA.value != "device":
     raise LvefError("--target compiles the step without running it: no --peer or --data")
-  if MEMBERS.value > 1 and (CHECK.value or SUITE.value):
+  counts = _member_counts()
+  if len(counts) > 1:
+    raise LvefError("--target compiles one step: give one --members count")
+  if counts[0] > 1 and (CHECK.value or SUITE.value):
     raise LvefError("--members applies to one model's step, not to --check or --suite")
   jax.config.update("jax_platforms", "cpu")
   target, kernel_us = TARGET.value, KERNEL_US.value
@@ -686,7 +856,7 @@ def _main_target():
     config = CONFIG.value
     _compute_dtype(config, PRECISION.value)
     batch = BATCH.value or config.train.batch_size
-    print(json.dumps(gpu_line(config, batch, target, kernel_us, MEMBERS.value)))
+    print(json.dumps(gpu_line(config, batch, target, kernel_us, counts[0])))
 
 
 if __name__ == "__main__":

@@ -202,7 +202,12 @@ def base_config() -> ml_collections.ConfigDict:
       lr_decay_epochs=10,
       lr_decay_factor=0.5,  # paper: halved every 10 epochs
       grad_clip_norm=0.0,  # 0 disables clipping
-      weight_decay=0.0,  # decoupled (AdamW) when > 0
+      # "adam" (the paper's; AdamW when weight_decay > 0: decoupled decay) or "sgd" with
+      # `momentum` (EchoNet-Dynamic's; weight_decay then adds decay * weight to the gradient,
+      # as torch.optim.SGD does).
+      optimizer="adam",
+      momentum=0.9,
+      weight_decay=0.0,
       early_stopping_patience=20,
       # A step with a non-finite loss or gradient is skipped (the state stays as it was); this
       # many in a row stop the run, keeping its last good checkpoint. 0 never stops.

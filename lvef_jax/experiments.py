@@ -1,21 +1,33 @@
-"""The paper's benchmark as named experiments: one entry per printed result row of Tables 1-9.
+"""The paper's benchmark as named experiments: one entry per printed result row of Tables 1-9,
+then the models past the paper.
 
 Each experiment is a family config (``configs/<family>.py`` with its arguments) plus the
 few training settings the paper gives for that row; the family configs already carry each
 family's learning rate, batch size, dropout, clipping and regularisation. A row that repeats
 the run of an earlier table is an alias of that run: one run, one directory.
 
+Names are ``tableN/<row>`` for the paper's rows (47 rows, 42 distinct runs) and
+``echonet/<model>_<frames>_<period>`` for EchoNet-Dynamic's video ResNets (Ouyang et al.,
+Nature 2020; ``configs/r2plus1d.py``), trained with EchoNet-Dynamic's own recipe: 50 names,
+45 runs in all.
+
   python launch.py --list_experiments
   python launch.py --experiment=table3/B2 --workdir=runs/paper/table3/B2 \
       --config.data.root=/path/to/EchoNet-Dynamic
   python -m lvef_jax.sweep --root=runs/paper --config.data.root=/path/to/EchoNet-Dynamic
 
-Two recipes (``--recipe``):
+Two recipes (``--recipe``) for the paper's rows:
   paper:    what the paper did: the first clip of each video (frames 0..27), no augmentation,
             Keras BatchNorm averages (momentum 0.99) without recalibration.
   improved: this project's defaults: a random clip start and EchoNet-Dynamic's pad-and-crop
             augmentation in training, BatchNorm averages recalibrated after each epoch, and
             the final results averaged over every clip of each video.
+
+The ``echonet/`` experiments keep their family config's recipe, EchoNet-Dynamic's, under
+either ``--recipe`` (``Experiment.takes_recipe``): 32-frame clips every 2nd frame from a random
+start, pad-12 crops, SGD, PyTorch's BatchNorm averages, every clip (one frame apart) of each
+video averaged. A sweep of each recipe trains them alike; ``--filter=^table`` leaves them out of
+the second.
 
 Adding a row is one line in ``EXPERIMENTS`` (and its paper values in
 ``lvef_jax/reporting/paper_results.csv``, if it has any). ``COMPARISONS`` lists the pairs of
@@ -25,6 +37,7 @@ rows the paper compares; the report tests each against the spread over seeds.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import ml_collections
 
@@ -39,11 +52,13 @@ class Experiment:
   """One run of the benchmark.
 
   Attributes:
-    name: ``tableN/<row>``, the paper's row label.
+    name: ``tableN/<row>``, the paper's row label, or ``echonet/<model>`` past the paper.
     family: the config file ``configs/<family>.py``.
     arg: its argument (``key=value,...``).
-    label: the row as the paper prints it.
+    label: the row as the paper (or the report's block past the paper) prints it.
     train: training settings the paper gives for this row beyond the family's defaults.
+    takes_recipe: whether ``--recipe`` applies (`apply_recipe`); False: the family config's own
+      recipe whatever ``--recipe`` says (the ``echonet/`` rows: EchoNet-Dynamic's).
   """
 
   name: str
@@ -51,11 +66,17 @@ class Experiment:
   arg: str
   label: str
   train: tuple[tuple[str, object], ...] = ()
+  takes_recipe: bool = True
+
+  @property
+  def group(self) -> str:
+    """The part of the name before ``/``: ``tableN``, or ``echonet``."""
+    return self.name.partition("/")[0]
 
 
-def _experiment(name, family, arg, label, **train):
+def _experiment(name, family, arg, label, *, takes_recipe=True, **train):
   """One row of `EXPERIMENTS`; ``train`` is sorted so that equal settings compare equal."""
-  return Experiment(name, family, arg, label, tuple(sorted(train.items())))
+  return Experiment(name, family, arg, label, tuple(sorted(train.items())), takes_recipe)
 
 
 # The paper runs "selected I3D variants" at batch 4 and "the remaining I3D models" at batch 2
@@ -153,6 +174,22 @@ EXPERIMENTS: tuple[Experiment, ...] = (
       ("Mixed1", "mixed", "MixedNorm (Mixed1)"),
     )
   ),
+  # Past the paper: EchoNet-Dynamic's video ResNets, 32 frames every 2nd, trained as
+  # EchoNet-Dynamic trained them (configs/r2plus1d.py); the report's block beside its figures.
+  *(
+    _experiment(
+      f"echonet/{model}_32_2",
+      "r2plus1d",
+      f"arch={arch}",
+      f"{label}, EchoNet-Dynamic's recipe",
+      takes_recipe=False,
+    )
+    for model, arch, label in (
+      ("r2plus1d", "r2plus1d_18", "R(2+1)D-18"),
+      ("r3d", "r3d_18", "R3D-18"),
+      ("mc3", "mc3_18", "MC3-18"),
+    )
+  ),
 )
 
 # Rows that print the result of a run listed above.
@@ -238,17 +275,30 @@ COMPARISONS: tuple[PairedComparison, ...] = (
 
 
 def names(include_aliases: bool = True) -> list[str]:
-  """Every experiment name (aliases included unless asked otherwise), in table order."""
+  """Every experiment name (aliases included unless asked otherwise), in table order: the
+  paper's Tables 1-9, then the groups past the paper (``echonet/``) in registry order."""
   all_names = [experiment.name for experiment in EXPERIMENTS]
   all_names += list(ALIASES) if include_aliases else []
   return sorted(all_names, key=_table_order)
 
 
-def _table_order(name: str) -> tuple[int, int]:
-  table = int(name.split("/")[0].removeprefix("table"))
-  rows = (experiment.name for experiment in EXPERIMENTS)
+def in_paper(name: str) -> bool:
+  """Whether ``name`` (an experiment or an alias) is a row of the paper's Tables 1-9."""
+  return re.fullmatch(r"table\d+", name.partition("/")[0]) is not None
+
+
+def _table_order(name: str) -> tuple[int, int, int]:
+  """(0, table, row) for the paper's rows; (1, group, row) after them for the others, each
+  group at its first row's place in `EXPERIMENTS`. An alias sorts in its own table at its
+  run's row."""
+  rows = [experiment.name for experiment in EXPERIMENTS]
   order = {row: position for position, row in enumerate(rows)}
-  return table, order.get(name, order.get(ALIASES.get(name, ""), 0))
+  row = order.get(name, order.get(ALIASES.get(name, ""), 0))
+  group = name.partition("/")[0]
+  if in_paper(name):
+    return 0, int(group.removeprefix("table")), row
+  groups = list(dict.fromkeys(other.partition("/")[0] for other in rows))
+  return 1, groups.index(group) if group in groups else len(groups), row
 
 
 def canonical(name: str) -> str:
@@ -281,7 +331,8 @@ def apply_runlocal(config: ml_collections.ConfigDict) -> None:
   """Shrinks a run to seconds on a 2-core CPU: a smoke test of the whole pipeline, no result.
 
   Synthetic data (whatever ``data.root`` says), 8-frame 32x32 clips (80x80 for InceptionV3,
-  which needs 75), two epochs of two steps of 8 clips.
+  which needs 75), two epochs of two steps of 8 clips; all-clips evaluation with clips that
+  follow each other (``eval.clip_stride=0``: a few a video, not one a frame).
   """
   inception = config.model.get("backbone") == "inception_v3"
   config.data.update(
@@ -304,7 +355,7 @@ def apply_runlocal(config: ml_collections.ConfigDict) -> None:
     bn_recalibration_batches=min(config.train.bn_recalibration_batches, 2),
     log_every_steps=1,
   )
-  config.eval.batch_size = 8
+  config.eval.update(batch_size=8, clip_stride=0)
 
 
 def get_config(name: str, recipe: str = "paper", runlocal: bool = False):
@@ -312,7 +363,10 @@ def get_config(name: str, recipe: str = "paper", runlocal: bool = False):
   experiment = get(name)
   config = load_config(experiment.family, experiment.arg)
   config.train.update(dict(experiment.train))
-  apply_recipe(config, recipe)
+  if recipe not in RECIPES:
+    raise ConfigError(f"recipe {recipe!r}: expected one of {', '.join(RECIPES)}")
+  if experiment.takes_recipe:
+    apply_recipe(config, recipe)
   if runlocal:
     apply_runlocal(config)
   config.experiment = ml_collections.ConfigDict(

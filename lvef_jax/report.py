@@ -1,4 +1,5 @@
-"""This project's benchmark beside the paper: Tables 1-10, error by EF range, Figures 15-16.
+"""This project's benchmark beside the paper: Tables 1-10, error by EF range, Figures 15-16,
+and EchoNet-Dynamic's models beside EchoNet-Dynamic's published figures ("Past the paper").
 
   python -m lvef_jax.report --root=runs/paper --root=runs/improved --out=runs/report
 
@@ -22,7 +23,10 @@ from lvef_jax.errors import LvefError
 from lvef_jax.reporting import paper_report
 
 ROOTS = flags.DEFINE_multi_string(
-  "root", None, "A sweep directory (ROOT/tableN/<row>/...); repeat for several recipes."
+  "root",
+  None,
+  "A sweep directory (ROOT/<experiment>/...: ROOT/table3/B2/, ROOT/echonet/r2plus1d_32_2/); "
+  "repeat for several recipes.",
 )
 OUT = flags.DEFINE_string("out", None, "Folder for the report files (created if absent).")
 flags.mark_flags_as_required(["root", "out"])

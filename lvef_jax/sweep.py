@@ -2,9 +2,13 @@ r"""Runs the paper's benchmark: every named experiment, one after another, into 
 
   python -m lvef_jax.sweep --root=runs/paper --config.data.root=/path/to/EchoNet-Dynamic
   python -m lvef_jax.sweep --root=runs/improved --recipe=improved --filter='table[45]/'
+  python -m lvef_jax.sweep --root=runs/paper --filter='^echonet/'   # EchoNet-Dynamic's models
   python -m lvef_jax.sweep --root=/tmp/smoke --runlocal      # the whole suite in minutes, CPU
   python -m lvef_jax.sweep --root=runs/paper_3seeds --seeds=3  # 3 members per run, one program
 
+- The 45 runs: the paper's 42 (``tableN/...``), then EchoNet-Dynamic's three video ResNets
+  (``echonet/...``), which train with EchoNet-Dynamic's recipe under either ``--recipe``: a
+  second recipe's sweep can leave them out with ``--filter=^table``.
 - An experiment whose ``results.json`` exists is done and skipped; an interrupted one resumes
   from its latest checkpoint (``launch.py`` resumes a workdir); a failed one is recorded in
   ``ROOT/sweep_status.json`` with its error, and the sweep goes on to the next. The exit

@@ -1,4 +1,5 @@
-"""Every model family of the paper: variants, documented parameter counts, a learning step."""
+"""Every model family (the paper's and EchoNet-Dynamic's): variants, documented parameter counts,
+a learning step."""
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +40,10 @@ PAPER_SHAPE_COUNTS = {
   "cnn_rnn:backbone=inception_v3,rnn=gru,train_backbone=last5": 16741089,
   "cnn_rnn:backbone=inception_v3,rnn=gru,train_backbone=last7": 19726241,
   "cnn_rnn:backbone=inception_v3,rnn=gru,train_backbone=all": 21868225,
+  # torchvision's video ResNets with a 1-output fc: their 400-class counts - 400 * 512 - 400 + 513.
+  "r2plus1d:arch=r2plus1d_18": 31505325 - 205200 + 513,
+  "r2plus1d:arch=r3d_18": 33371472 - 205200 + 513,
+  "r2plus1d:arch=mc3_18": 11695440 - 205200 + 513,
 }
 # Every variant the configs offer, built at a tiny clip shape (InceptionV3 needs >= 75 px).
 TINY_VARIANTS = [
@@ -61,6 +66,7 @@ TINY_VARIANTS = [
     for rnn in ("gru", "lstm")
     for norm in ("batch", "layer", "mixed")
   ),
+  *(f"r2plus1d:arch={arch}" for arch in ("r2plus1d_18", "r3d_18", "mc3_18")),
 ]
 
 

@@ -44,8 +44,13 @@ def _cell(rows, table, row, column, metric) -> dict:
 def test_paper_csv_has_every_printed_number():
   rows = _paper_rows()
   assert list(rows[0]) == ["table", "row", "column", "metric", "value", "experiment"]
-  per_table = collections.Counter(int(r["table"]) for r in rows)
-  assert per_table == {1: 12, 2: 12, 3: 12, 4: 24, 5: 6, 6: 36, 7: 9, 8: 12, 9: 18, 10: 26}
+  per_table = collections.Counter(r["table"] for r in rows)
+  assert per_table == {
+    **{str(t): n for t, n in {1: 12, 2: 12, 3: 12, 4: 24, 5: 6, 6: 36, 7: 9, 8: 12, 9: 18}.items()},
+    "10": 26,
+    "echonet": 12,  # past the paper: 3 models x (beat-to-beat RMSE, MAE, R², one-clip RMSE)
+  }
+  rows = [r for r in rows if r["table"].isdigit()]  # the paper's
   # Tables 1-9: 47 result rows (row x model column), each with RMSE, MAE and R².
   metrics = collections.defaultdict(set)
   for r in rows:
@@ -63,8 +68,12 @@ def test_paper_csv_experiments_resolve_and_cover_the_registry():
   canonical = {experiments.canonical(r["experiment"]) for r in rows}
   assert canonical == set(experiments.names(include_aliases=False))
   for r in rows:
+    if not r["table"].isdigit():  # a block past the paper: its experiments, their labels
+      assert r["experiment"].startswith(f"{r['table']}/")
+      assert r["row"] == experiments.get(r["experiment"]).label, r
+      continue
     table = int(r["table"])
-    assert r["experiment"].startswith("table")
+    assert experiments.in_paper(r["experiment"])
     if table < 10:
       assert r["experiment"].startswith(f"table{table}/")
       if r["experiment"] not in experiments.ALIASES:
@@ -100,6 +109,27 @@ def test_paper_csv_values_as_printed(table, row, column, metric, value, experime
   assert (cell["value"], cell["experiment"]) == (value, experiment)
 
 
+def test_echonet_dynamic_s_published_figures():
+  """R(2+1)D-18's test figures in Ouyang et al., Nature 2020; none for R3D-18 or MC3-18."""
+  rows = _paper_rows()
+  row = "R(2+1)D-18, EchoNet-Dynamic's recipe"
+  for column, metric, value in (
+    ("beat-to-beat", "rmse", "5.32"),
+    ("beat-to-beat", "mae", "4.05"),
+    ("beat-to-beat", "r2", "0.81"),
+    ("one clip", "rmse", "5.56"),
+  ):
+    cell = _cell(rows, "echonet", row, column, metric)
+    assert (cell["value"], cell["experiment"]) == (value, "echonet/r2plus1d_32_2")
+  others = [r for r in rows if r["experiment"] in ("echonet/r3d_32_2", "echonet/mc3_32_2")]
+  assert len(others) == 8 and {r["value"] for r in others} == {""}
+  cells = paper_report.load_paper()
+  assert {c.table for c in cells if not c.in_paper} == {"echonet"}
+  assert all(c.table in paper_report.TABLE_TITLES for c in cells)
+  # Not the paper's: never in the comparisons' RMSEs.
+  assert not any(name.startswith("echonet/") for name in paper_report._paper_rmse(cells))
+
+
 def test_paper_csv_leaves_out_dashes():
   rows = _paper_rows()
   assert not [r for r in rows if r["table"] == "7" and r["row"] == "LayerNorm (L1)"
@@ -121,7 +151,7 @@ def test_empty_root_renders_blanks(tmp_path):
   root.mkdir()
   summary = paper_report.write_report([root], tmp_path / "out")
   out = tmp_path / "out"
-  assert "0/42" in summary
+  assert "0/45" in summary
   for name in paper_report.FILES:
     assert (out / name).is_file(), name
     assert (out / name).stat().st_size > 0
@@ -129,9 +159,17 @@ def test_empty_root_renders_blanks(tmp_path):
     assert (out / name).read_bytes()[:4] == PNG_MAGIC
   assert not list(out.glob("*.tmp*"))
   md = (out / "tables.md").read_text()
-  assert "0 of 42" in md
+  assert "0 of 45" in md
   assert all(f"## Table {t}." in md for t in range(1, 11))
   assert "| Stem | – (8.43) | – (6.40) | – (0.525) |" in md
+  block = md[md.index("## Past the paper: EchoNet-Dynamic's models") :]
+  assert md.index("## Table 10.") < md.index("## Past the paper") < md.index("## The paper's")
+  assert "| Row | beat-to-beat RMSE | beat-to-beat MAE | beat-to-beat R² | one clip RMSE |" in block
+  assert (
+    "| R(2+1)D-18, EchoNet-Dynamic's recipe | – (5.32) | – (4.05) | – (0.810) | – (5.56) |"
+    in (block)
+  )
+  assert "| R3D-18, EchoNet-Dynamic's recipe | – | – | – | – |" in block
   assert "No finished run has test predictions." in md
   rows = _read_csv(out / "tables.csv")
   assert len(rows) == len(_paper_rows())
@@ -194,9 +232,9 @@ def test_report_of_real_runs(sweeps):
   tmp, paper, _ = sweeps
   out = tmp / "out_paper"
   summary = paper_report.write_report([paper], out)
-  assert "3/42" in summary and str(out / "tables.md") in summary
+  assert "3/45" in summary and str(out / "tables.md") in summary
   md = (out / "tables.md").read_text()
-  assert "3 of 42" in md
+  assert "3 of 45" in md
   assert "**Smoke tests**" in md and "table1/stem" in md
   assert "Unfinished in paper (no results.json yet): table3/B2." in md
 
@@ -247,7 +285,7 @@ def test_second_root_is_a_second_block(sweeps):
   tmp, paper, improved = sweeps
   out = tmp / "out_both"
   summary = paper_report.write_report([paper, improved], out)
-  assert "paper (" in summary and "improved (" in summary and "1/42" in summary
+  assert "paper (" in summary and "improved (" in summary and "1/45" in summary
   md = (out / "tables.md").read_text()
   assert "| paper | paper |" in md and "| improved | improved |" in md
   assert (
@@ -595,7 +633,7 @@ def test_figures_have_error_bars_over_seeds(seeded, tmp_path, monkeypatch):
 
 
 def test_figure_16_labels_never_overlap(tmp_path, monkeypatch):
-  """42 runs piled into one corner, as a --runlocal sweep's: some labels are left out, the
+  """45 runs piled into one corner, as a --runlocal sweep's: some labels are left out, the
   ones drawn overlap nothing, and the CSV lists every run."""
   root = tmp_path / "pile"
   names = experiments.names(include_aliases=False)
@@ -605,9 +643,10 @@ def test_figure_16_labels_never_overlap(tmp_path, monkeypatch):
   monkeypatch.setattr(paper_report.plots, "_save", lambda fig, path: figures.update(fig=fig))
   sweeps = paper_report.load_sweeps([root])
   points = paper_report.performance_figure(sweeps, tmp_path / "perf.png")
-  assert len(points) == 42
+  assert len(points) == len(names) == 45
+  assert {p.family for p in points} >= {"i3d", "r2plus1d"}
   labelled = [p for p in points if p.labelled]
-  assert 0 < len(labelled) < 42
+  assert 0 < len(labelled) < 45
   assert names[0] in {p.run.name for p in labelled}  # the isolated run gets its label
   fig = figures["fig"]
   renderer = fig.canvas.get_renderer()
@@ -620,8 +659,59 @@ def test_figure_16_labels_never_overlap(tmp_path, monkeypatch):
   monkeypatch.undo()
   paper_report.write_report([root], tmp_path / "out")
   rows = _read_csv(tmp_path / "out/performance_vs_generalization.csv")
-  assert len(rows) == 42 and sum(int(r["labelled"]) for r in rows) == len(labelled)
+  assert len(rows) == 45 and sum(int(r["labelled"]) for r in rows) == len(labelled)
   assert (tmp_path / "out/performance_vs_generalization.png").read_bytes()[:4] == PNG_MAGIC
+
+
+def _block_line(md: str, row: str) -> list[str]:
+  start = md.index("## Past the paper: EchoNet-Dynamic's models")
+  section = md[start : md.index("\n## ", start + 1)]
+  line = next(line for line in section.splitlines() if line.startswith(f"| {row} |"))
+  return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_echonet_block_sets_our_runs_beside_echonet_dynamic_s_figures(tmp_path):
+  """One row per echonet/ experiment: ours (mean ± SD of several seeds, as every cell) beside
+  EchoNet-Dynamic's beat-to-beat and one-clip figures; ours alone where none is published."""
+  root = tmp_path / "runs"
+  _write_run(root, "echonet/r2plus1d_32_2", [5.4, 5.6, 5.5])
+  _write_run(root, "echonet/r3d_32_2", 6.0)
+  paper_report.write_report([root], tmp_path / "out")
+  md = (tmp_path / "out/tables.md").read_text()
+  block = md[md.index("## Past the paper") : md.index("## The paper's comparisons")]
+  assert "Ouyang et al., Nature 2020" in block and paper_report.SPREAD_CAPTION in block
+  r2plus1d = _block_line(md, "R(2+1)D-18, EchoNet-Dynamic's recipe")
+  # RMSE 5.5 ± 0.1; MAE 0.75 RMSE; R² 1 - RMSE²/150 (the fake runs' metrics).
+  assert r2plus1d[1] == "5.50 ± 0.10 (5.32, +0.18)"
+  assert r2plus1d[2] == "4.12 ± 0.07 (4.05, +0.08)"  # 4.125 - 4.05
+  r2 = statistics.mean(1 - x**2 / 150 for x in (5.4, 5.6, 5.5))
+  assert r2plus1d[3].startswith(f"{r2:.3f} ± ") and r2plus1d[3].endswith(
+    f"(0.810, {r2 - 0.81:+.3f})"
+  )
+  assert r2plus1d[4] == "5.50 ± 0.10 (5.56, -0.06)"
+  assert _block_line(md, "R3D-18, EchoNet-Dynamic's recipe")[1:] == [
+    "6.00",
+    "4.50",
+    "0.760",
+    "6.00",
+  ]
+  assert _block_line(md, "MC3-18, EchoNet-Dynamic's recipe")[1:] == ["–"] * 4
+  assert "Finished runs" in md and "2 of 45" in md
+
+  rows = [r for r in _read_csv(tmp_path / "out/tables.csv") if r["table"] == "echonet"]
+  assert len(rows) == 12
+  found = {(r["experiment"], r["column"], r["metric"]): r for r in rows}
+  beat = found[("echonet/r2plus1d_32_2", "beat-to-beat", "rmse")]
+  assert (float(beat["ours"]), beat["paper"], beat["seeds"]) == (pytest.approx(5.5), "5.32", "3")
+  assert float(beat["diff"]) == pytest.approx(5.5 - 5.32)
+  assert float(beat["ours_sd"]) == pytest.approx(0.1)
+  r3d = found[("echonet/r3d_32_2", "beat-to-beat", "rmse")]
+  assert (float(r3d["ours"]), r3d["paper"], r3d["diff"]) == (pytest.approx(6.0), "", "")
+  assert found[("echonet/mc3_32_2", "one clip", "rmse")]["ours"] == ""
+  # Figure 16 has EchoNet-Dynamic's models as a family of their own.
+  (points,) = [_read_csv(tmp_path / "out/performance_vs_generalization.csv")]
+  assert {r["family"] for r in points} == {"r2plus1d"}
+  assert paper_report.FAMILY_NAMES["r2plus1d"] and paper_report.FAMILY_MARKERS["r2plus1d"]
 
 
 def test_members_of_a_grid_are_a_warning(tmp_path):

@@ -139,6 +139,14 @@ def test_filter_and_overrides():
   assert sweep.select("table2/A$") == ["table1/mini"]  # an alias selects its run
   with pytest.raises(sweep.ConfigError, match="matches no experiment"):
     sweep.select("table99")
+  assert sweep.select("^echonet/") == [
+    "echonet/r2plus1d_32_2",
+    "echonet/r3d_32_2",
+    "echonet/mc3_32_2",
+  ]
+  everything = sweep.select("")
+  assert len(everything) == 45 and everything[-3:] == sweep.select("^echonet/")
+  assert len(sweep.select("^table")) == 42
   runs = ["table1/stem", "table8/TO-b5"]
   per_run = sweep.overrides_per_run(
     runs, ["--config.model.backbone_weights=w.h5", "--config.train.batch_size=8"], "paper", False
@@ -173,6 +181,32 @@ def test_cli_dry_run_and_bad_filter(tmp_path):
   assert "table5/B1: to run --config.train.seeds=2" in done.stdout
   done = run("--dry_run", "--filter=^table5/", "--config.train.seeds=2")
   assert done.returncode == 1 and "--seeds=K" in done.stderr
+  done = run("--dry_run")
+  assert done.returncode == 0, done.stderr
+  assert "sweep of 45 experiments, recipe paper" in done.stdout
+  lines = [line.strip() for line in done.stdout.splitlines()[1:]]
+  assert len(lines) == 45 and lines[-1].startswith("echonet/mc3_32_2: to run")
+  done = run("--dry_run", "--filter=^echonet/", "--runlocal", "--config.train.momentum=0.8")
+  assert done.returncode == 0, done.stderr
+  assert "sweep of 3 experiments" in done.stdout
+  assert "echonet/r2plus1d_32_2: to run --runlocal --config.train.momentum=0.8" in done.stdout
+
+
+@pytest.mark.slow
+def test_a_runlocal_sweep_trains_echonet_dynamic_s_model(tmp_path):
+  """echonet/r2plus1d_32_2 through the sweep, shrunk by --runlocal: SGD, all-clips results
+  (the clips of --runlocal following each other), EchoNet-Dynamic's recipe recorded."""
+  name = "echonet/r2plus1d_32_2"
+  cache = f"--config.data.cache_dir={tmp_path / 'data'}"
+  outcomes = sweep.sweep(tmp_path / "root", [name], "paper", True, {name: [cache]}, log=print)
+  assert outcomes[name].status == "done", outcomes[name].error
+  run_dir = tmp_path / "root" / name
+  results = json.loads((run_dir / "results.json").read_text())
+  assert results["eval_clips"] == "all" and set(results["splits"]) == {"train", "val", "test"}
+  config = json.loads((run_dir / "config.json").read_text())
+  assert config["experiment"] == {"name": name, "recipe": "paper", "runlocal": True}
+  assert (config["train"]["optimizer"], config["data"]["train_clip_start"]) == ("sgd", "random")
+  assert (config["data"]["clip_frames"], config["eval"]["clip_stride"]) == (8, 0)
 
 
 # ----------------------------------------------------------------------------- --seeds=K

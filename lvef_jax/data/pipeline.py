@@ -61,6 +61,11 @@ def _resize(clip: tf.Tensor, size: int) -> tf.Tensor:
   return tf.ensure_shape(out, (clip.shape[0], size, size, 1))
 
 
+def resize_frames(frames: tf.Tensor, size: int) -> tf.Tensor:
+  """A decoded video's frames [T, H, W] at [T, size, size], as the clips are resized."""
+  return _resize(frames[..., None], size)[..., 0]
+
+
 def _crop_offset(pad: int, seed: tf.Tensor) -> tf.Tensor:
   """The random (y, x) crop offset of `_pad_and_crop`, in [0, 2*pad] each."""
   return tf.random.stateless_uniform((2,), seed, minval=0, maxval=2 * pad + 1, dtype=tf.int32)
@@ -226,7 +231,7 @@ def train_videos(builder, data_cfg) -> dict[str, np.ndarray]:
   settings = preparation.DataSettings.from_cfg(data_cfg)
   decode = preparation.decode_video(builder)
   ds = preparation.read_examples(builder, "train").map(
-    lambda ex: _resize(decode(ex["video"])[..., None], settings.image_size)[..., 0],
+    lambda ex: resize_frames(decode(ex["video"]), settings.image_size),
     num_parallel_calls=settings.parallel,
     deterministic=True,
   )

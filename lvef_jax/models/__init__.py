@@ -17,7 +17,7 @@ from flax import nnx
 from lvef_jax.errors import ConfigError
 from lvef_jax.models import layers
 
-MODEL_FAMILIES = ("i3d", "two_stream", "fusion", "cnn_rnn")
+MODEL_FAMILIES = ("i3d", "two_stream", "fusion", "cnn_rnn", "r2plus1d")
 # config.compute.kernels: "xla" is XLA's plain convolutions on every backend (what GPUs run),
 # "cpu" the CPU's forms of the same ops (lvef_jax.kernels), "auto" the CPU's forms on the CPU
 # backend and XLA's everywhere else. The max pools are the models' own on every backend.
@@ -55,6 +55,17 @@ def create_model(config, seed: int = 0) -> nnx.Module:
     rngs=nnx.Rngs(params=jax.random.key(seed)),
     **kwargs,
   )
+
+
+def load_initial_weights(model: nnx.Module, model_cfg) -> None:
+  """Fills a fresh model from ``model.init_from`` (a PyTorch weights file) where the family
+  has that key and it is set: the start of training and of ``--mode=import``, never of
+  evaluation (which restores the run's own checkpoint)."""
+  path = model_cfg.get("init_from", "")
+  if path:
+    from lvef_jax.models import torch_import  # torch is imported only to read such a file
+
+    torch_import.load_into(model, path)
 
 
 def set_member_hparams(model: nnx.Module, hparams: dict) -> None:

@@ -205,8 +205,10 @@ def conv(
   use_bias: bool = True,
   padding="SAME",
   ops: Ops = XLA_OPS,
+  kernel_init: Callable = None,
 ) -> nnx.Conv:
-  """A Keras-initialised (Glorot-uniform kernel, zero bias) convolution of any dimension."""
+  """A convolution of any dimension, Keras-initialised (Glorot-uniform kernel, zero bias)
+  unless ``kernel_init`` says otherwise."""
   return ops.conv(
     in_features,
     features,
@@ -214,7 +216,7 @@ def conv(
     strides=strides,
     padding=padding,
     use_bias=use_bias,
-    kernel_init=KERNEL_INIT,
+    kernel_init=kernel_init or KERNEL_INIT,
     dtype=dtype,
     rngs=rngs,
   )

@@ -1,9 +1,16 @@
-"""This project's benchmark runs beside the paper's Tables 1-10, and the paper's Figures 15-16.
+"""This project's benchmark runs beside the paper's Tables 1-10, and the paper's Figures 15-16;
+then EchoNet-Dynamic's models beside EchoNet-Dynamic's published figures.
 
 Reads sweep directories only (``ROOT/<experiment>/results.json``, ``metrics.jsonl``,
-``predictions_test.csv``, ``config.json``, as written by the trainer) and the paper's printed
-values (``paper_results.csv`` next to this file). Imports no JAX, TensorFlow or training code, so
+``predictions_test.csv``, ``config.json``, as written by the trainer) and the reference values
+(``paper_results.csv`` next to this file). Imports no JAX, TensorFlow or training code, so
 it runs anywhere the results were copied to. ``python -m lvef_jax.report`` is its command line.
+
+``paper_results.csv`` has one line per printed number: its ``table`` (1-10, the paper's; a
+name such as ``echonet`` for a block past the paper, `TABLE_TITLES`), ``row``, ``column``,
+``metric``, ``value`` as printed and the ``experiment`` it reports. Its lines make each table's
+rows and columns; an empty ``value`` is a cell with no reference value (a model whose figure
+was not published), which shows ours alone.
 
 Each root is one sweep of one recipe; several roots show as side-by-side blocks of columns.
 A run without ``results.json`` is missing: its cells show the paper's value alone. A run of
@@ -54,6 +61,20 @@ TABLE_TITLES = {
   8: "CNN-RNN with a pretrained InceptionV3 (GRU)",
   9: "CNN-RNN from scratch (2-D I3D-mini): normalisation, GRU and LSTM",
   10: "Test RMSE of the key models across families",
+  "echonet": "Past the paper: EchoNet-Dynamic's models",
+}
+# What a block past the paper compares with, above its table.
+TABLE_CAPTIONS = {
+  "echonet": (
+    "EchoNet-Dynamic's video ResNets (the `echonet/` experiments), trained with "
+    "EchoNet-Dynamic's recipe whatever the root's recipe. A cell reads `ours (EchoNet-Dynamic's, "
+    "ours - theirs)`: ours is results.json's test metric, every clip of each test video "
+    "averaged (clips one frame apart); theirs are the test figures of R(2+1)D-18, 32 frames "
+    "every 2nd, published in Ouyang et al., Nature 2020: **beat-to-beat** (each beat of the "
+    "video, located by their segmentation model, predicted and averaged; MAE 4.05, RMSE 5.32, "
+    "R² 0.81) and from **one clip** (RMSE 5.56). R3D-18 and MC3-18 have no reference value "
+    "here (none taken from a published table): a cell without parentheses is ours alone."
+  ),
 }
 # A K-member cell marks the paper's value when it lies more than this many SDs from our mean.
 OUTSIDE_SDS = 2.0
@@ -74,8 +95,14 @@ FILES = (
   "performance_vs_generalization.png",
   "performance_vs_generalization.csv",
 )
-FAMILY_NAMES = {"i3d": "I3D", "two_stream": "Two-Stream", "fusion": "Fusion", "cnn_rnn": "CNN-RNN"}
-FAMILY_MARKERS = {"i3d": "o", "two_stream": "s", "fusion": "^", "cnn_rnn": "D"}
+FAMILY_NAMES = {
+  "i3d": "I3D",
+  "two_stream": "Two-Stream",
+  "fusion": "Fusion",
+  "cnn_rnn": "CNN-RNN",
+  "r2plus1d": "Video ResNet (EchoNet-Dynamic)",
+}
+FAMILY_MARKERS = {"i3d": "o", "two_stream": "s", "fusion": "^", "cnn_rnn": "D", "r2plus1d": "v"}
 OTHER_MARKER = "P"  # a family without its own
 
 
@@ -85,24 +112,40 @@ class ReportError(LvefError, ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class PaperCell:
-  """One number printed in the paper (always a test-set metric)."""
+  """One number printed in the paper (always a test-set metric), or in a block past the paper
+  the reference value of a published model (``value`` empty: none published)."""
 
-  table: int
+  table: int | str  # the paper's table number, or the name of a block past the paper
   row: str
   column: str
   metric: str
-  value: str  # as printed
+  value: str  # as printed; "" where there is none
   experiment: str  # the registry name this cell reports (an alias where the row is one)
 
   @property
+  def printed(self) -> bool:
+    return self.value != ""
+
+  @property
   def number(self) -> float:
-    return float(self.value)
+    return float(self.value) if self.printed else math.nan
+
+  @property
+  def in_paper(self) -> bool:
+    """A cell of the paper's Tables 1-10 (not of a block past the paper)."""
+    return isinstance(self.table, int)
+
+
+def _table_key(text: str) -> int | str:
+  return int(text) if text.isdigit() else text
 
 
 def load_paper(path: pathlib.Path = PAPER_CSV) -> list[PaperCell]:
   with open(path, newline="") as f:
     return [
-      PaperCell(int(r["table"]), r["row"], r["column"], r["metric"], r["value"], r["experiment"])
+      PaperCell(
+        _table_key(r["table"]), r["row"], r["column"], r["metric"], r["value"], r["experiment"]
+      )
       for r in csv.DictReader(f)
     ]
 
@@ -350,7 +393,7 @@ class Comparison:
   @property
   def diff(self) -> float | None:
     ours = self.ours
-    return None if ours is None else ours - self.cell.number
+    return None if ours is None or not self.cell.printed else ours - self.cell.number
 
   @property
   def sd(self) -> float | None:
@@ -364,7 +407,9 @@ class Comparison:
   def outside(self) -> bool:
     """The paper's value lies outside our mean ± ``OUTSIDE_SDS`` SD (several members only)."""
     sd = self.sd
-    return sd is not None and abs(self.cell.number - self.ours) > OUTSIDE_SDS * sd
+    return (
+      sd is not None and self.cell.printed and abs(self.cell.number - self.ours) > OUTSIDE_SDS * sd
+    )
 
 
 def compare(paper: Iterable[PaperCell], sweeps: Sequence[Sweep]) -> list[Comparison]:
@@ -379,6 +424,11 @@ def _format_cell(comparison: Comparison) -> str:
   metric, paper = comparison.cell.metric, comparison.cell.number
   digits = DIGITS[metric]
   ours = comparison.ours
+  if not comparison.cell.printed:  # no reference value: ours alone
+    if ours is None:
+      return "–"
+    spread = "" if comparison.sd is None else f" ± {comparison.sd:.{digits}f}"
+    return f"{ours:.{digits}f}{spread}{'*' if comparison.run.runlocal else ''}"
   if ours is None:
     return f"– ({paper:.{digits}f})"
   star = "*" if comparison.run.runlocal else ""
@@ -403,36 +453,46 @@ def _markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> lis
   return [line(header), "|" + "|".join("---" for _ in header) + "|", *map(line, rows)]
 
 
-def _paper_table(table: int, comparisons: Sequence[Comparison], sweeps: Sequence[Sweep]):
+def _heading(table: int | str) -> str:
+  if isinstance(table, int):
+    return f"## Table {table}. {TABLE_TITLES.get(table, '')}".rstrip()
+  return f"## {TABLE_TITLES.get(table, table)}"
+
+
+def _paper_table(table: int | str, comparisons: Sequence[Comparison], sweeps: Sequence[Sweep]):
   """The table in the paper's layout, one block of columns per sweep.
 
-  A table with several model columns is split into one table per metric, so that the blocks of
-  two sweeps stay readable side by side.
+  Its columns are the (model column, metric) pairs that have cells. A table with several
+  model columns of several metrics each is split into one table per metric, so that the blocks
+  of two sweeps stay readable side by side.
   """
   cells = [c for c in comparisons if c.cell.table == table]
   rows = _ordered(c.cell.row for c in cells)
   columns = _ordered(c.cell.column for c in cells)
   metrics = [m for m in METRICS if any(c.cell.metric == m for c in cells)]
+  has = {(c.cell.column, c.cell.metric) for c in cells}
   by_key = {(c.sweep.label, c.cell.row, c.cell.column, c.cell.metric): c for c in cells}
-  groups = [metrics] if len(columns) == 1 or len(metrics) == 1 else [[m] for m in metrics]
-  lines = [f"## Table {table}. {TABLE_TITLES.get(table, '')}".rstrip()]
+  several = [col for col in columns if sum((col, m) in has for m in metrics) > 1]
+  groups = [metrics] if len(several) < 2 else [[m] for m in metrics]
+  lines = [_heading(table)]
+  if table in TABLE_CAPTIONS:
+    lines += ["", TABLE_CAPTIONS[table]]
   if any(c.sd is not None for c in cells):
     lines += ["", SPREAD_CAPTION]
   for group in groups:
+    pairs = [(column, metric) for column in columns for metric in group if (column, metric) in has]
     header = ["Row"]
     for sweep in sweeps:
-      for column in columns:
-        for metric in group:
-          name = " ".join(filter(None, (column, METRIC_NAMES[metric])))
-          header.append(f"{sweep.label}: {name}" if len(sweeps) > 1 else name)
+      for column, metric in pairs:
+        name = " ".join(filter(None, (column, METRIC_NAMES[metric])))
+        header.append(f"{sweep.label}: {name}" if len(sweeps) > 1 else name)
     body = []
     for row in rows:
       line = [row]
       for sweep in sweeps:
-        for column in columns:
-          for metric in group:
-            found = by_key.get((sweep.label, row, column, metric))
-            line.append(_format_cell(found) if found else "-")
+        for column, metric in pairs:
+          found = by_key.get((sweep.label, row, column, metric))
+          line.append(_format_cell(found) if found else "-")
       body.append(line)
     if len(groups) > 1:
       lines += ["", f"{METRIC_NAMES[group[0]]}:"]
@@ -443,11 +503,12 @@ def _paper_table(table: int, comparisons: Sequence[Comparison], sweeps: Sequence
 def _header(sweeps: Sequence[Sweep]) -> list[str]:
   total = len(experiments.EXPERIMENTS)
   lines = [
-    "# This project's runs beside the paper's Tables 1-10",
+    "# This project's runs beside the paper's Tables 1-10 and EchoNet-Dynamic's figures",
     "",
     "Every number is a test-set metric (RMSE and MAE in EF percentage points). A cell reads "
     "`ours (paper, ours - paper)`; `– (paper)`: no finished run; `-`: the paper prints none. "
-    "Rows that repeat a run of an earlier table show that run.",
+    "Rows that repeat a run of an earlier table show that run. The block after Table 10, past "
+    "the paper, sets EchoNet-Dynamic's models beside EchoNet-Dynamic's published figures.",
     "",
     *_markdown_table(
       ["Block", "Recipe", "Root", "Finished runs"],
@@ -578,7 +639,7 @@ def _paper_rmse(paper: Iterable[PaperCell]) -> dict[str, float]:
   """The paper's test RMSE of each experiment name (an alias: its own row), Tables 1-9."""
   out: dict[str, float] = {}
   for cell in paper:
-    if cell.metric == "rmse" and cell.table < 10:
+    if cell.metric == "rmse" and cell.in_paper and cell.table < 10 and cell.printed:
       out.setdefault(cell.experiment, cell.number)
   return out
 
@@ -998,7 +1059,7 @@ def _performance_rows(points: Sequence[PerformancePoint]) -> list[list]:
 def render_markdown(paper: Sequence[PaperCell], sweeps: Sequence[Sweep]) -> str:
   comparisons = compare(paper, sweeps)
   lines = _header(sweeps)
-  for table in sorted({c.table for c in paper}):
+  for table in _ordered(c.table for c in paper):  # paper_results.csv's order
     lines += ["", *_paper_table(table, comparisons, sweeps)]
   lines += ["", *_comparisons_section(paper, sweeps)[0]]
   lines += ["", *_ef_range_section(sweeps)[0]]

@@ -1,4 +1,5 @@
-"""Train state as a plain pytree of arrays, and the optimizer (paper: Adam, halving the rate)."""
+"""Train state as a plain pytree of arrays, and the optimizer (paper: Adam, halving the rate;
+EchoNet-Dynamic: SGD with momentum, the rate x0.1 every 15 epochs)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import optax
 from flax import nnx
 
 from lvef_jax import models
+from lvef_jax.errors import ConfigError
 from lvef_jax.training import members as members_lib
 
 
@@ -45,7 +47,8 @@ def learning_rate_schedule(train_cfg, steps_per_epoch: int, init_value=None) -> 
 def make_optimizer(
   train_cfg, steps_per_epoch: int, trainable=None, hparams: dict | None = None
 ) -> optax.GradientTransformation:
-  """Adam (AdamW when weight_decay > 0), optionally after global-norm gradient clipping.
+  """``train.optimizer``: Adam (AdamW when weight_decay > 0), or SGD with momentum (weight
+  decay added to the gradient, as PyTorch's SGD); optionally after global-norm clipping.
 
   Args:
     train_cfg: ``config.train``.
@@ -61,8 +64,16 @@ def make_optimizer(
   schedule = learning_rate_schedule(train_cfg, steps_per_epoch, hparams.get("learning_rate"))
   grid = members_lib.parse_grid(train_cfg.get("grid", ""))
   varied = {name: max(values) for name, values in grid}
-  if max(train_cfg.weight_decay, varied.get("weight_decay", 0.0)) > 0:
-    tx = optax.adamw(schedule, weight_decay=hparams.get("weight_decay", train_cfg.weight_decay))
+  decay = max(train_cfg.weight_decay, varied.get("weight_decay", 0.0)) > 0
+  weight_decay = hparams.get("weight_decay", train_cfg.weight_decay)
+  if train_cfg.optimizer == "sgd":
+    tx = optax.sgd(schedule, momentum=train_cfg.momentum or None)
+    if decay:  # torch.optim.SGD's weight decay: added to the gradient, before the momentum
+      tx = optax.chain(optax.add_decayed_weights(weight_decay), tx)
+  elif train_cfg.optimizer != "adam":
+    raise ConfigError(f"train.optimizer must be adam or sgd, got {train_cfg.optimizer!r}")
+  elif decay:
+    tx = optax.adamw(schedule, weight_decay=weight_decay)
   else:
     tx = optax.adam(schedule)
   if max(train_cfg.grad_clip_norm, varied.get("grad_clip_norm", 0.0)) > 0:
@@ -99,6 +110,7 @@ def create(
 ) -> tuple[nnx.GraphDef, TrainState, optax.GradientTransformation]:
   """The one way to build a run's model, optimizer and fresh state from its config.
 
+  The model starts from ``model.init_from`` where set (`models.load_initial_weights`).
   Used by the trainer, the benchmark and the tests. Returns ``(graphdef, state, tx)``; the
   state lives on the default device (put it on the mesh with ``jax.device_put``). A run of
   several members (`lvef_jax.training.members`) gets `create_members`' state and optimizer.
@@ -106,6 +118,7 @@ def create(
   if members_lib.count(config) > 1:
     return create_members(config, steps_per_epoch)
   model = models.create_model(config, seed=config.seed)
+  models.load_initial_weights(model, config.model)
   trainable = models.trainable_mask(model, nnx.as_pure(nnx.state(model, nnx.Param)))
   tx = make_optimizer(config.train, steps_per_epoch, trainable)
   graphdef, state = create_train_state(model, tx, config.seed)
@@ -120,6 +133,7 @@ def create_members(config, steps_per_epoch: int):
   for member in members_lib.members(config):
     solo = members_lib.member_config(config, member)
     model = models.create_model(solo, seed=solo.seed)
+    models.load_initial_weights(model, solo.model)
     trainable = models.trainable_mask(model, nnx.as_pure(nnx.state(model, nnx.Param)))
     tx = make_optimizer(solo.train, steps_per_epoch, trainable)
     member_graphdef, state = create_train_state(model, tx, solo.seed)

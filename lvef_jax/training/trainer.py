@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from lvef_jax.data import device_data, pipeline, preparation
+from lvef_jax.data import device_data, normalization, pipeline, preparation
 from lvef_jax.errors import ConfigError, NonFiniteLossError
 from lvef_jax.evaluation import evaluator, metrics
 from lvef_jax.reporting import plots, results as run_files, tensorboard
@@ -474,6 +474,23 @@ def check_workdir(config, workdir: pathlib.Path, overwrite: bool) -> None:
       target.unlink()
 
 
+def input_statistics(config, workdir: pathlib.Path) -> None:
+  """Fills ``model.input_mean`` / ``input_std`` where the family takes them and they are not
+  given: the run's own values when ``workdir`` already holds it (a resumed or imported run),
+  else computed on the train split (`normalization.resolve`)."""
+  if not normalization.needs_statistics(config.model):
+    return
+  path = workdir / config_base.RUN_CONFIG_FILE
+  recorded = json.loads(path.read_text()).get("model", {}) if path.is_file() else {}
+  with config.unlocked():
+    for key in ("input_mean", "input_std"):
+      if config.model[key] is None and recorded.get(key) is not None:
+        value = recorded[key]
+        config.model[key] = tuple(value) if isinstance(value, list) else value
+  if normalization.needs_statistics(config.model):
+    normalization.resolve(config, preparation.prepare(config.data))
+
+
 def train_and_evaluate(config, workdir: str | pathlib.Path, *, overwrite: bool = False) -> dict:
   """Trains ``config`` in ``workdir`` (resuming if possible), then evaluates the best checkpoint.
 
@@ -486,6 +503,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, overwrite: bool =
     The ``results.json`` contents.
   """
   is_main = jax.process_index() == 0
+  input_statistics(config, pathlib.Path(workdir))
   if is_main:
     check_workdir(config, pathlib.Path(workdir), overwrite)
   run = build_training_run(config, workdir)
