@@ -17,6 +17,7 @@ import jax
 from absl import logging
 
 from lvef_jax import checkpoints, config_base, sharding
+from lvef_jax.data import normalization
 from lvef_jax.errors import ConfigError
 from lvef_jax.training import members as members_lib, state as state_lib, trainer
 
@@ -29,9 +30,7 @@ def import_run(config, workdir: str | pathlib.Path, *, overwrite: bool = False) 
     raise ConfigError("--mode=import needs --config.model.init_from=PATH (a PyTorch weights file)")
   if members_lib.count(config) > 1:
     raise ConfigError("--mode=import writes one run: train.seeds must be 1 and train.grid empty")
-  if "input_mean" in config.model and (
-    config.model.input_mean is None or config.model.input_std is None
-  ):
+  if normalization.needs_statistics(config.model):
     if not config.data.root:
       raise ConfigError(
         "--mode=import: the input normalisation is not given. Pass "
