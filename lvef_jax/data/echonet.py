@@ -68,6 +68,10 @@ class VideoRecord:
       ed_frame: End-diastolic traced frame index, -1 if the video has no tracings.
       es_frame: End-systolic traced frame index, -1 if none.
       video_path: Absolute path to the .avi.
+      ed_chords: float32 [n_rows, 4] tracing of ed_frame (X1, Y1, X2, Y2 in pixels; row 0 the
+          long axis, the rest the short-axis chords), None if the video has no tracings.
+          Neither chords field takes part in equality or repr.
+      es_chords: The same for es_frame.
   """
 
   file_name: str
@@ -82,6 +86,8 @@ class VideoRecord:
   ed_frame: int
   es_frame: int
   video_path: str
+  ed_chords: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+  es_chords: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 def _raise(root, problems):
@@ -401,7 +407,8 @@ def load_dataset_index(
           problems; a split left empty is still one.
 
   Returns:
-      One record per FileList.csv row, in file order, with ed_frame/es_frame from the tracings.
+      One record per FileList.csv row, in file order, with ed_frame/es_frame and their chords
+      from the tracings.
 
   Raises:
       EchoNetFormatError: listing every problem found (files, line numbers, FileNames).
@@ -466,7 +473,15 @@ def load_dataset_index(
     if frames and len(frames) != 2:  # Kept, but the layout has two: worth knowing.
       odd.append(f"{record.file_name} ({len(frames)})")
     ed_frame, es_frame = tracing_frames(frames)
-    out.append(dataclasses.replace(record, ed_frame=ed_frame, es_frame=es_frame))
+    out.append(
+      dataclasses.replace(
+        record,
+        ed_frame=ed_frame,
+        es_frame=es_frame,
+        ed_chords=frames.get(ed_frame),
+        es_chords=frames.get(es_frame),
+      )
+    )
   if odd:
     logging.warning("%d videos have other than 2 traced frames: %s", len(odd), name_list(odd))
   untraced = [r.file_name + ".avi" for r in records if r.file_name not in tracings]

@@ -3,7 +3,8 @@
 `train_batches` gives an epoch of shuffled, augmented training clips; `train_videos` and
 `train_plans` give the device-resident path (`lvef_jax.data.device_data`) the train split and,
 per epoch, where to cut the same clips; `clip_batches` gives the evaluation clips of a split
-(one per video, or every clip), each tagged with its video's index. The data are prepared, and
+(one per video, or every clip), each tagged with its video's index; `frame_batches` gives the
+segmentation examples, the traced ED and ES frames with their LV masks. The data are prepared, and
 the data config read, by `lvef_jax.data.preparation`; where clips sit in a video is defined in
 `lvef_jax.data.clips`.
 
@@ -399,5 +400,167 @@ def clip_batches(
   }
   pad = num_batches * batch_size - shard_clips[shard_index]
   ds = ds.concatenate(tf.data.Dataset.from_tensors(dummy).repeat(pad))
+  ds = _with_prefetch(ds.batch(batch_size, drop_remainder=True), settings)
+  yield from _numpy_batches(ds)
+
+
+# ----------------------------------------------------------------------------- traced frames
+def num_frame_examples(builder, split: str) -> int:
+  """Segmentation examples of `split`: the traced ED and ES frame of every video with LV masks."""
+  return 2 * int(preparation.split_listing(builder, split)["has_masks"].sum())
+
+
+def _resize_masks(masks: tf.Tensor, size: int) -> tf.Tensor:
+  """0/1 uint8 [n, H, W] -> [n, size, size]: resized as `_resize` resizes frames, then 1 where
+  the resized value is at least 0.5; unchanged if already that size."""
+
+  def resized():
+    out = tf.image.resize(
+      tf.cast(masks[..., None], tf.float32), (size, size), method="bilinear", antialias=True
+    )
+    return tf.cast(out[..., 0] >= 0.5, tf.uint8)
+
+  shape = tf.shape(masks)
+  same = tf.logical_and(tf.equal(shape[1], size), tf.equal(shape[2], size))
+  return tf.ensure_shape(tf.cond(same, lambda: masks, resized), (masks.shape[0], size, size))
+
+
+def _shard_sizes(total: int, num_shards: int) -> list[int]:
+  """Videos in each shard of a split, as `tfds.even_splits` divides it."""
+  return [total // num_shards + (i < total % num_shards) for i in range(num_shards)]
+
+
+def frame_batches(
+  builder,
+  split: str,
+  data_cfg,
+  *,
+  batch_size: int,
+  train: bool,
+  seed: int = 0,
+  shard_index: int = 0,
+  num_shards: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+  """The segmentation examples of this shard of `split`: the traced ED and ES frame of every
+  video with LV masks (``has_masks``), each with its mask.
+
+  Only the two traced frames of a video are kept (the video is decoded, the frames gathered
+  in-graph), so with ``data.cache_in_memory`` the decoded frames of the shard are kept in memory
+  after the first pass: ~2 S^2 bytes a frame, its mask included.
+
+  Args:
+    builder: From `preparation.prepare`.
+    split: One of `clips.SPLITS`.
+    data_cfg: The data config: ``image_size`` S, and for training ``augment_pad`` and
+      ``shuffle_buffer``.
+    batch_size: Frames per batch in this process.
+    train: True: one shuffled pass (`seed`), each frame and its mask padded by ``augment_pad``
+      px and cropped back at one random offset, whole batches only; every shard yields the
+      batches the smallest shard fills, so processes stay in step. False: every frame once, in
+      split order (ED then ES of each video), the last batch padded; every shard yields the
+      same number of batches.
+    seed: Shuffle and crop seed (train only); crops are keyed on (seed, file name, phase).
+    shard_index, num_shards: This process's share of the videos (`tfds.even_splits`).
+
+  Yields:
+    {"image": uint8 [B, S, S, 1] (the frame resized as `resize_frames` resizes it), "mask":
+    float32 [B, S, S] of 0/1 (the mask resized the same way, then thresholded at 0.5),
+    "video_index": int32 [B] (position in `preparation.split_listing`, -1 for padding),
+    "phase": int32 [B] (0 ED, 1 ES), "valid": float32 [B] (0 for padding)}.
+
+  Raises:
+    ConfigError: train, and the split's smallest shard holds fewer traced frames than one batch
+      (on iteration, as `train_batches`).
+  """
+  settings = preparation.DataSettings.from_cfg(data_cfg)
+  _check_shard(shard_index, num_shards, batch_size)
+  size = settings.image_size
+  listing = preparation.split_listing(builder, split)
+  total = len(listing["file_name"])
+  offsets = np.cumsum([0] + _shard_sizes(total, num_shards))
+  shard_frames = [
+    2 * int(listing["has_masks"][offsets[i] : offsets[i + 1]].sum()) for i in range(num_shards)
+  ]
+  spec = tfds.even_splits(split, n=num_shards)[shard_index]
+  decode = preparation.decode_video(builder)
+  names = [name.encode("utf-8") for name in listing["file_name"]]
+
+  def read(shuffle_seed=None) -> tf.data.Dataset:
+    """The shard's traced frames, unbatched, in read order."""
+
+    def traced(ex):
+      frames = tf.gather(decode(ex["video"]), tf.stack([ex["ed_frame"], ex["es_frame"]]))
+      # By name, not by read position: the shuffled reads of training come in another order.
+      # (A few thousand string comparisons a video; a lookup table's lifetime would have to be
+      # tied to the cached dataset's.)
+      video_index = tf.where(tf.equal(tf.constant(names, tf.string), ex["file_name"]))[0, 0]
+      return {
+        "image": resize_frames(frames, size)[..., None],
+        "mask": _resize_masks(tf.stack([ex["ed_mask"], ex["es_mask"]]), size),
+        "video_index": tf.fill([2], tf.cast(video_index, tf.int32)),
+        "phase": tf.constant([0, 1], tf.int32),
+        "file_name": tf.fill([2], ex["file_name"]),
+      }
+
+    ds = preparation.read_examples(builder, spec, shuffle_seed=shuffle_seed)
+    ds = ds.filter(lambda ex: ex["has_masks"])
+    ds = ds.map(traced, num_parallel_calls=settings.parallel, deterministic=True)
+    return ds.unbatch()
+
+  count = shard_frames[shard_index]
+  if settings.cache_in_memory:
+    key = (os.fspath(builder.data_dir), split, "traced_frames", shard_index, num_shards, size)
+    ds = preparation.cached_dataset(key, read)
+  else:
+    ds = read(shuffle_seed=seed if train else None)
+
+  def example(ex, valid=1.0):
+    return {
+      "image": ex["image"],
+      "mask": tf.cast(ex["mask"], tf.float32),
+      "video_index": ex["video_index"],
+      "phase": ex["phase"],
+      "valid": tf.constant(valid, tf.float32),
+    }
+
+  if train:
+    num_batches = min(shard_frames) // batch_size
+    if num_batches == 0:
+      where = f" (in the smallest of its {num_shards} shards)" if num_shards > 1 else ""
+      raise ConfigError(
+        f"Split {split} has {min(shard_frames)} traced frames{where}, fewer than one batch of "
+        f"{batch_size}."
+      )
+    # Cached, the whole shard is shuffled at once (its frames are in memory already); read from
+    # disk, the record files are shuffled and a buffer of decoded frames.
+    buffer = count if settings.cache_in_memory else settings.shuffle_buffer
+    if buffer > 1:
+      ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=False)
+    pad = settings.augment_pad
+
+    def augmented(ex):
+      out = example(ex)
+      if pad > 0:
+        key = tf.stack(
+          [tf.constant(seed, tf.int64), tf.strings.to_hash_bucket_fast(ex["file_name"], 2**62)]
+        )
+        offset = _crop_offset(pad, tf.random.experimental.stateless_fold_in(key, ex["phase"]))
+        out["image"] = _pad_and_crop(out["image"][None], pad, offset)[0]
+        out["mask"] = _pad_and_crop(out["mask"][None, ..., None], pad, offset)[0, ..., 0]
+      return out
+
+    ds = ds.take(num_batches * batch_size)
+    ds = ds.map(augmented, num_parallel_calls=settings.parallel, deterministic=True)
+  else:
+    num_batches = math.ceil(max(shard_frames) / batch_size) if total else 0
+    dummy = {
+      "image": tf.zeros((size, size, 1), tf.uint8),
+      "mask": tf.zeros((size, size), tf.uint8),
+      "video_index": tf.constant(-1, tf.int32),
+      "phase": tf.constant(0, tf.int32),
+      "file_name": tf.constant(b""),
+    }
+    padding = tf.data.Dataset.from_tensors(dummy).repeat(num_batches * batch_size - count)
+    ds = ds.map(example).concatenate(padding.map(lambda ex: example(ex, valid=0.0)))
   ds = _with_prefetch(ds.batch(batch_size, drop_remainder=True), settings)
   yield from _numpy_batches(ds)

@@ -2,8 +2,9 @@
 
 `prepare` resolves the folder (`resolve_root` generates the synthetic dataset when
 ``data.root`` is ""), validates it, and writes the TFDS copy once (reused while the folder's
-fingerprint and ``data.on_bad_video`` stay the same). What a prepared copy holds is read here
-too: `num_examples`, `split_listing` (every video's name, EF and length, no video decoded),
+fingerprint and ``data.on_bad_video`` stay the same; a copy of an older version of the builder
+is prepared again, then removed). What a prepared copy holds is read here too: `num_examples`,
+`split_listing` (every video's name, EF, length and whether it has LV masks, no video decoded),
 `skipped_videos_csv`, and `read_examples`, the raw records the tf.data streams of
 `lvef_jax.data.pipeline` start from. The caches of prepared data (`split_listing`'s, and
 `cached_dataset`'s memory caches) live here too, beside the one function that makes them stale.
@@ -217,6 +218,23 @@ def _remove_empty_dirs(top: pathlib.Path) -> None:
 
 
 # ----------------------------------------------------------------------------- preparation
+def _older_versions(builder: tfds.core.DatasetBuilder) -> list[pathlib.Path]:
+  """The prepared copies beside ``builder``'s of an older VERSION of the builder, oldest first.
+
+  A copy of a newer version (prepared by a newer checkout) is not listed: it is left alone.
+  """
+  builder_dir = pathlib.Path(builder.data_path).parent
+  older = []
+  for entry in builder_dir.iterdir() if builder_dir.is_dir() else ():
+    try:
+      version = tfds.core.Version(entry.name)
+    except ValueError:  # TFDS's own "incomplete.*" folders, anything else.
+      continue
+    if version < builder.version and (entry / "dataset_info.json").is_file():
+      older.append((version, entry))
+  return [entry for _, entry in sorted(older)]
+
+
 def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
   # TFDS warns "Variant folder ... has no dataset_info.json" about a folder that does not
   # exist yet, i.e. on every first preparation: ask it only about folders that exist.
@@ -255,6 +273,7 @@ def _prepare(data_cfg, settings: DataSettings) -> tfds.core.DatasetBuilder:
     shutil.rmtree(data_dir / builder.name, ignore_errors=True)
     (data_dir / _SOURCE_FILE).unlink(missing_ok=True)
     marker.unlink()
+  older = _older_versions(builder)
   if _is_prepared(builder):
     recorded = json.loads(source_file.read_text()) if source_file.is_file() else None
     # Training needs only the prepared data, so a folder moved away afterwards is no error.
@@ -273,6 +292,14 @@ def _prepare(data_cfg, settings: DataSettings) -> tfds.core.DatasetBuilder:
       builder.data_dir,
     )
     shutil.rmtree(builder.data_dir)
+  else:
+    for old in older:
+      logging.warning(
+        "The dataset copy at %s is of an older version (%s) and is prepared again because %s.",
+        old,
+        old.name,
+        tfds_builder.NEW_IN_VERSION,
+      )
   # Validated here, before TFDS runs at all, so that a bad folder is refused in the reader's
   # words (every problem listed) and nothing is created for it.
   skipped = {} if settings.on_bad_video == "skip" else None
@@ -316,6 +343,11 @@ def _prepare(data_cfg, settings: DataSettings) -> tfds.core.DatasetBuilder:
       indent=1,
     )
   )
+  # Copies of older versions are removed, now that this one is prepared: nothing here reads
+  # them again, and EchoNet's is ~22 GB. Before the marker goes: a process killed in between
+  # leaves it, and the next preparation removes them with the rest (see above).
+  for old in older:
+    shutil.rmtree(old)
   marker.unlink()
   # Both caches are keyed by the data folder, which a new preparation reuses: they may hold
   # the previous preparation's data.
@@ -391,7 +423,7 @@ _LISTINGS: dict[tuple, dict[str, np.ndarray]] = {}
 
 
 def split_listing(builder, split: str) -> dict[str, np.ndarray]:
-  """`file_name`, `ef` and `num_frames` of every video of `split`, in split order.
+  """`file_name`, `ef`, `num_frames` and `has_masks` of every video of `split`, in split order.
 
   A video's position here is its video index: every clip of it carries that index, so
   predictions are averaged per video from integers (which gather across processes, unlike
@@ -400,12 +432,13 @@ def split_listing(builder, split: str) -> dict[str, np.ndarray]:
   key = (os.fspath(builder.data_dir), split)
   if key not in _LISTINGS:
     ds = read_examples(builder, split).map(
-      lambda ex: {k: ex[k] for k in ("file_name", "ef", "num_frames")}
+      lambda ex: {k: ex[k] for k in ("file_name", "ef", "num_frames", "has_masks")}
     )
     rows = list(ds.as_numpy_iterator())
     _LISTINGS[key] = {
       "file_name": np.array([row["file_name"].decode("utf-8") for row in rows], dtype=str),
       "ef": np.array([row["ef"] for row in rows], np.float64),
       "num_frames": np.array([row["num_frames"] for row in rows], np.int64),
+      "has_masks": np.array([row["has_masks"] for row in rows], bool),
     }
   return _LISTINGS[key]

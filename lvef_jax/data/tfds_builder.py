@@ -3,7 +3,8 @@
 The user's copy of EchoNet-Dynamic (or a synthetic folder in the same layout) is the builder's
 `manual_dir`. Preparation decodes every AVI exactly once and stores its grey frames as a
 raw uint8 tensor, so training never touches the AVIs again: decoding MJPG/XVID costs far more
-than copying bytes, and tf.data cannot decode AVIs in-graph at all.
+than copying bytes, and tf.data cannot decode AVIs in-graph at all. The LV masks of the traced
+ED and ES frames are drawn from VolumeTracings.csv here too (`lvef_jax.data.masks`), once.
 
 Usage without `preparation.py`::
 
@@ -27,6 +28,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import utils as tfds_utils
 
 from lvef_jax.data import echonet
+from lvef_jax.data import masks
 from lvef_jax.data.clips import SPLITS
 
 # Storage encoding of the video tensor: BYTES, the raw frames, uncompressed. Measured on 200
@@ -41,6 +43,9 @@ VIDEO_ENCODING = tfds.features.Encoding.BYTES
 # a few threads decode ahead of the (single-threaded) TFDS writer.
 _DECODE_THREADS = min(8, os.cpu_count() or 1)
 _LOG_EVERY = 500
+# What the current VERSION stores that the previous one did not: the reason a copy of an older
+# version is prepared again (preparation.prepare's log line).
+NEW_IN_VERSION = "this version stores LV masks"
 
 
 def split_counts(records: list[echonet.VideoRecord]) -> str:
@@ -79,12 +84,41 @@ def _decode_in_order(
       yield record_, future.result()
 
 
+def _lv_masks(
+  record: echonet.VideoRecord, frames: np.ndarray
+) -> tuple[np.ndarray | None, str | None]:
+  """The ED and ES masks of a decoded video, uint8 [2, H, W], or None and why not.
+
+  Both are drawn, or neither: not without tracings (no reason then: the reader has warned
+  about those), nor when a traced frame is not among the decoded ones or its tracing cannot
+  form a mask (`masks.mask_problem`; the reason, for the warning).
+  """
+  num_frames, height, width = frames.shape
+  if record.ed_chords is None or record.es_chords is None:
+    return None, None
+  problems = []
+  for phase, frame, chords in (
+    ("ED", record.ed_frame, record.ed_chords),
+    ("ES", record.es_frame, record.es_chords),
+  ):
+    if not 0 <= frame < num_frames:
+      problems.append(f"{phase}: traced frame {frame} is not among the {num_frames} decoded")
+    elif (problem := masks.mask_problem(chords, height, width)) is not None:
+      problems.append(f"{phase}: {problem}")
+  if problems:
+    return None, "; ".join(problems)
+  drawn = [masks.mask_from_chords(c, height, width) for c in (record.ed_chords, record.es_chords)]
+  return np.stack(drawn), None
+
+
 class EchonetDynamic(tfds.core.GeneratorBasedBuilder):
   """EchoNet-Dynamic echocardiogram videos with EF / ESV / EDV labels."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
   RELEASE_NOTES = {
-    "1.0.0": "Grey uint8 frames (raw bytes), labels from FileList.csv, ED/ES frames."
+    "1.0.0": "Grey uint8 frames (raw bytes), labels from FileList.csv, ED/ES frames.",
+    "1.1.0": "Added the LV masks of the traced ED and ES frames, drawn from the tracings "
+    "(ed_mask, es_mask, has_masks).",
   }
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Obtain EchoNet-Dynamic from https://echonet.github.io/dynamic/ (a research-use agreement is
@@ -161,6 +195,18 @@ class EchonetDynamic(tfds.core.GeneratorBasedBuilder):
           ),
           "ed_frame": tfds.features.Scalar(dtype=np.int32, doc="Traced ED frame, -1 if none."),
           "es_frame": tfds.features.Scalar(dtype=np.int32, doc="Traced ES frame, -1 if none."),
+          # (height, width) of the decoded frames; 0/1, raw bytes like the video.
+          "ed_mask": tfds.features.Tensor(
+            shape=(None, None), dtype=np.uint8, encoding=VIDEO_ENCODING
+          ),
+          "es_mask": tfds.features.Tensor(
+            shape=(None, None), dtype=np.uint8, encoding=VIDEO_ENCODING
+          ),
+          "has_masks": tfds.features.Scalar(
+            dtype=np.bool_,
+            doc="Both masks drawn from the tracings; False: untraced, or a tracing that "
+            "cannot form a mask (both masks all zero).",
+          ),
         }
       ),
       supervised_keys=("video", "ef"),
@@ -187,7 +233,7 @@ class EchonetDynamic(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, records: list[echonet.VideoRecord]):
     """Yields (file_name, example); file names are unique, as load_dataset_index checks."""
-    failed, frame_counts, sizes, written = [], [], [], 0
+    failed, frame_counts, sizes, no_masks, written = [], [], [], [], 0
     for i, (record, frames) in enumerate(_decode_in_order(records, 4 * _DECODE_THREADS)):
       if (i + 1) % _LOG_EVERY == 0:
         logging.info("Prepared %d/%d videos of split %s.", i + 1, len(records), record.split)
@@ -206,6 +252,12 @@ class EchonetDynamic(tfds.core.GeneratorBasedBuilder):
           f"{record.file_name} ({record.frame_height}x{record.frame_width} listed, "
           f"{frames.shape[1]}x{frames.shape[2]} decoded)"
         )
+      lv_masks, problem = _lv_masks(record, frames)
+      if problem is not None:
+        no_masks.append(f"{record.file_name} ({problem})")
+      has_masks = lv_masks is not None
+      if not has_masks:  # Still an EF example; its masks are all zero.
+        lv_masks = np.zeros((2, *frames.shape[1:]), np.uint8)
       written += 1
       yield (
         record.file_name,
@@ -219,6 +271,9 @@ class EchonetDynamic(tfds.core.GeneratorBasedBuilder):
           "num_frames": np.int32(frames.shape[0]),
           "ed_frame": np.int32(record.ed_frame),
           "es_frame": np.int32(record.es_frame),
+          "ed_mask": lv_masks[0],
+          "es_mask": lv_masks[1],
+          "has_masks": has_masks,
         },
       )
     split = records[0].split if records else "?"
@@ -232,6 +287,14 @@ class EchonetDynamic(tfds.core.GeneratorBasedBuilder):
           what,
           echonet.name_list(rows),
         )
+    if no_masks:
+      logging.warning(
+        "%d videos of split %s have a tracing that cannot form an LV mask (their EF labels are "
+        "used; they have no masks): %s",
+        len(no_masks),
+        split,
+        echonet.name_list(no_masks),
+      )
     if failed and self._skipped is None:
       raise echonet.EchoNetFormatError(
         f"{len(failed)} videos of split {split} cannot be decoded in full (nothing was "
