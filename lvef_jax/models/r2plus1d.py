@@ -227,6 +227,16 @@ def _channel_values(name: str, value, default: float) -> tuple[float, float, flo
   return values
 
 
+def normalize_pixels(pixels: jax.Array, mean, std, dtype) -> jax.Array:
+  """Grey pixels ``[..., 1]`` (uint8, or floats in 0-1) as torchvision's 3 input channels,
+  each ``(pixel - mean) / std`` with ``mean`` and ``std`` the 3 values of
+  :func:`_channel_values` in pixel units (the grey channel broadcast to three)."""
+  values = pixels.astype(jnp.float32)
+  if not jnp.issubdtype(pixels.dtype, jnp.integer):
+    values = values * 255.0
+  return ((values - jnp.asarray(mean)) / jnp.asarray(std)).astype(dtype)
+
+
 class Model(layers.EFModel):
   """A torchvision video ResNet (``arch``, one of ``ARCHS``) ending in EF ``[B]``.
 
@@ -309,11 +319,7 @@ class Model(layers.EFModel):
 
   def normalize(self, video: jax.Array) -> jax.Array:
     """``[B, T, H, W, 1]`` pixels (uint8, or floats in 0-1) to the 3 normalised channels."""
-    pixels = video.astype(jnp.float32)
-    if not jnp.issubdtype(video.dtype, jnp.integer):
-      pixels = pixels * 255.0
-    mean, std = jnp.asarray(self.input_mean), jnp.asarray(self.input_std)
-    return ((pixels - mean) / std).astype(self.dtype)  # the grey channel broadcast to three
+    return normalize_pixels(video, self.input_mean, self.input_std, self.dtype)
 
   def __call__(
     self, video: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None

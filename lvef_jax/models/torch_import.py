@@ -3,10 +3,13 @@
 ``config.model.init_from=PATH`` reads a file written by ``torch.save``: torchvision's
 ``state_dict`` (``r2plus1d_18`` trained on Kinetics-400, ...), or an EchoNet-Dynamic checkpoint
 (a dict whose ``state_dict`` has DataParallel's ``module.`` prefix). A model that can take them
-has ``torch_parameters() -> {torch name: (module, attribute)}``. A classifier ``fc`` of another
-width (Kinetics' 400 classes) is skipped with a log line and keeps its fresh initialisation;
-every other tensor must match a parameter in name and shape, and every parameter must be in
-the file, or nothing is loaded and one error lists every mismatch.
+has ``torch_parameters() -> {torch name: (module, attribute)}``. Its output layer (the names
+under its ``torch_head`` prefix: ``fc.`` unless the model says otherwise, DeepLabV3's
+``classifier.4.``) of another width (Kinetics' 400 classes, COCO's 21) is skipped with a log
+line and keeps its fresh initialisation, as are torchvision's auxiliary classifier's tensors
+(``aux_classifier.``) where the model has none; every other tensor must match a parameter in
+name and shape, and every parameter must be in the file, or nothing is loaded and one error
+lists every mismatch.
 
 torch is needed only here, to read the file (the ``peer`` extra, or any PyTorch install).
 """
@@ -24,6 +27,8 @@ from lvef_jax.errors import ConfigError
 
 DATA_PARALLEL_PREFIX = "module."
 SKIPPED_SUFFIXES = ("num_batches_tracked",)  # PyTorch's BatchNorm step counter: no weight
+DEFAULT_HEAD = "fc."  # the output layer's prefix of a model without ``torch_head``
+AUX_PREFIX = "aux_classifier."  # torchvision's segmentation models' training-only classifier
 
 
 def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
@@ -75,12 +80,17 @@ def load_into(model: nnx.Module, path: str | pathlib.Path) -> None:
   if not hasattr(model, "torch_parameters"):
     raise ConfigError(
       f"model.init_from={path}: model {type(model).__module__} has no PyTorch layout; "
-      "only the video ResNets (configs/r2plus1d.py) import PyTorch weights"
+      "only the torchvision models (the video ResNets, DeepLabV3) import PyTorch weights"
     )
   tensors = read_state_dict(path)
   targets = model.torch_parameters()
-  problems, values, skipped = [], {}, []
+  head = getattr(model, "torch_head", DEFAULT_HEAD)
+  has_aux = any(name.startswith(AUX_PREFIX) for name in targets)
+  problems, values, skipped, aux = [], {}, [], []
   for name, array in tensors.items():
+    if name.startswith(AUX_PREFIX) and not has_aux:
+      aux.append(f"{name} {tuple(array.shape)}")
+      continue
     if name not in targets:
       problems.append(f"{name} {tuple(array.shape)}: no such parameter in the model")
       continue
@@ -88,7 +98,7 @@ def load_into(model: nnx.Module, path: str | pathlib.Path) -> None:
     current = getattr(module, attribute)
     value = to_flax(array, attribute)
     if value.shape != tuple(current.shape):
-      if name.startswith("fc."):
+      if name.startswith(head):
         skipped.append(f"{name} {tuple(array.shape)}")
         continue
       problems.append(
@@ -110,6 +120,12 @@ def load_into(model: nnx.Module, path: str | pathlib.Path) -> None:
     variable = getattr(module, attribute)
     old = variable[...]  # keep the array's dtype and placement (it may be sharded)
     variable[...] = jax.device_put(np.asarray(value, dtype=old.dtype), old.sharding)
+  if aux:
+    logging.info(
+      "model.init_from=%s: %s skipped (the auxiliary classifier; the model has none)",
+      path,
+      ", ".join(aux),
+    )
   if skipped:
     logging.info(
       "model.init_from=%s: %s skipped (another classifier; the output layer starts fresh)",
