@@ -47,9 +47,17 @@ EVAL_SPLIT = flags.DEFINE_enum(
 EVAL_CLIPS = flags.DEFINE_enum(
   "eval_clips",
   None,
-  ["one", "all"],
-  "--mode=eval/predict: the clip from frame 0, or every clip averaged per video "
+  ["one", "all", "beats"],
+  "--mode=eval/predict: the clip from frame 0, every clip averaged per video, or (with "
+  "--segmentation) the clips ending at each detected end-systole averaged per video "
   "(default: config eval.clips for eval, all for predict).",
+)
+SEGMENTATION = flags.DEFINE_string(
+  "segmentation",
+  None,
+  "--mode=eval/predict of an EF run: a segmentation run's directory (configs/segmentation.py); "
+  "every frame is segmented, giving the beats, EF from the masks and the pictures "
+  "(area curves, overlay videos), and --eval_clips=beats.",
 )
 CHECKPOINT = flags.DEFINE_string(
   "checkpoint", "best", "--mode=eval/predict: best, latest, or the epoch one of them holds."
@@ -141,6 +149,7 @@ def _run(config, mode: str, workdir: str | None) -> None:
       checkpoint=CHECKPOINT.value,
       ensemble=ENSEMBLE.value,
       member=MEMBER.value,
+      segmentation=SEGMENTATION.value,
     )
     return
   if not VIDEOS.value or not OUTPUT.value:
@@ -154,6 +163,7 @@ def _run(config, mode: str, workdir: str | None) -> None:
     checkpoint=CHECKPOINT.value,
     ensemble=ENSEMBLE.value,
     member=MEMBER.value,
+    segmentation=SEGMENTATION.value,
   )
   if not scored:
     raise LvefError(f"no video of {VIDEOS.value} could be read")

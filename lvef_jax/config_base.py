@@ -123,6 +123,7 @@ def with_new_defaults(values: dict) -> dict:
   ``compute.kernels``; keys that change what a model computes are never removed)."""
   values = copy.deepcopy(values)
   defaults = base_config()
+  values.setdefault("task", defaults.task)  # runs from before segmentation learnt EF
   for section in ("data", "train", "eval"):
     for key, value in defaults[section].to_dict().items():
       values.setdefault(section, {}).setdefault(key, value)
@@ -157,6 +158,9 @@ def base_config() -> ml_collections.ConfigDict:
   """
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # What the run learns (lvef_jax/training/tasks.py): "ef", EF from clips (every family of the
+  # paper), or "segmentation", the LV mask of the traced frames (configs/segmentation.py).
+  config.task = "ef"
   config.model = ml_collections.ConfigDict(dict(name=""))
 
   config.data = ml_collections.ConfigDict(

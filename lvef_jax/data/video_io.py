@@ -396,7 +396,7 @@ def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_for_model(
-  path, *, image_size: int, target_fps: float | None = 50.0
+  path, *, image_size: int, target_fps: float | None = 50.0, other_sizes: tuple[int, ...] = ()
 ) -> tuple[np.ndarray, dict]:
   """Reads a video and brings it to the models' input form: `read_video`, then
   `resample_frames` to `target_fps`, then `resize_frames` to `image_size`.
@@ -404,6 +404,8 @@ def load_for_model(
   Args:
     path: the video or DICOM file.
     image_size: the model's input side in pixels.
+    other_sizes: more sides the same frames are resized to (a segmentation model's beside the
+      EF model's), in ``info["resized"][size]``: the video is decoded once.
     target_fps: frame rate the model was trained at (EchoNet-Dynamic: about 50); None keeps the
       video's own rate. Note that the training and evaluation pipelines never resample, so an
       EchoNet video outside the tolerance (45-55 fps) is seen differently here unless None.
@@ -426,4 +428,6 @@ def load_for_model(
     "height": int(frames.shape[1]),
     "width": int(frames.shape[2]),
   }
+  if other_sizes:
+    info["resized"] = {size: resize_frames(resampled, size) for size in other_sizes}
   return out, info

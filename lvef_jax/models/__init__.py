@@ -1,6 +1,8 @@
 """Model registry: every model family is a module ``lvef_jax.models.<name>`` exporting ``Model``.
 
-A ``Model`` maps a clip batch ``[B, T, H, W, 1]`` to EF ``[B]``. It is built from the keys of
+A ``Model`` maps a clip batch ``[B, T, H, W, 1]`` to EF ``[B]``; a segmentation model
+(``SEGMENTATION_FAMILIES``, ``config.task="segmentation"``) maps grey frames ``[B, H, W, 1]`` to
+LV logits ``[B, H, W]``. It is built from the keys of
 ``config.model`` (all but ``name``; each family's config file holds exactly the keys its
 ``Model`` takes) plus the clip shape from ``config.data``, and the convolution and pooling ops
 that ``config.compute.kernels`` names (:func:`ops_for`): a hardware choice, not part of the
@@ -17,7 +19,9 @@ from flax import nnx
 from lvef_jax.errors import ConfigError
 from lvef_jax.models import layers
 
-MODEL_FAMILIES = ("i3d", "two_stream", "fusion", "cnn_rnn", "r2plus1d")
+EF_FAMILIES = ("i3d", "two_stream", "fusion", "cnn_rnn", "r2plus1d")
+SEGMENTATION_FAMILIES = ("unet", "deeplabv3")
+MODEL_FAMILIES = EF_FAMILIES + SEGMENTATION_FAMILIES
 # config.compute.kernels: "xla" is XLA's plain convolutions on every backend (what GPUs run),
 # "cpu" the CPU's forms of the same ops (lvef_jax.kernels), "auto" the CPU's forms on the CPU
 # backend and XLA's everywhere else. The max pools are the models' own on every backend.

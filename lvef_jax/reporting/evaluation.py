@@ -98,8 +98,10 @@ def write_evaluation(
   return written
 
 
-def write_predictions(path: pathlib.Path, rows: Sequence[dict]) -> None:
-  """``--mode=predict``'s CSV: one row per input file (``PREDICT_COLUMNS``)."""
+def write_predictions(
+  path: pathlib.Path, rows: Sequence[dict], columns: Sequence[str] = PREDICT_COLUMNS
+) -> None:
+  """``--mode=predict``'s CSV: one row per input file (``columns``)."""
 
   def cell(row, key):
     value = row.get(key)
@@ -107,6 +109,4 @@ def write_predictions(path: pathlib.Path, rows: Sequence[dict]) -> None:
       return ""
     return _number(value) if isinstance(value, float) else value
 
-  files.write_text(
-    path, files.csv_text(PREDICT_COLUMNS, [[cell(r, k) for k in PREDICT_COLUMNS] for r in rows])
-  )
+  files.write_text(path, files.csv_text(columns, [[cell(r, k) for k in columns] for r in rows]))

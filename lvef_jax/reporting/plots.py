@@ -60,17 +60,28 @@ def bland_altman(ef: np.ndarray, ef_pred: np.ndarray, title: str, path: pathlib.
 
 
 def history(records: Sequence[dict], path: pathlib.Path) -> None:
-  """Loss (MSE) and RMSE per epoch for train and val."""
+  """Loss and RMSE per epoch for train and val (a segmentation run: its BCE loss and the
+  validation Dice, overall and at ED and ES)."""
   epochs = [r["epoch"] for r in records]
+  segmentation = "val_dice" in records[0]
   fig, (ax_loss, ax_rmse) = plt.subplots(1, 2, figsize=(10, 4))
   ax_loss.plot(epochs, [r["train_loss"] for r in records], "o-", label="train")
   ax_loss.plot(epochs, [r["val_loss"] for r in records], "o-", label="val")
-  ax_loss.set(xlabel="epoch", ylabel="MSE loss", title="loss", yscale="log")
-  ax_rmse.plot(
-    epochs, [r["train_loss"] ** 0.5 for r in records], "o-", label="train (sqrt of mean batch loss)"
-  )
-  ax_rmse.plot(epochs, [r["val_rmse"] for r in records], "o-", label="val")
-  ax_rmse.set(xlabel="epoch", ylabel="RMSE (EF %)", title="RMSE")
+  what = "BCE loss per pixel" if segmentation else "MSE loss"
+  ax_loss.set(xlabel="epoch", ylabel=what, title="loss", yscale="log")
+  if segmentation:
+    for key, label in (("val_dice", "val"), ("val_dice_ed", "val ED"), ("val_dice_es", "val ES")):
+      ax_rmse.plot(epochs, [r[key] for r in records], "o-", label=label)
+    ax_rmse.set(xlabel="epoch", ylabel="Dice", title="Dice")
+  else:
+    ax_rmse.plot(
+      epochs,
+      [r["train_loss"] ** 0.5 for r in records],
+      "o-",
+      label="train (sqrt of mean batch loss)",
+    )
+    ax_rmse.plot(epochs, [r["val_rmse"] for r in records], "o-", label="val")
+    ax_rmse.set(xlabel="epoch", ylabel="RMSE (EF %)", title="RMSE")
   for ax in (ax_loss, ax_rmse):
     ax.legend()
     ax.grid(alpha=0.3)

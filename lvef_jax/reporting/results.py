@@ -37,11 +37,11 @@ def write_results(workdir: pathlib.Path, results: dict) -> None:
   files.write_text(workdir / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
 
 
-def spread(scores: list[dict]) -> dict:
+def spread(scores: list[dict], keys: tuple[str, ...] = RESULT_KEYS) -> dict:
   """Several members' scores of one split as each metric's mean and sample standard
-  deviation (``rmse``, ``rmse_sd``, ...; ``n`` as it is)."""
+  deviation (``rmse``, ``rmse_sd``, ...; ``n`` as it is) for each of ``keys``."""
   out = {}
-  for key in RESULT_KEYS:
+  for key in keys:
     values = np.array([s[key] for s in scores], np.float64)
     if key == "n":
       out["n"] = int(values[0])
@@ -53,6 +53,8 @@ def spread(scores: list[dict]) -> dict:
 
 def format_table(results: dict) -> str:
   """The final table: one row per split (several members: mean ± SD, and the ensemble)."""
+  if results.get("task") == "segmentation":
+    return _segmentation_table(results)
   if "members" not in results:
     lines = [
       f"best epoch {results['best_epoch']}",
@@ -72,4 +74,22 @@ def format_table(results: dict) -> str:
       f"{split:<6} {s['n']:>6d} {cells[0]:>17} {cells[1]:>15} {cells[2]:>15} "
       f"{results['ensemble'][split]['r2']:>12.3f}"
     )
+  return "\n".join(lines)
+
+
+def _segmentation_table(results: dict) -> str:
+  """A segmentation run's table: Dice overall, at ED and ES, and the loss of each split."""
+  several = "members" in results
+  if several:
+    head = f"{len(results['members'])} members, best epochs "
+    head += ", ".join(map(str, results["best_epochs"]))
+  else:
+    head = f"best epoch {results['best_epoch']}"
+  lines = [head, f"{'split':<6} {'frames':>6} {'Dice':>15} {'Dice ED':>15} {'Dice ES':>15}"]
+  for split, s in results["splits"].items():
+    cells = [
+      f"{s[k]:.3f} ± {s[k + '_sd']:.3f}" if several else f"{s[k]:.3f}"
+      for k in ("dice", "dice_ed", "dice_es")
+    ]
+    lines.append(f"{split:<6} {s['n']:>6d} {cells[0]:>15} {cells[1]:>15} {cells[2]:>15}")
   return "\n".join(lines)

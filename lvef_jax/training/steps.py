@@ -19,6 +19,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from lvef_jax import models, sharding
 from lvef_jax.errors import ConfigError
+from lvef_jax.training import tasks
 from lvef_jax.training.state import TrainState
 
 # A run's optimizer: one for every member, or (a grid over optimizer hyperparameters) a
@@ -109,12 +110,15 @@ def make_train_step(
   mesh: Mesh,
   members: int = 1,
   member_map: str = "auto",
+  task: tasks.Task = tasks.EF,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Returns ``step(state, batch) -> (state, metrics)``, jitted with ``state`` donated.
 
-  ``batch`` holds ``video`` (uint8 ``[B, T, H, W, 1]``) and ``ef`` (``[B]``). The model's
-  ``regularization_loss()`` (L1/L2 penalties; zero for most families) is added to the MSE for
-  the gradient. Metrics: the batch MSE ``loss``, the ``penalty``, the gradient global norm
+  ``batch`` holds the ``task``'s input and labels: ``video`` (uint8 ``[B, T, H, W, 1]``) and
+  ``ef`` (``[B]``) for EF, ``image`` (``[B, H, W, 1]``) and ``mask`` (``[B, H, W]``) for
+  segmentation. The model's ``regularization_loss()`` (L1/L2 penalties; zero for most
+  families) is added to the task's loss (`tasks.Task.loss`) for the gradient. Metrics: the
+  batch's reported ``loss`` (the MSE; BCE per pixel), the ``penalty``, the gradient global norm
   ``grad_norm`` and ``skipped`` (1 when a non-finite loss or gradient left the state as it was).
 
   ``members > 1`` trains that many runs in one program (``jax.vmap`` of the same step): every
@@ -131,21 +135,22 @@ def make_train_step(
 
     def loss_fn(params, batch_stats):
       model = _merge(graphdef, state.replace(params=params), batch_stats)
-      predictions = model(batch["video"], train=True, dropout_key=dropout_key)
-      mse = jnp.mean(jnp.square(predictions - batch["ef"]))
+      outputs = model(batch[task.input_key], train=True, dropout_key=dropout_key)
+      objective, reported = task.loss(outputs, batch)
       penalty = model.regularization_loss()
-      return mse + penalty, (mse, penalty, nnx.as_pure(nnx.state(model, nnx.BatchStat)))
+      batch_stats = nnx.as_pure(nnx.state(model, nnx.BatchStat))
+      return objective + penalty, (objective, reported, penalty, batch_stats)
 
-    (_, (mse, penalty, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params, state.batch_stats
-    )
+    (_, (objective, reported, penalty, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True
+    )(state.params, state.batch_stats)
     optimizer = tx(state.hparams) if callable(tx) else tx
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
     # A non-finite loss or gradient skips the step: the weights, BatchNorm statistics and
     # optimizer state stay as they were (the step counter still advances).
-    ok = jnp.isfinite(mse) & jnp.isfinite(penalty) & jnp.isfinite(grad_norm)
+    ok = jnp.isfinite(objective) & jnp.isfinite(penalty) & jnp.isfinite(grad_norm)
 
     def keep_if_bad(new, old):
       return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
@@ -156,7 +161,7 @@ def make_train_step(
       batch_stats=keep_if_bad(batch_stats, state.batch_stats),
       opt_state=keep_if_bad(opt_state, state.opt_state),
     )
-    metrics = {"loss": mse, "penalty": penalty, "grad_norm": grad_norm}
+    metrics = {"loss": reported, "penalty": penalty, "grad_norm": grad_norm}
     return new_state, {**metrics, "skipped": jnp.logical_not(ok).astype(jnp.int32)}
 
   form = member_map_for(member_map, mesh.devices.flat[0].platform)
@@ -170,9 +175,10 @@ def make_train_step(
 
 
 def make_predict_step(
-  graphdef: nnx.GraphDef, mesh: Mesh, members: int = 1
+  graphdef: nnx.GraphDef, mesh: Mesh, members: int = 1, input_key: str = "video"
 ) -> Callable[[TrainState, dict], jax.Array]:
-  """Returns ``predict(state, batch) -> EF [B]``: running BatchNorm averages, no dropout.
+  """Returns ``predict(state, batch) -> EF [B]`` (a segmentation model's logits ``[B, H, W]``,
+  from ``batch[input_key]``): running BatchNorm averages, no dropout.
 
   ``members > 1``: every member predicts the same clips, ``[members, B]``, one member after
   another inside the program (the ``loop`` form; prediction is a small part of a run's work): the
@@ -181,7 +187,7 @@ def make_predict_step(
   own (tests/test_members.py)."""
 
   def predict(state: TrainState, batch: dict) -> jax.Array:
-    return _merge(graphdef, state)(batch["video"], train=False)
+    return _merge(graphdef, state)(batch[input_key], train=False)
 
   return jax.jit(
     _over_member_parts(predict, members, "loop", mesh, shared_batch=True),
@@ -191,7 +197,11 @@ def make_predict_step(
 
 
 def make_batch_stats_step(
-  graphdef: nnx.GraphDef, mesh: Mesh, members: int = 1, member_map: str = "auto"
+  graphdef: nnx.GraphDef,
+  mesh: Mesh,
+  members: int = 1,
+  member_map: str = "auto",
+  input_key: str = "video",
 ) -> Callable[[TrainState, dict], nnx.State]:
   """Returns ``stats(state, batch)``: the BatchNorm statistics of ``batch`` alone, as a state
   (``members > 1``: each member's of its own batch, ``[members, B, ...]``, the member axis
@@ -208,7 +218,7 @@ def make_batch_stats_step(
       if isinstance(module, nnx.BatchNorm):
         module.momentum = 0.0  # keep only this batch's statistics
     # In every head dropout comes after the last normalisation, so it cannot change them.
-    model(batch["video"], train=True, dropout_key=jax.random.wrap_key_data(state.rng))
+    model(batch[input_key], train=True, dropout_key=jax.random.wrap_key_data(state.rng))
     return nnx.as_pure(nnx.state(model, nnx.BatchStat))
 
   state_sharding = sharding.state_sharding(mesh, members)

@@ -23,10 +23,10 @@ from absl import logging
 
 from lvef_jax.data import device_data, normalization, pipeline, preparation
 from lvef_jax.errors import ConfigError, NonFiniteLossError
-from lvef_jax.evaluation import evaluator, metrics
+from lvef_jax.evaluation import evaluator, metrics, segmentation
 from lvef_jax.reporting import plots, results as run_files, tensorboard
 from lvef_jax import checkpoints, config_base, sharding
-from lvef_jax.training import members as members_lib, state as state_lib, steps
+from lvef_jax.training import members as members_lib, state as state_lib, steps, tasks
 
 METRICS_FILE = "metrics.jsonl"
 MEMBERS_DIR = "members"  # a several-member run's files of each member: members/<i>/
@@ -34,7 +34,9 @@ MEMBERS_DIR = "members"  # a several-member run's files of each member: members/
 
 @dataclasses.dataclass
 class EarlyStopping:
-  """Validation-RMSE bookkeeping; saved in each checkpoint's meta so a resumed run continues it."""
+  """Bookkeeping of the validation value that chooses the best epoch (`tasks.Task.selection`:
+  the EF task's RMSE, the segmentation task's loss; the field keeps its first name, which the
+  checkpoints' meta holds); saved in each checkpoint's meta so a resumed run continues it."""
 
   best_val_rmse: float = math.inf
   best_epoch: int = 0
@@ -79,6 +81,7 @@ class TrainingRun:
   # data.device_resident: the train split on the devices, and the jitted clip sampler.
   device_videos: device_data.DeviceVideos | None = None
   clip_sampler: object = None
+  task: tasks.Task = tasks.EF  # what the run learns (config.task)
 
   @property
   def several(self) -> bool:
@@ -87,7 +90,37 @@ class TrainingRun:
 
   def predict_fn(self):
     """The current weights as an evaluator's prediction function."""
-    return lambda video: self.predict_step(self.state, {"video": video})
+    return lambda inputs: self.predict_step(self.state, {self.task.input_key: inputs})
+
+  def validate(self) -> list[dict]:
+    """The validation record of the current weights, one a member: ``val_loss`` and the
+    task's scores (EF: ``val_rmse``, ``val_mae``, ``val_r2``; segmentation: ``val_dice``,
+    ``val_dice_ed``, ``val_dice_es``)."""
+    if self.task.name == "ef":
+      vals = [metrics.regression_metrics(p.ef, p.ef_pred) for p in self.score("val")]
+      return [
+        {"val_loss": v["mse"], "val_rmse": v["rmse"], "val_mae": v["mae"], "val_r2": v["r2"]}
+        for v in vals
+      ]
+    records = []
+    for frames in self.score_frames("val"):
+      summary = frames.summary()
+      records.append({"val_loss": summary["loss"]})
+      records[-1].update({f"val_{k}": summary[k] for k in ("dice", "dice_ed", "dice_es")})
+    return records
+
+  def score_frames(self, split: str) -> list:
+    """Every traced frame of ``split`` segmented with the current weights: one
+    `segmentation.FrameScores` a member."""
+    return segmentation.score_frames(
+      self.predict_fn(),
+      self.builder,
+      split,
+      self.config.data,
+      self.mesh,
+      batch_size=self.config.eval.batch_size,
+      members=len(self.members),
+    )
 
   def score(self, split: str, clips: str = "one") -> list:
     """Every video of ``split`` with the current weights: one clip (from frame 0), or all
@@ -113,23 +146,29 @@ class TrainingRun:
 def build_training_run(config, workdir: str | pathlib.Path) -> TrainingRun:
   """Prepares the data and builds a fresh, replicated train state for ``config``."""
   workdir = pathlib.Path(workdir)
+  task = tasks.task_of(config)
   members = members_lib.members(config)
   mesh = sharding.make_mesh(members=len(members))
   local_batch_size = sharding.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
   sharding.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
   builder = preparation.prepare(config.data)
-  num_train = preparation.num_examples(builder, "train")
+  if task.name == "ef":
+    num_train, what = preparation.num_examples(builder, "train"), "videos"
+  else:
+    num_train, what = pipeline.num_frame_examples(builder, "train"), "traced frames"
   steps_per_epoch = config.train.steps_per_epoch
   if steps_per_epoch <= 0:
     steps_per_epoch = num_train // config.train.batch_size
     if steps_per_epoch == 0:
       raise ConfigError(
-        f"the train split has {num_train} videos, fewer than one batch of "
+        f"the train split has {num_train} {what}, fewer than one batch of "
         f"train.batch_size={config.train.batch_size}"
       )
   graphdef, state, tx = state_lib.create(config, steps_per_epoch)
   state = jax.device_put(state, sharding.state_sharding(mesh, len(members)))
-  device_videos, clip_sampler = _device_videos(config.data, builder, mesh, len(members))
+  device_videos, clip_sampler = None, None
+  if task.name == "ef":  # the frames of segmentation come from tf.data
+    device_videos, clip_sampler = _device_videos(config.data, builder, mesh, len(members))
   return TrainingRun(
     config=config,
     workdir=workdir,
@@ -140,17 +179,18 @@ def build_training_run(config, workdir: str | pathlib.Path) -> TrainingRun:
     steps_per_epoch=steps_per_epoch,
     local_batch_size=local_batch_size,
     train_step=steps.make_train_step(
-      graphdef, tx, mesh, len(members), member_map=config.compute.members
+      graphdef, tx, mesh, len(members), member_map=config.compute.members, task=task
     ),
-    predict_step=steps.make_predict_step(graphdef, mesh, len(members)),
+    predict_step=steps.make_predict_step(graphdef, mesh, len(members), task.input_key),
     batch_stats_step=steps.make_batch_stats_step(
-      graphdef, mesh, len(members), member_map=config.compute.members
+      graphdef, mesh, len(members), member_map=config.compute.members, input_key=task.input_key
     ),
     checkpoints=checkpoints.Checkpoints(workdir / "checkpoints", writer=True),
     members=members,
     bad_streak=np.zeros(len(members), np.int64),
     device_videos=device_videos,
     clip_sampler=clip_sampler,
+    task=task,
   )
 
 
@@ -183,14 +223,14 @@ def _device_batches(run: TrainingRun, epoch: int, num_batches: int, salt: int = 
   """``num_batches`` train batches for ``epoch`` on the devices, each ``(host, device)`` as
   from `sharding.device_prefetch` (``host`` is None on the device-resident path). Several
   members: each member's batch of its own stream, stacked (``[members, B, ...]``)."""
-  make = pipeline.train_batches if run.device_videos is None else pipeline.train_plans
+  make = run.task.train_batches() if run.device_videos is None else pipeline.train_plans
   streams = [_train_stream(run, epoch, num_batches, salt, make, m.seed) for m in run.members]
   stream = streams[0] if not run.several else _stacked(streams)
   if run.device_videos is None:
     return sharding.device_prefetch(
       stream,
       run.mesh,
-      keys=("video", "ef"),
+      keys=run.task.device_keys,
       size=run.config.data.prefetch,
       members=len(run.members),
     )
@@ -540,8 +580,9 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, overwrite: bool =
     if not any(active):
       for index, stop in enumerate(run.stopping):
         logging.info(
-          "early stopping%s: no better val RMSE for %d epochs (best %.3f at epoch %d)",
+          "early stopping%s: no better %s for %d epochs (best %.4g at epoch %d)",
           f" of member {index}" if run.several else "",
+          run.task.selection_label,
           stop.epochs_without_improvement,
           stop.best_val_rmse,
           stop.best_epoch,
@@ -552,15 +593,12 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, overwrite: bool =
       run, epoch, total_epochs, first_epoch, run_start
     )
     _recalibrate_batch_norm(run, epoch)
-    vals = [metrics.regression_metrics(p.ef, p.ef_pred) for p in run.score("val")]
+    vals = run.validate()
     step = int(np.max(jax.device_get(run.state.step)))
     records = [
       {
         "train_loss": float(train_losses[i]),
-        "val_loss": val["mse"],
-        "val_rmse": val["rmse"],
-        "val_mae": val["mae"],
-        "val_r2": val["r2"],
+        **val,
         "lr": float(schedules[i](step)),
         "skipped_steps": int(skipped[i]),
       }
@@ -568,7 +606,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, overwrite: bool =
     ]
     # A member that has stopped trains on in the program, unrecorded: it keeps its best weights.
     improved = [
-      on and stop.update(epoch, val["rmse"]) for on, stop, val in zip(active, run.stopping, vals)
+      on and stop.update(epoch, val[run.task.selection])
+      for on, stop, val in zip(active, run.stopping, vals)
     ]
     seconds = time.perf_counter() - epoch_start
     if run.several:
@@ -595,14 +634,17 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, overwrite: bool =
     for index, (member_record, better) in enumerate(zip(records, improved)):
       if run.several and not active[index]:
         continue
+      shown = " ".join(
+        f"{key} {value:.4g}" if key == "val_loss" else f"{key} {value:.3f}"
+        for key, value in member_record.items()
+        if key.startswith("val_")
+      )
       logging.info(
-        "epoch %d%s: train_loss %.2f val_rmse %.3f val_mae %.3f val_r2 %.3f%s (%.0f s)",
+        "epoch %d%s: train_loss %.4g %s%s (%.0f s)",
         epoch,
         f" member {index}" if run.several else "",
         member_record["train_loss"],
-        member_record["val_rmse"],
-        member_record["val_mae"],
-        member_record["val_r2"],
+        shown,
         " *best*" if better else "",
         seconds,
       )
@@ -653,10 +695,11 @@ def _resume(run: TrainingRun):
   run.stopping = [EarlyStopping(**p) for p in progress]
   for index, stop in enumerate(run.stopping):
     logging.info(
-      "resuming %s%s from epoch %d (best val RMSE %.3f at epoch %d)",
+      "resuming %s%s from epoch %d (best %s %.4g at epoch %d)",
       run.workdir,
       f" member {index}" if run.several else "",
       first_epoch,
+      run.task.selection_label,
       stop.best_val_rmse,
       stop.best_epoch,
     )
@@ -716,7 +759,9 @@ def evaluate_best(run: TrainingRun, history: list[dict]) -> dict:
     ", ".join(run.config.eval.splits),
   )
   is_main = jax.process_index() == 0
-  if not run.several:
+  if run.task.name == "segmentation":
+    results = _evaluate_frames(run, meta)
+  elif not run.several:
     results = {"best_epoch": meta["epoch"], "eval_clips": run.config.eval.clips, "splits": {}}
     for split in run.config.eval.splits:
       (predictions,) = run.score(split, run.config.eval.clips)
@@ -764,4 +809,36 @@ def _evaluate_members(run: TrainingRun, best_epochs: list[int]) -> dict:
     )
     results["ensemble"][split] = _scores(ensemble, run.workdir if is_main else None, split)
     results["splits"][split] = run_files.spread([m["splits"][split] for m in results["members"]])
+  return results
+
+
+def _evaluate_frames(run: TrainingRun, meta: dict) -> dict:
+  """A segmentation run's results: Dice and loss of every split's traced frames
+  (``segmentation_{split}.csv`` a split; several members: each member's, their mean and
+  spread, each member's CSV under ``members/<i>/``)."""
+  is_main = jax.process_index() == 0
+  best_epochs = meta.get("best_epochs", [meta["epoch"]] * len(run.members))
+  results = {"task": "segmentation", "splits": {}}
+  if run.several:
+    results.update(best_epochs=best_epochs, members=[])
+    results["members"] = [
+      {**member.describe(), "best_epoch": epoch, "splits": {}}
+      for member, epoch in zip(run.members, best_epochs)
+    ]
+  else:
+    results["best_epoch"] = meta["epoch"]
+  for split in run.config.eval.splits:
+    names = preparation.split_listing(run.builder, split)["file_name"]
+    scored = run.score_frames(split)
+    for index, frames in enumerate(scored):
+      out = run.workdir if not run.several else run.workdir / MEMBERS_DIR / str(index)
+      if is_main:
+        segmentation.write_split(out, split, frames, names)
+      if run.several:
+        results["members"][index]["splits"][split] = frames.summary()
+    if run.several:
+      member_scores = [m["splits"][split] for m in results["members"]]
+      results["splits"][split] = run_files.spread(member_scores, segmentation.SCORE_KEYS)
+    else:
+      results["splits"][split] = scored[0].summary()
   return results
