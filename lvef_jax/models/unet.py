@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lvef_jax.errors import ConfigError
-from lvef_jax.models import layers
+from lvef_jax.models import layers, r2plus1d
 
 
 class Model(layers.EFModel):
@@ -90,10 +90,7 @@ class Model(layers.EFModel):
     self, images: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None
   ) -> jax.Array:
     del dropout_key  # no dropout
-    pixels = images.astype(jnp.float32)
-    if not jnp.issubdtype(images.dtype, jnp.integer):
-      pixels = pixels * 255.0
-    x = ((pixels - self.input_mean) / self.input_std).astype(self.dtype)
+    x = r2plus1d.normalize_pixels(images, self.input_mean, self.input_std, self.dtype)
     skips = []
     for convs in self.down:
       for conv in convs:
