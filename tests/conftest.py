@@ -38,6 +38,7 @@ cpu_backend.configure()
 import pathlib  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 
 import pytest  # noqa: E402
@@ -110,6 +111,27 @@ def load_config(name: str, arg: str | None = None):
   config = config_base.load_config(name, arg)
   config.compute.kernels = KERNELS
   return config
+
+
+def launch_command(workdir, config, *extra, config_arg: str = "") -> list[str]:
+  """The launch.py command line that runs ``config``, loaded from
+  ``configs/quickstart.py[:config_arg]``: that file plus a flag for every key that differs."""
+  defaults = config_base.load_config("quickstart", config_arg or None)
+  flags = [
+    f"--config.{section}.{key}={value}"
+    for section in ("model", "data", "train", "eval", "compute")
+    for key, value in config[section].items()
+    if value != defaults[section][key]
+  ]
+  spec = "configs/quickstart.py" + (f":{config_arg}" if config_arg else "")
+  return [
+    sys.executable,
+    str(ROOT / "launch.py"),
+    f"--config={spec}",
+    f"--workdir={workdir}",
+    *flags,
+    *extra,
+  ]
 
 
 def shrink(config, cache_dir: pathlib.Path):

@@ -19,6 +19,7 @@ from flax import nnx
 from lvef_jax import models
 from lvef_jax.errors import ConfigError
 from lvef_jax.models import deeplabv3, torch_import
+from tests.torch_weights import assert_loaded, capture_logs, eval_forward
 
 torch = pytest.importorskip("torch")
 nn, F = torch.nn, torch.nn.functional
@@ -302,25 +303,6 @@ def torch_forward(net, frames: np.ndarray) -> np.ndarray:
     return net(torch_input(frames))[:, 0].numpy()
 
 
-@nnx.jit
-def jax_forward(model, images):
-  return model(images, train=False)
-
-
-def capture_logs(monkeypatch) -> list[str]:
-  logged = []
-  monkeypatch.setattr(torch_import.logging, "info", lambda fmt, *a: logged.append(fmt % a))
-  return logged
-
-
-def assert_loaded(model, state_dict, *, but=()):
-  """Every array of ``model`` but those named in ``but`` holds ``state_dict``'s tensor."""
-  for name, (module, attribute) in model.torch_parameters().items():
-    if name not in but:
-      value = torch_import.to_flax(state_dict[name].numpy(), attribute)
-      np.testing.assert_array_equal(np.array(getattr(module, attribute)[...]), value, name)
-
-
 # --- tests ---------------------------------------------------------------------------------------
 
 
@@ -388,7 +370,7 @@ def test_logits_match_torchvisions(reference, kernels, file):
   frames = grey_frames()
   expected = torch_forward(reference.net, frames)
   assert np.ptp(expected) > 1.0  # the logits depend on the input and the position
-  got = np.asarray(jax_forward(model, jnp.asarray(frames)))
+  got = np.asarray(eval_forward(model, jnp.asarray(frames)))
   assert got.shape == (BATCH, SIZE, SIZE) and got.dtype == np.float32
   np.testing.assert_allclose(got, expected, rtol=0, atol=LOGIT_TOLERANCE)
   # Pixels given as floats in 0-1 are the same input.

@@ -16,8 +16,15 @@ import pytest
 from lvef_jax.data import echonet, preparation
 from lvef_jax.errors import LvefError
 from lvef_jax.training import trainer
-from lvef_jax import config_base
-from tests.conftest import PLAIN_OPS, ROOT, child_env, load_config, run_command, shrink
+from tests.conftest import (
+  PLAIN_OPS,
+  ROOT,
+  child_env,
+  launch_command,
+  load_config,
+  run_command,
+  shrink,
+)
 
 # launch.py runs, killed and resumed: left out of `make test-fast`.
 pytestmark = pytest.mark.slow
@@ -113,32 +120,13 @@ def test_rerun_resumes_and_matches_an_uninterrupted_run(finished_run, tmp_path, 
       assert a[key] == pytest.approx(b[key], rel=1e-4), key
 
 
-def _launch(workdir, config, *extra):
-  """The launch.py command line that runs ``config``: every key that differs from the file."""
-  defaults = config_base.load_config("quickstart")
-  flags = [
-    f"--config.{section}.{key}={value}"
-    for section in ("model", "data", "train", "eval", "compute")
-    for key, value in config[section].items()
-    if value != defaults[section][key]
-  ]
-  return [
-    sys.executable,
-    str(ROOT / "launch.py"),
-    "--config=configs/quickstart.py",
-    f"--workdir={workdir}",
-    *flags,
-    *extra,
-  ]
-
-
 def test_killed_run_resumes_where_it_stopped(finished_run, tmp_path):
   config, reference, _ = finished_run
   config = shrink(load_config("quickstart"), pathlib.Path(config.data.cache_dir))
   config.train.num_epochs = 3
   env = dict(os.environ, PYTHONPATH=str(ROOT))
   process = subprocess.Popen(
-    _launch(tmp_path, config),
+    launch_command(tmp_path, config),
     cwd=ROOT,
     env=env,
     stdout=subprocess.DEVNULL,
@@ -153,7 +141,7 @@ def test_killed_run_resumes_where_it_stopped(finished_run, tmp_path):
   assert first.is_dir() or (tmp_path / "checkpoints" / "latest" / "2").is_dir()
   assert not (tmp_path / "results.json").exists()
 
-  done = run_command(_launch(tmp_path, config), cwd=ROOT, env=env, timeout=300)
+  done = run_command(launch_command(tmp_path, config), cwd=ROOT, env=env, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
   assert "resuming" in done.stderr
   records = _records(tmp_path)
@@ -200,13 +188,13 @@ def test_bad_dataset_exits_non_zero_naming_the_problem(tmp_path):
   assert not cache.exists() or [p.name for p in cache.rglob("*")] == [".prepare.lock"]
 
 
-def _run_launch(*args, timeout=300):
+def _runlaunch_command(*args, timeout=300):
   return run_command([sys.executable, "launch.py", *args], cwd=ROOT, timeout=timeout)
 
 
 def test_missing_dataset_folder_is_one_error_message(tmp_path):
   root = tmp_path / "no" / "such" / "folder"
-  done = _run_launch(
+  done = _runlaunch_command(
     "--config=configs/quickstart.py",
     f"--workdir={tmp_path / 'run'}",
     f"--config.data.root={root}",
@@ -222,7 +210,7 @@ def test_missing_dataset_folder_is_one_error_message(tmp_path):
 def test_bad_config_value_is_one_error_message(tmp_path):
   # batch_size 0 used to pass the check (0 is divisible by any device count) and then divide
   # by zero; it fails before any data is read.
-  done = _run_launch(
+  done = _runlaunch_command(
     "--config=configs/quickstart.py",
     f"--workdir={tmp_path / 'run'}",
     f"--config.data.cache_dir={tmp_path / 'c'}",
@@ -245,7 +233,9 @@ def test_bad_config_value_is_one_error_message(tmp_path):
 def test_a_mistyped_override_is_one_error_line_with_the_closest_keys(
   tmp_path, override, named, closest
 ):
-  done = _run_launch("--config=configs/quickstart.py", f"--workdir={tmp_path / 'run'}", override)
+  done = _runlaunch_command(
+    "--config=configs/quickstart.py", f"--workdir={tmp_path / 'run'}", override
+  )
   assert done.returncode == 1
   lines = (done.stdout + done.stderr).strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: "), lines
@@ -384,7 +374,7 @@ def test_half_written_checkpoints_are_set_aside_and_the_run_resumes(finished_run
   (latest / "3.orbax-checkpoint-tmp-1795000000" / "state").mkdir()
   (latest / "4" / "state").mkdir(parents=True)
   config = shrink(load_config("quickstart"), pathlib.Path(config.data.cache_dir))
-  done = run_command(_launch(tmp_path, config), cwd=ROOT, timeout=300)
+  done = run_command(launch_command(tmp_path, config), cwd=ROOT, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
   assert done.stderr.count("is a half-written checkpoint") == 2
   assert "resuming" in done.stderr
@@ -419,7 +409,7 @@ def test_killed_while_writing_a_checkpoint_resumes_from_the_one_before(finished_
   script.write_text(_SAVE_HELD_UP)
   env = dict(os.environ, PYTHONPATH=str(ROOT))
   process = subprocess.Popen(
-    [sys.executable, str(script), str(marker), *_launch(tmp_path / "run", config)[1:]],
+    [sys.executable, str(script), str(marker), *launch_command(tmp_path / "run", config)[1:]],
     cwd=ROOT,
     env=env,
     stdout=subprocess.DEVNULL,
@@ -436,7 +426,7 @@ def test_killed_while_writing_a_checkpoint_resumes_from_the_one_before(finished_
   assert (latest / "1").is_dir() and not (latest / "2").exists()
 
   done = run_command(
-    _launch(tmp_path / "run", config),
+    launch_command(tmp_path / "run", config),
     cwd=ROOT,
     env=env,
     timeout=300,
@@ -454,7 +444,7 @@ def test_killed_during_the_final_evaluation_ends_with_the_same_results(finished_
   log = tmp_path / "log.txt"
   with log.open("w") as out:
     process = subprocess.Popen(
-      _launch(tmp_path / "run", config), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+      launch_command(tmp_path / "run", config), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
     )
     deadline = time.time() + 300
     while "evaluating the best checkpoint" not in log.read_text() and time.time() < deadline:
@@ -465,7 +455,7 @@ def test_killed_during_the_final_evaluation_ends_with_the_same_results(finished_
     process.wait()
   assert process.returncode == -signal.SIGKILL  # killed while evaluating, not finished
   assert not (tmp_path / "run" / "results.json").exists()
-  done = run_command(_launch(tmp_path / "run", config), cwd=ROOT, timeout=300)
+  done = run_command(launch_command(tmp_path / "run", config), cwd=ROOT, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
   for name in ("results.json", "predictions_test.csv"):
     assert (tmp_path / "run" / name).read_bytes() == (reference / name).read_bytes(), name

@@ -11,13 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from lvef_jax import models
 from lvef_jax.errors import ConfigError
 from lvef_jax.models import r2plus1d, torch_import
 from lvef_jax.reporting import summary
 from tests.conftest import load_config
+from tests.torch_weights import arrays, assert_loaded, capture_logs, eval_forward
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -282,15 +282,6 @@ def torch_forward(net, clip: np.ndarray) -> np.ndarray:
     return net((x - mean) / std)[:, 0].numpy()
 
 
-@nnx.jit
-def jax_forward(model, video):
-  return model(video, train=False)
-
-
-def arrays(model) -> list[np.ndarray]:
-  return [np.array(leaf) for leaf in jax.tree.leaves(nnx.state(model))]
-
-
 # --- tests ---------------------------------------------------------------------------------------
 
 
@@ -333,7 +324,7 @@ def test_outputs_match_torchvisions(reference, kernels, file):
   clip = grey_clip()
   expected = torch_forward(reference.net, clip)
   assert np.ptp(expected) > 1.0  # the output depends on the input, not just on the bias
-  got = np.asarray(jax_forward(model, jnp.asarray(clip)))
+  got = np.asarray(eval_forward(model, jnp.asarray(clip)))
   assert got.shape == (BATCH,) and got.dtype == np.float32
   np.testing.assert_allclose(got, expected, rtol=0, atol=EF_TOLERANCE)
   # Pixels given as floats in 0-1 (as the data pipeline may hand them) are the same input.
@@ -351,19 +342,14 @@ def test_a_kinetics_file_loads_all_but_the_classifier(tmp_path, monkeypatch):
   torch.save(kinetics.state_dict(), path)
   model = models.create_model(config_for(arch))
   fresh_kernel = np.array(model.fc.kernel[...])
-  logged = []
-  monkeypatch.setattr(torch_import.logging, "info", lambda fmt, *a: logged.append(fmt % a))
+  logged = capture_logs(monkeypatch)
   torch_import.load_into(model, path)
   assert any("fc.weight (400, 512), fc.bias (400,) skipped" in line for line in logged), logged
   loaded = len(model.torch_parameters()) - 2
   assert any(f"{loaded} tensors loaded" in line for line in logged), logged
   np.testing.assert_array_equal(np.array(model.fc.kernel[...]), fresh_kernel)
   np.testing.assert_array_equal(np.array(model.fc.bias[...]), [np.float32(EF_BIAS)])
-  tensors = kinetics.state_dict()
-  for name, (module, attribute) in model.torch_parameters().items():
-    if not name.startswith("fc."):
-      value = torch_import.to_flax(tensors[name].numpy(), attribute)
-      np.testing.assert_array_equal(np.array(getattr(module, attribute)[...]), value, name)
+  assert_loaded(model, kinetics.state_dict(), but=("fc.weight", "fc.bias"))
 
 
 def test_a_mismatched_file_loads_nothing_and_names_every_mismatch(tmp_path):

@@ -8,7 +8,6 @@ import os
 import pathlib
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -18,7 +17,7 @@ from lvef_jax import config_base
 from lvef_jax.errors import ConfigError
 from lvef_jax.evaluation import commands
 from lvef_jax.training import tasks, trainer
-from tests.conftest import ROOT, load_config, run_command, shrink
+from tests.conftest import ROOT, launch_command, load_config, run_command, shrink
 
 pytestmark = pytest.mark.slow
 
@@ -34,9 +33,12 @@ SEG_DATA = dict(
   cache_in_memory=True,
 )
 
+# The small U-Net of these tests, as configs/quickstart.py's argument.
+SEG_ARG = "model=segmentation,features=8,depth=3"
+
 
 def _seg_config(cache_dir, **train):
-  config = load_config("quickstart", "model=segmentation,features=8,depth=3")
+  config = load_config("quickstart", SEG_ARG)
   config.data.update(cache_dir=str(cache_dir), **SEG_DATA)
   config.train.update(
     dict(batch_size=16, num_epochs=8, log_every_steps=5, bn_recalibration_batches=4), **train
@@ -81,23 +83,6 @@ def test_a_model_of_another_task_is_refused():
     tasks.task_of(config)
 
 
-def _launch(workdir, config):
-  defaults = config_base.load_config("quickstart", "model=segmentation,features=8,depth=3")
-  flags = [
-    f"--config.{section}.{key}={value}"
-    for section in ("model", "data", "train", "eval", "compute")
-    for key, value in config[section].items()
-    if value != defaults[section][key]
-  ]
-  return [
-    sys.executable,
-    str(ROOT / "launch.py"),
-    "--config=configs/quickstart.py:model=segmentation,features=8,depth=3",
-    f"--workdir={workdir}",
-    *flags,
-  ]
-
-
 def test_a_killed_segmentation_run_resumes_where_it_stopped(data_cache, tmp_path):
   config = _seg_config(data_cache, num_epochs=3, steps_per_epoch=3)
   config.eval.splits = ("val",)
@@ -106,7 +91,11 @@ def test_a_killed_segmentation_run_resumes_where_it_stopped(data_cache, tmp_path
   workdir = tmp_path / "killed"
   env = dict(os.environ, PYTHONPATH=str(ROOT))
   process = subprocess.Popen(
-    _launch(workdir, config), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    launch_command(workdir, config, config_arg=SEG_ARG),
+    cwd=ROOT,
+    env=env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
   )
   first = workdir / "checkpoints" / "latest" / "1"
   deadline = time.time() + 300
@@ -115,7 +104,9 @@ def test_a_killed_segmentation_run_resumes_where_it_stopped(data_cache, tmp_path
   process.send_signal(signal.SIGKILL)  # mid-epoch 2, or while saving: no clean-up at all
   process.wait()
   assert not (workdir / "results.json").exists()
-  done = run_command(_launch(workdir, config), cwd=ROOT, env=env, timeout=300)
+  done = run_command(
+    launch_command(workdir, config, config_arg=SEG_ARG), cwd=ROOT, env=env, timeout=300
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   assert "resuming" in done.stderr
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

@@ -281,8 +281,7 @@ class Model(layers.EFModel):
     if arch not in ARCHS:
       raise ConfigError(f"model.arch must be one of {', '.join(ARCHS)}, got {arch!r}")
     self.arch, self.dtype, self.ops = arch, jnp.dtype(dtype), ops
-    self.input_mean = r2plus1d._channel_values("input_mean", input_mean, r2plus1d.UNSET_MEAN)
-    self.input_std = r2plus1d._channel_values("input_std", input_std, r2plus1d.UNSET_STD)
+    self.input_mean, self.input_std = r2plus1d.input_normalization(input_mean, input_std)
     common = dict(dtype=self.dtype, rngs=rngs, ops=ops)
     norm = dict(momentum=bn_momentum, dtype=self.dtype, rngs=rngs)
     self.conv1 = _conv(

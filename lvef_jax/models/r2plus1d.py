@@ -215,22 +215,36 @@ class BasicBlock(nnx.Module):
     return names
 
 
-def _channel_values(name: str, value, default: float) -> tuple[float, float, float]:
-  """``model.input_mean`` / ``input_std`` as three per-channel numbers (one number: all three)."""
+def _channel_values(name: str, value, default: float, channels: int) -> tuple[float, ...]:
+  """``model.input_mean`` / ``input_std`` as ``channels`` numbers (one number: all of them)."""
   if value is None:
     value = default
-  values = (float(value),) * 3 if isinstance(value, (int, float)) else tuple(map(float, value))
-  if len(values) != 3 or not all(np.isfinite(values)):
-    raise ConfigError(f"model.{name} must be one number or three, got {value!r}")
+  if isinstance(value, (int, float)):
+    values = (float(value),) * channels
+  else:
+    values = tuple(map(float, value))
+  expected = "one number" if channels == 1 else f"one number or {channels}"
+  if len(values) != channels or not all(np.isfinite(values)):
+    raise ConfigError(f"model.{name} must be {expected}, got {value!r}")
   if name == "input_std" and min(values) <= 0:
     raise ConfigError(f"model.input_std must be positive, got {value!r}")
   return values
 
 
+def input_normalization(input_mean, input_std, channels: int = 3):
+  """The per-channel ``(mean, std)`` of ``model.input_mean`` / ``input_std`` (pixel units; one
+  number, or one per channel), checked. ``None`` (not known yet: a model built for
+  ``--mode=summary`` or the benchmark) scales pixels to 0-1."""
+  return (
+    _channel_values("input_mean", input_mean, UNSET_MEAN, channels),
+    _channel_values("input_std", input_std, UNSET_STD, channels),
+  )
+
+
 def normalize_pixels(pixels: jax.Array, mean, std, dtype) -> jax.Array:
   """Grey pixels ``[..., 1]`` (uint8, or floats in 0-1) as torchvision's 3 input channels,
   each ``(pixel - mean) / std`` with ``mean`` and ``std`` the 3 values of
-  :func:`_channel_values` in pixel units (the grey channel broadcast to three)."""
+  :func:`input_normalization` in pixel units (the grey channel broadcast to them)."""
   values = pixels.astype(jnp.float32)
   if not jnp.issubdtype(pixels.dtype, jnp.integer):
     values = values * 255.0
@@ -277,8 +291,7 @@ class Model(layers.EFModel):
         "its bias at model.ef_offset; ef_scale must be 1"
       )
     self.arch, self.dtype = arch, jnp.dtype(dtype)
-    self.input_mean = _channel_values("input_mean", input_mean, UNSET_MEAN)
-    self.input_std = _channel_values("input_std", input_std, UNSET_STD)
+    self.input_mean, self.input_std = input_normalization(input_mean, input_std)
     stem_kind, stage_kinds = ARCHS[arch]
     common = dict(dtype=self.dtype, rngs=rngs, ops=ops)
     norm = dict(momentum=bn_momentum, dtype=self.dtype, rngs=rngs)

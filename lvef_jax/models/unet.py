@@ -59,10 +59,9 @@ class Model(layers.EFModel):
         "(each level halves the frame)"
       )
     self.dtype = jnp.dtype(dtype)
-    self.input_mean = 0.0 if input_mean is None else float(input_mean)
-    self.input_std = 255.0 if input_std is None else float(input_std)
-    if not self.input_std > 0:
-      raise ConfigError(f"model.input_std must be positive, got {input_std!r}")
+    self.input_mean, self.input_std = r2plus1d.input_normalization(
+      input_mean, input_std, channels=1
+    )
     block = dict(
       norm="batch", bn_momentum=bn_momentum, dtype=self.dtype, rngs=rngs, ndim=2, ops=ops
     )
