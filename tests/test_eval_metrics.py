@@ -275,8 +275,9 @@ def test_evaluation_report_is_json_and_complete():
     "roc_auc",
     "interval_coverage",
     "calibration",
+    "out_of_range",
   }
-  assert report["n"] == 200
+  assert report["n"] == 200 and report["out_of_range"] == 0
   for k in ("rmse", "mae", "r2"):
     assert set(report[k]) == {"value", "ci95"} and len(report[k]["ci95"]) == 2
   assert set(report["roc_auc"]) == {"35", "40", "45", "50"}
@@ -307,3 +308,23 @@ def test_plots_write_png(tmp_path):
   for name in ("roc.png", "cal.png", "sub/empty.png"):
     assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
   assert sorted(p.name for p in tmp_path.rglob("*.tmp.png")) == []
+
+
+def test_predictions_outside_0_100_are_counted_and_drawn_at_the_edge(tmp_path, monkeypatch):
+  ef, pred = np.array([10.0, 50.0, 95.0, 60.0]), np.array([-9.0, 52.0, 104.0, 100.0])
+  assert metrics.out_of_range(pred).tolist() == [True, False, True, False]
+  assert metrics.evaluation_report(ef, pred, num_resamples=50)["out_of_range"] == 2
+  figures = []
+  monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+  plots.scatter(ef, pred, "scatter", tmp_path / "scatter.png")
+  plots.bland_altman(ef, pred, "bland-altman", tmp_path / "ba.png")
+  scatter_ax, ba_ax = (figure.axes[0] for figure in figures)
+  assert scatter_ax.get_xlim() == (0.0, 100.0) and scatter_ax.get_ylim() == (0.0, 100.0)
+  inside, edge = scatter_ax.collections
+  np.testing.assert_array_equal(inside.get_offsets(), [[50.0, 52.0], [60.0, 100.0]])
+  np.testing.assert_array_equal(edge.get_offsets(), [[10.0, 0.0], [95.0, 100.0]])
+  assert edge.get_label() == "2 predicted outside 0-100 % (at the edge)"
+  assert ba_ax.get_xlim() == (0.0, 100.0)
+  np.testing.assert_array_equal(ba_ax.collections[1].get_offsets(), [[0.5, -19.0], [99.5, 9.0]])
+  for figure in figures:
+    plots.plt.close(figure)

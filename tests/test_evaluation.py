@@ -62,9 +62,13 @@ def test_eval_needs_only_the_run_directory_and_its_metrics_match_the_csv(run):
     "EF_low",
     "EF_high",
     "n_clips",
+    "out_of_range",
   ]
   ef = np.array([float(r["EF"]) for r in rows])
   pred = np.array([float(r["EF_pred"]) for r in rows])
+  outside = [r["FileName"] for r in rows if r["out_of_range"] == "1"]
+  assert outside == [r["FileName"] for r, p in zip(rows, pred) if not 0 <= p <= 100]
+  assert report["out_of_range"] == len(outside)
   error = pred - ef
   assert report["n"] == len(rows)
   assert report["rmse"]["value"] == pytest.approx(np.sqrt(np.mean(error**2)), abs=1e-3)
@@ -341,11 +345,13 @@ def test_predict_folder_with_corrupt_mp4_and_large_videos(run, tmp_path):
     "EF_high",
     "hf_class",
     "n_clips",
+    "out_of_range",
     "error",
   ]
   assert rows["broken.avi"]["EF_pred"] == "" and "broken.avi" in rows["broken.avi"]["error"]
   for key in ("a.avi", "a.mp4", "big.avi"):
     assert rows[key]["error"] == "" and 0 < float(rows[key]["EF_pred"]) < 100
+    assert rows[key]["out_of_range"] == "0"
     assert rows[key]["hf_class"] in metrics.HF_CLASSES
   # MP4 compression and resizing change the pixels only a little.
   assert float(rows["a.mp4"]["EF_pred"]) == pytest.approx(float(rows["a.avi"]["EF_pred"]), abs=5)

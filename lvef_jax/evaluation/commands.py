@@ -296,6 +296,7 @@ def predict(
       EF_high=mean + z * std,
       hf_class=metrics.HF_CLASSES[int(metrics.hf_class(np.array([mean]))[0])],
       n_clips=str(n_clips),
+      out_of_range=str(int(metrics.out_of_range(mean))),
     )
     if info["frames"] != info["frames_read"]:
       logging.info(

@@ -219,6 +219,15 @@ def error_by_range(ef, ef_pred, edges=(30, 40, 50, 70)) -> list[dict]:
 
 # --- Heart-failure classes -------------------------------------------------------------------
 
+EF_RANGE = (0.0, 100.0)  # what an ejection fraction can be (%)
+
+
+def out_of_range(ef_pred) -> np.ndarray:
+  """Whether each predicted EF lies outside 0-100 %: a regression output can, and such a
+  prediction is kept in every metric but flagged in the CSVs and marked in the plots."""
+  ef_pred = np.asarray(ef_pred, np.float64)
+  return (ef_pred < EF_RANGE[0]) | (ef_pred > EF_RANGE[1])
+
 
 def hf_class(ef) -> np.ndarray:
   """Class index per video: 0 reduced (EF < 40), 1 mildly reduced (40 <= EF < 50), 2 preserved."""
@@ -426,7 +435,8 @@ def evaluation_report(
   ``error_by_ef_range`` (:func:`error_by_range`); ``heart_failure``
   (:func:`heart_failure_classes`); ``roc_auc`` (``{"35": auc, "40": ..., "45": ..., "50": ...}``);
   ``interval_coverage`` (only when ``low`` and ``high`` are given, with ``interval_nominal``);
-  ``calibration`` (only when ``ef_pred_std`` is given: ``[{"nominal", "coverage"}, ...]``).
+  ``calibration`` (only when ``ef_pred_std`` is given: ``[{"nominal", "coverage"}, ...]``);
+  ``out_of_range`` (predictions outside 0-100 %, :func:`out_of_range`, counted in the rest).
   """
   ef, ef_pred = _as_pair(ef, ef_pred)
   if (low is None) != (high is None):
@@ -436,6 +446,7 @@ def evaluation_report(
   report["error_by_ef_range"] = error_by_range(ef, ef_pred)
   report["heart_failure"] = heart_failure_classes(ef, ef_pred)
   report["roc_auc"] = roc_aucs(ef, ef_pred)
+  report["out_of_range"] = int(out_of_range(ef_pred).sum())
   if low is not None:
     report["interval_coverage"] = interval_coverage(ef, low, high, nominal=interval_nominal)
   if ef_pred_std is not None:

@@ -12,9 +12,20 @@ from typing import Sequence
 
 import numpy as np
 
+from lvef_jax.evaluation import metrics
 from lvef_jax.reporting import files, plots
 
-PREDICTION_COLUMNS = ("FileName", "EF", "EF_pred", "EF_pred_std", "EF_low", "EF_high", "n_clips")
+# ``out_of_range``: 1 where EF_pred is outside 0-100 % (kept in the metrics, marked in the plots).
+PREDICTION_COLUMNS = (
+  "FileName",
+  "EF",
+  "EF_pred",
+  "EF_pred_std",
+  "EF_low",
+  "EF_high",
+  "n_clips",
+  "out_of_range",
+)
 PREDICT_COLUMNS = (
   "FileName",
   "EF_pred",
@@ -23,6 +34,7 @@ PREDICT_COLUMNS = (
   "EF_high",
   "hf_class",
   "n_clips",
+  "out_of_range",
   "error",
 )
 
@@ -56,8 +68,8 @@ def write_evaluation(
     The files written.
   """
   rows = [
-    [f, _number(e), _number(p), _number(s), _number(lo), _number(hi), int(n)]
-    for f, e, p, s, lo, hi, n in zip(
+    [f, _number(e), _number(p), _number(s), _number(lo), _number(hi), int(n), int(outside)]
+    for f, e, p, s, lo, hi, n, outside in zip(
       predictions.file_name,
       predictions.ef,
       predictions.ef_pred,
@@ -65,6 +77,7 @@ def write_evaluation(
       low,
       high,
       predictions.n_clips,
+      metrics.out_of_range(predictions.ef_pred),
     )
   ]
   json_path = out_dir / f"{name}.json"

@@ -11,8 +11,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from lvef_jax.evaluation import metrics  # noqa: E402
+
 # Heart-failure classes by EF (ESC): reduced < 40, mildly reduced 40-49, preserved >= 50.
 HF_THRESHOLDS = (40.0, 50.0)
+EF_AXIS = metrics.EF_RANGE  # the EF axes: what an ejection fraction can be
 
 
 def _save(fig, path: pathlib.Path) -> None:
@@ -23,38 +26,65 @@ def _save(fig, path: pathlib.Path) -> None:
   tmp.replace(path)  # a reader never sees a half-written figure
 
 
+def _mark_outside(ax, x: np.ndarray, y: np.ndarray, outside: np.ndarray) -> None:
+  """The points of predictions outside 0-100 % (already moved to the edge) as red triangles."""
+  if outside.any():
+    ax.scatter(
+      x[outside],
+      y[outside],
+      s=24,
+      marker="^",
+      color="tab:red",
+      clip_on=False,
+      zorder=3,
+      label=f"{int(outside.sum())} predicted outside 0-100 % (at the edge)",
+    )
+
+
 def scatter(ef: np.ndarray, ef_pred: np.ndarray, title: str, path: pathlib.Path) -> None:
-  """Predicted vs true EF with the identity line and the heart-failure class bands."""
+  """Predicted vs true EF with the identity line and the heart-failure class bands, on 0-100 %
+  axes; a prediction outside them is drawn at the edge as a red triangle."""
+  ef, ef_pred = np.asarray(ef, np.float64), np.asarray(ef_pred, np.float64)
   fig, ax = plt.subplots(figsize=(5, 5))
-  low = min(float(np.min(ef)), float(np.min(ef_pred)), 0.0)
-  high = max(float(np.max(ef)), float(np.max(ef_pred)), 100.0)
+  low, high = EF_AXIS
   for threshold in HF_THRESHOLDS:
     ax.axvline(threshold, color="0.85", lw=0.8, zorder=0)
     ax.axhline(threshold, color="0.85", lw=0.8, zorder=0)
   ax.plot([low, high], [low, high], "k--", lw=1, label="identity")
-  ax.scatter(ef, ef_pred, s=8, alpha=0.6)
+  outside = metrics.out_of_range(ef_pred)
+  ax.scatter(ef[~outside], ef_pred[~outside], s=8, alpha=0.6)
+  _mark_outside(ax, np.clip(ef, low, high), np.clip(ef_pred, low, high), outside)
   ax.set(
     xlim=(low, high), ylim=(low, high), xlabel="true EF (%)", ylabel="predicted EF (%)", title=title
   )
   ax.set_aspect("equal")
-  ax.legend(loc="upper left")
+  ax.legend(loc="upper left", fontsize=8)
   _save(fig, path)
 
 
 def bland_altman(ef: np.ndarray, ef_pred: np.ndarray, title: str, path: pathlib.Path) -> None:
-  """Difference (predicted - true) against the mean, with the bias and ±1.96 SD limits."""
+  """Difference (predicted - true) against the mean, with the bias and ±1.96 SD limits; the mean
+  axis spans 0-100 % and a prediction outside 0-100 % is a red triangle."""
+  ef, ef_pred = np.asarray(ef, np.float64), np.asarray(ef_pred, np.float64)
   mean = (ef + ef_pred) / 2
   diff = ef_pred - ef
   bias, sd = float(np.mean(diff)), float(np.std(diff, ddof=1)) if diff.size > 1 else 0.0
   fig, ax = plt.subplots(figsize=(6, 4))
-  ax.scatter(mean, diff, s=8, alpha=0.6)
+  outside = metrics.out_of_range(ef_pred)
+  ax.scatter(mean[~outside], diff[~outside], s=8, alpha=0.6)
+  _mark_outside(ax, np.clip(mean, *EF_AXIS), diff, outside)
   ax.axhline(bias, color="k", lw=1, label=f"mean difference {bias:+.2f}")
   for sign in (-1, 1):
     limit = bias + sign * 1.96 * sd
     ax.axhline(
       limit, color="r", ls="--", lw=1, label=f"{'+' if sign > 0 else '-'}1.96 SD {limit:+.2f}"
     )
-  ax.set(xlabel="mean of true and predicted EF (%)", ylabel="predicted - true EF (%)", title=title)
+  ax.set(
+    xlim=EF_AXIS,
+    xlabel="mean of true and predicted EF (%)",
+    ylabel="predicted - true EF (%)",
+    title=title,
+  )
   ax.legend(loc="best", fontsize=8)
   _save(fig, path)
 
