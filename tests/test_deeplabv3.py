@@ -16,9 +16,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lvef_jax import models
+from lvef_jax import models, sharding
 from lvef_jax.errors import ConfigError
+from lvef_jax.evaluation import beat_to_beat
 from lvef_jax.models import deeplabv3, torch_import
+from lvef_jax.training import importer
+from tests.conftest import load_config
 from tests.torch_weights import assert_loaded, capture_logs, eval_forward
 
 torch = pytest.importorskip("torch")
@@ -376,6 +379,23 @@ def test_logits_match_torchvisions(reference, kernels, file):
   # Pixels given as floats in 0-1 are the same input.
   from_floats = model.normalize(jnp.asarray(frames, jnp.float32) / 255.0)
   np.testing.assert_allclose(from_floats, model.normalize(jnp.asarray(frames)), rtol=0, atol=1e-5)
+
+
+def test_an_imported_echonet_file_is_a_segmentation_run_without_data(reference, tmp_path):
+  """``--mode=import`` of EchoNet-Dynamic's segmentation checkpoint, its normalisation given:
+  the run directory segments as the torch network does (the masks of its positive logits)."""
+  config = load_config("segmentation")
+  config.data.image_size = SIZE
+  config.eval.batch_size = 8  # one frame per fake device
+  config.model.update(init_from=str(reference.echonet), input_mean=list(MEAN), input_std=list(STD))
+  workdir = importer.import_run(config, tmp_path / "imported")
+  segmenter = beat_to_beat.Segmenter(workdir, sharding.make_mesh())
+  frames = grey_frames()
+  (masks,) = segmenter.masks(frames[..., 0])
+  expected = torch_forward(reference.net, frames)
+  clear = np.abs(expected) > 10 * LOGIT_TOLERANCE  # away from the decision boundary
+  assert masks.shape == (BATCH, SIZE, SIZE) and 0 < masks.mean() < 1
+  np.testing.assert_array_equal(masks[clear], expected[clear] > 0)
 
 
 @pytest.mark.parametrize(
