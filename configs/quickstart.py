@@ -13,8 +13,9 @@ pixels, trained for 10 epochs in batches of 16. The argument names the family (`
 default i3d: I3D-mini with the 1x1x1 conv2 and head A) and passes every other key=value to
 that family's config, e.g. ``model=fusion,kind=new_combination,norm=layer`` or
 ``model=cnn_rnn,rnn=lstm``. The family keeps its own layers and learning rate (the video
-ResNets, ``model=r2plus1d``, train with Adam at 1e-3 here). (InceptionV3 needs frames of at
-least 75 pixels: add ``--config.data.image_size=80`` for it.)
+ResNets, ``model=r2plus1d``, train with Adam at 1e-3 here, for 16 epochs, the rate halved
+every 8). (InceptionV3 needs frames of at least 75 pixels: add
+``--config.data.image_size=80`` for it.)
 """
 
 from lvef_jax.config_base import load_config
@@ -50,9 +51,17 @@ def get_config(arg: str | None = None):
   # is every clip, a clip from each frame: hours on a CPU).
   config.eval.update(batch_size=32, clips="one", clip_stride=0)
   if family == "r2plus1d":
-    # The demo's 370 steps with the paper's optimizer (Adam at 1e-3) rather than
-    # EchoNet-Dynamic's SGD at 1e-4, a recipe for its 45 epochs of EchoNet-Dynamic's 7,465 videos.
-    config.train.update(optimizer="adam", learning_rate=1e-3, weight_decay=0.0)
+    # The paper's optimizer (Adam at 1e-3) rather than EchoNet-Dynamic's SGD at 1e-4, a recipe
+    # for 45 epochs of 7,465 videos; and 16 epochs, not 10: from scratch, R(2+1)D-18 stays near
+    # the mean EF for about 7 epochs (I3D-mini is at R² 0.3 after one), then learns quickly.
+    config.train.update(
+      optimizer="adam",
+      learning_rate=1e-3,
+      weight_decay=0.0,
+      num_epochs=16,
+      lr_decay_epochs=8,
+      early_stopping_patience=8,
+    )
   return config
 
 
