@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import math
 
 import numpy as np
@@ -328,3 +329,19 @@ def test_predictions_outside_0_100_are_counted_and_drawn_at_the_edge(tmp_path, m
   np.testing.assert_array_equal(ba_ax.collections[1].get_offsets(), [[0.5, -19.0], [99.5, 9.0]])
   for figure in figures:
     plots.plt.close(figure)
+
+
+def test_the_printed_summary_explains_an_interval_of_no_width():
+  from lvef_jax.evaluation import commands
+
+  ef, pred = _noisy(50, seed=7)
+  for width, expected in (
+    (0.0, "no 90 % interval: one clip a video has no spread"),
+    (8.0, "covers"),
+  ):
+    report = metrics.evaluation_report(
+      ef, pred, low=pred - width / 2, high=pred + width / 2, num_resamples=50
+    )
+    report.update(split="test", clips="one", clips_scored=50, interval={"source": "clips"})
+    text = commands._summary(report, pathlib.Path("test_one.json"))
+    assert expected in text and ("mean width 8.0" in text) == (width > 0), text

@@ -190,7 +190,12 @@ def _summary(report: dict, path: pathlib.Path) -> str:
     f"R² {ci('r2', 3)} (95 % bootstrap CI)",
     f"  ROC AUC {aucs}; heart-failure class accuracy {report['heart_failure']['accuracy']:.3f}",
   ]
-  if coverage:
+  if coverage and coverage["mean_width"] == 0:
+    lines.append(
+      "  no 90 % interval: one clip a video has no spread (score several clips, e.g. "
+      "--eval_clips=all, or set eval.mc_dropout_samples)"
+    )
+  elif coverage:
     lines.append(
       f"  90 % interval ({report['interval']['source']}) covers "
       f"{coverage['coverage']:.1%} of true EFs, mean width {coverage['mean_width']:.1f}"
