@@ -188,13 +188,13 @@ def test_bad_dataset_exits_non_zero_naming_the_problem(tmp_path):
   assert not cache.exists() or [p.name for p in cache.rglob("*")] == [".prepare.lock"]
 
 
-def _runlaunch_command(*args, timeout=300):
+def _run_launch(*args, timeout=300):
   return run_command([sys.executable, "launch.py", *args], cwd=ROOT, timeout=timeout)
 
 
 def test_missing_dataset_folder_is_one_error_message(tmp_path):
   root = tmp_path / "no" / "such" / "folder"
-  done = _runlaunch_command(
+  done = _run_launch(
     "--config=configs/quickstart.py",
     f"--workdir={tmp_path / 'run'}",
     f"--config.data.root={root}",
@@ -210,7 +210,7 @@ def test_missing_dataset_folder_is_one_error_message(tmp_path):
 def test_bad_config_value_is_one_error_message(tmp_path):
   # batch_size 0 used to pass the check (0 is divisible by any device count) and then divide
   # by zero; it fails before any data is read.
-  done = _runlaunch_command(
+  done = _run_launch(
     "--config=configs/quickstart.py",
     f"--workdir={tmp_path / 'run'}",
     f"--config.data.cache_dir={tmp_path / 'c'}",
@@ -233,9 +233,7 @@ def test_bad_config_value_is_one_error_message(tmp_path):
 def test_a_mistyped_override_is_one_error_line_with_the_closest_keys(
   tmp_path, override, named, closest
 ):
-  done = _runlaunch_command(
-    "--config=configs/quickstart.py", f"--workdir={tmp_path / 'run'}", override
-  )
+  done = _run_launch("--config=configs/quickstart.py", f"--workdir={tmp_path / 'run'}", override)
   assert done.returncode == 1
   lines = (done.stdout + done.stderr).strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: "), lines

@@ -217,7 +217,7 @@ def error_by_range(ef, ef_pred, edges=(30, 40, 50, 70)) -> list[dict]:
   return rows
 
 
-# --- Heart-failure classes -------------------------------------------------------------------
+# --- Predictions outside what an EF can be --------------------------------------------------
 
 EF_RANGE = (0.0, 100.0)  # what an ejection fraction can be (%)
 
@@ -227,6 +227,9 @@ def out_of_range(ef_pred) -> np.ndarray:
   prediction is kept in every metric but flagged in the CSVs and marked in the plots."""
   ef_pred = np.asarray(ef_pred, np.float64)
   return (ef_pred < EF_RANGE[0]) | (ef_pred > EF_RANGE[1])
+
+
+# --- Heart-failure classes -------------------------------------------------------------------
 
 
 def hf_class(ef) -> np.ndarray:

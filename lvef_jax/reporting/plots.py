@@ -15,7 +15,6 @@ from lvef_jax.evaluation import metrics  # noqa: E402
 
 # Heart-failure classes by EF (ESC): reduced < 40, mildly reduced 40-49, preserved >= 50.
 HF_THRESHOLDS = (40.0, 50.0)
-EF_AXIS = metrics.EF_RANGE  # the EF axes: what an ejection fraction can be
 
 
 def _save(fig, path: pathlib.Path) -> None:
@@ -46,7 +45,7 @@ def scatter(ef: np.ndarray, ef_pred: np.ndarray, title: str, path: pathlib.Path)
   axes; a prediction outside them is drawn at the edge as a red triangle."""
   ef, ef_pred = np.asarray(ef, np.float64), np.asarray(ef_pred, np.float64)
   fig, ax = plt.subplots(figsize=(5, 5))
-  low, high = EF_AXIS
+  low, high = metrics.EF_RANGE
   for threshold in HF_THRESHOLDS:
     ax.axvline(threshold, color="0.85", lw=0.8, zorder=0)
     ax.axhline(threshold, color="0.85", lw=0.8, zorder=0)
@@ -72,7 +71,7 @@ def bland_altman(ef: np.ndarray, ef_pred: np.ndarray, title: str, path: pathlib.
   fig, ax = plt.subplots(figsize=(6, 4))
   outside = metrics.out_of_range(ef_pred)
   ax.scatter(mean[~outside], diff[~outside], s=8, alpha=0.6)
-  _mark_outside(ax, np.clip(mean, *EF_AXIS), diff, outside)
+  _mark_outside(ax, np.clip(mean, *metrics.EF_RANGE), diff, outside)
   ax.axhline(bias, color="k", lw=1, label=f"mean difference {bias:+.2f}")
   for sign in (-1, 1):
     limit = bias + sign * 1.96 * sd
@@ -80,7 +79,7 @@ def bland_altman(ef: np.ndarray, ef_pred: np.ndarray, title: str, path: pathlib.
       limit, color="r", ls="--", lw=1, label=f"{'+' if sign > 0 else '-'}1.96 SD {limit:+.2f}"
     )
   ax.set(
-    xlim=EF_AXIS,
+    xlim=metrics.EF_RANGE,
     xlabel="mean of true and predicted EF (%)",
     ylabel="predicted - true EF (%)",
     title=title,
