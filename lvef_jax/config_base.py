@@ -166,6 +166,18 @@ def base_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(
     dict(
       root="",  # EchoNet-Dynamic folder; "" uses the built-in synthetic dataset
+      # The folder's layout (lvef_jax/data/formats.py, docs/external.md): "echonet"
+      # (EchoNet-Dynamic), "echonet_pediatric" (one view folder of EchoNet-Pediatric) or
+      # "camus" (CAMUS, NIfTI or MetaImage release; the `external` extra).
+      format="echonet",
+      # Folds 0-9 (EchoNet-Pediatric's Split column; CAMUS's patients 1-50, 51-100, ...) that
+      # are the val and test splits, comma-separated; the other folds are train.
+      val_folds="8",
+      test_folds="9",
+      camus_view="4CH",  # "4CH", "2CH" or "both" (one video each)
+      # A CAMUS half cycle as a video: "loop" (forward, backward, repeated to a clip), "mirror"
+      # (forward and backward once) or "once" (forward).
+      half_cycle="loop",
       cache_dir="data",  # synthetic dataset and prepared TFDS data live here
       tfds_dir="",  # "" derives a folder under cache_dir from the root
       synthetic_num_videos=1000,

@@ -20,6 +20,7 @@ import csv
 import dataclasses
 import math
 import os
+from typing import Callable
 
 from absl import logging
 import numpy as np
@@ -40,6 +41,8 @@ FILE_LIST_HEADER = (
   "Split",
 )
 TRACINGS_HEADER = ("FileName", "X1", "Y1", "X2", "Y2", "Frame")
+# The other layout of VolumeTracings.csv (EchoNet-Pediatric's): the outline's points in order.
+POINTS_HEADER = ("FileName", "X", "Y", "Frame")
 FILE_LIST = "FileList.csv"
 TRACINGS = "VolumeTracings.csv"
 VIDEOS = "Videos"
@@ -69,9 +72,16 @@ class VideoRecord:
       es_frame: End-systolic traced frame index, -1 if none.
       video_path: Absolute path to the .avi.
       ed_chords: float32 [n_rows, 4] tracing of ed_frame (X1, Y1, X2, Y2 in pixels; row 0 the
-          long axis, the rest the short-axis chords), None if the video has no tracings.
-          Neither chords field takes part in equality or repr.
+          long axis, the rest the short-axis chords), or [n_points, 2] (X, Y: the outline's
+          points in order, the other layout of VolumeTracings.csv), None if the video has no
+          tracings. Neither chords field takes part in equality or repr.
       es_chords: The same for es_frame.
+      strata: The dataset's own strata of the video (CAMUS: image_quality, view, sex,
+          age_group), {} where it has none. Not part of equality.
+      load: For datasets not stored as videos (CAMUS): a function returning the video as it
+          is prepared, ``(frames uint8 [T, H, W], LV masks uint8 [2, H, W] of the ED and ES
+          frames or None, (ed_frame, es_frame))``; None: `load_video` of video_path, masks
+          from the chords.
   """
 
   file_name: str
@@ -88,11 +98,13 @@ class VideoRecord:
   video_path: str
   ed_chords: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
   es_chords: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+  strata: dict[str, str] = dataclasses.field(default_factory=dict, compare=False)
+  load: Callable | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
-def _raise(root, problems):
+def raise_problems(root, problems, dataset: str = "EchoNet-Dynamic"):
   """Raises one error listing every problem, one per line."""
-  head = f"EchoNet-Dynamic folder {root} has {len(problems)} problem(s):"
+  head = f"{dataset} folder {root} has {len(problems)} problem(s):"
   raise EchoNetFormatError("\n  - ".join([head] + problems))
 
 
@@ -139,7 +151,7 @@ def _data_rows(path, n_fields, problems):
         )
 
 
-def _number(
+def number(
   text, what, where, problems, *, lo=-math.inf, hi=math.inf, positive=False, integer=False
 ):
   """Parses one numeric CSV field; appends a problem and returns None if invalid."""
@@ -188,13 +200,13 @@ def _parse_file_list(root, problems):
       problems.append(f"{where}: duplicate FileName (first listed on line {first_line[name]})")
     else:
       first_line[name] = line
-    ef = _number(ef, "EF", where, problems, lo=0.0, hi=100.0)
-    esv = _number(esv, "ESV", where, problems, lo=0.0)
-    edv = _number(edv, "EDV", where, problems, lo=0.0)
-    height = _number(height, "FrameHeight", where, problems, positive=True, integer=True)
-    width = _number(width, "FrameWidth", where, problems, positive=True, integer=True)
-    fps = _number(fps, "FPS", where, problems, positive=True)
-    n_frames = _number(n_frames, "NumberOfFrames", where, problems, positive=True, integer=True)
+    ef = number(ef, "EF", where, problems, lo=0.0, hi=100.0)
+    esv = number(esv, "ESV", where, problems, lo=0.0)
+    edv = number(edv, "EDV", where, problems, lo=0.0)
+    height = number(height, "FrameHeight", where, problems, positive=True, integer=True)
+    width = number(width, "FrameWidth", where, problems, positive=True, integer=True)
+    fps = number(fps, "FPS", where, problems, positive=True)
+    n_frames = number(n_frames, "NumberOfFrames", where, problems, positive=True, integer=True)
     if split.lower() not in SPLITS:
       problems.append(
         f"{where}: Split {split!r} is not one of {', '.join(name.upper() for name in SPLITS)}"
@@ -234,11 +246,11 @@ def read_file_list(root) -> list[VideoRecord]:
   root = os.fspath(root)
   path = os.path.join(root, FILE_LIST)
   if not os.path.isfile(path):
-    _raise(root, [f"{path} is missing"])
+    raise_problems(root, [f"{path} is missing"])
   problems = []
   parsed = _parse_file_list(root, problems)
   if problems:
-    _raise(root, problems)
+    raise_problems(root, problems)
   return parsed[0]
 
 
@@ -255,23 +267,32 @@ def _parse_tracings(path, problems):
   if not os.path.isfile(path):
     logging.warning("%s is missing: no video will have traced ED/ES frames.", path)
     return chords, first_line
-  for line, fields in _csv_rows(path, TRACINGS_HEADER, problems) or ():
+  with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+    header = tuple(next(csv.reader(f), []))
+  # Chords (EchoNet-Dynamic) or outline points (EchoNet-Pediatric): told apart by the header.
+  layout = POINTS_HEADER if header == POINTS_HEADER else TRACINGS_HEADER
+  if header == POINTS_HEADER:
+    rows = _data_rows(path, len(layout), problems)
+  else:
+    rows = _csv_rows(path, TRACINGS_HEADER, problems)
+    if rows is None:
+      problems[-1] += f" (or {','.join(POINTS_HEADER)!r}: the outline's points)"
+  n = len(layout) - 2  # coordinates per row
+  for line, fields in rows or ():
     name = fields[0]
     # The official file has ~420k rows: try the plain conversion first and run the
     # validation that words the errors only when it fails.
     try:
-      coords = [float(x) for x in fields[1:5]]
-      frame = int(fields[5])
+      coords = [float(x) for x in fields[1 : n + 1]]
+      frame = int(fields[n + 1])
       valid = frame >= 0 and math.isfinite(sum(coords))
     except ValueError:
       valid = False
     if not valid:
       where = f"{path} line {line} (FileName {name!r})"
       n_before = len(problems)
-      coords = [
-        _number(x, col, where, problems) for x, col in zip(fields[1:5], TRACINGS_HEADER[1:5])
-      ]
-      frame = _number(fields[5], "Frame", where, problems, lo=0, integer=True)
+      coords = [number(x, col, where, problems) for x, col in zip(fields[1 : n + 1], layout[1:])]
+      frame = number(fields[n + 1], "Frame", where, problems, lo=0, integer=True)
       if len(problems) != n_before:
         continue
     # Tracings name the file with ".avi" while FileList does not: key by the FileList form.
@@ -293,8 +314,9 @@ def read_tracings(root) -> dict[str, dict[int, np.ndarray]]:
 
   Returns:
       file name (no .avi) -> {frame index: float32 [n_rows, 4] with columns X1, Y1, X2, Y2}.
-      Row 0 of each frame is the long axis, the rest are short-axis chords. {} (with a
-      warning) if the file is missing.
+      Row 0 of each frame is the long axis, the rest are short-axis chords. A file in the
+      points layout (``FileName,X,Y,Frame``) gives [n_points, 2] instead. {} (with a warning)
+      if the file is missing.
 
   Raises:
       EchoNetFormatError: bad header or unparsable rows (all listed).
@@ -303,20 +325,24 @@ def read_tracings(root) -> dict[str, dict[int, np.ndarray]]:
   problems = []
   tracings, _ = _parse_tracings(os.path.join(root, TRACINGS), problems)
   if problems:
-    _raise(root, problems)
+    raise_problems(root, problems)
   return tracings
 
 
 def _traced_area(chords: np.ndarray) -> float:
-  """Area of the left-ventricle outline traced by one frame's short-axis chords.
+  """Area of the left-ventricle outline traced in one frame.
 
-  As in the official echonet loader, the outline is the polygon through the chords' first
+  As in the official echonet loader, the outline of chords is the polygon through their first
   end points followed by their second end points in reverse; row 0 (the long axis) is not on
-  it. The shoelace formula gives its area; with fewer than two chords it is 0.
+  it. Points ([n, 2]) are the outline itself. The shoelace formula gives its area; with fewer
+  than two chords it is 0.
   """
-  c = np.asarray(chords, np.float64)[1:]
-  x = np.concatenate([c[:, 0], c[::-1, 2]])
-  y = np.concatenate([c[:, 1], c[::-1, 3]])
+  c = np.asarray(chords, np.float64)
+  if c.shape[1] == 2:
+    x, y = c[:, 0], c[:, 1]
+  else:
+    x = np.concatenate([c[1:, 0], c[:0:-1, 2]])
+    y = np.concatenate([c[1:, 1], c[:0:-1, 3]])
   return float(0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
 
 
@@ -393,7 +419,12 @@ def _check_videos(videos_dir, names, check_videos, problems, skipped=None):
 
 
 def load_dataset_index(
-  root, *, check_videos: bool = True, skipped: dict[str, str] | None = None
+  root,
+  *,
+  check_videos: bool = True,
+  skipped: dict[str, str] | None = None,
+  parse_file_list: Callable | None = None,
+  dataset: str = "EchoNet-Dynamic",
 ) -> list[VideoRecord]:
   """Reads and validates a whole EchoNet-Dynamic folder: the entry point for other modules.
 
@@ -405,6 +436,10 @@ def load_dataset_index(
       skipped: If given (``data.on_bad_video=skip``), videos that are missing or unreadable
           are left out of the result and recorded here (FileName -> reason) instead of being
           problems; a split left empty is still one.
+      parse_file_list: For a dataset in this layout whose FileList.csv has other columns
+          (EchoNet-Pediatric): ``(root, problems) -> (records, names) or None``, as
+          `_parse_file_list`; the videos and tracings are checked as here.
+      dataset: The dataset's name, for the error's first line.
 
   Returns:
       One record per FileList.csv row, in file order, with ed_frame/es_frame and their chords
@@ -416,14 +451,14 @@ def load_dataset_index(
   root = os.fspath(root)
   if not os.path.isdir(root):
     what = "is not a directory" if os.path.exists(root) else "does not exist"
-    _raise(root, [f"dataset root {root} {what}"])
+    raise_problems(root, [f"dataset root {root} {what}"], dataset)
   problems = []
   list_path = os.path.join(root, FILE_LIST)
   videos_dir = os.path.join(root, VIDEOS)
   tracings_path = os.path.join(root, TRACINGS)
   records, names, parsed = [], [], None
   if os.path.isfile(list_path):
-    parsed = _parse_file_list(root, problems)
+    parsed = (parse_file_list or _parse_file_list)(root, problems)
     if parsed is not None:
       records, names = parsed
   else:
@@ -451,7 +486,7 @@ def load_dataset_index(
       name_list(unknown),
     )
   if problems:
-    _raise(root, problems)
+    raise_problems(root, problems, dataset)
   # A traced frame past NumberOfFrames is a problem of the tracings or of the metadata, not of
   # the EF label (the released dataset has such rows): warn, and use no tracing for that video.
   num_frames = {r.file_name: r.num_frames for r in records}

@@ -26,17 +26,23 @@ def outline(chords) -> tuple[np.ndarray, np.ndarray]:
 
   Args:
     chords: [n, 4] X1, Y1, X2, Y2 of one traced frame; row 0, the long axis, is not on it.
+      Or [n, 2], the outline's X, Y points in order (EchoNet-Pediatric's layout).
 
   Returns:
     (x, y), float64 [2 * (n - 1)] each: ``concat(X1[1:], reversed(X2[1:]))`` and the same of
-    Y, rounded to whole pixels with ``np.rint`` (halves to even, as numpy rounds).
+    Y (or the points' X and Y, [n] each), rounded to whole pixels with ``np.rint`` (halves to
+    even, as numpy rounds).
 
   Raises:
-    ValueError: chords is not [n, 4].
+    ValueError: chords is neither [n, 4] nor [n, 2].
   """
   c = np.asarray(chords, np.float64)
-  if c.ndim != 2 or c.shape[1] != 4:
-    raise ValueError(f"chords must be [rows, 4] (X1, Y1, X2, Y2), got shape {c.shape}")
+  if c.ndim != 2 or c.shape[1] not in (2, 4):
+    raise ValueError(
+      f"chords must be [rows, 4] (X1, Y1, X2, Y2) or [points, 2] (X, Y), got shape {c.shape}"
+    )
+  if c.shape[1] == 2:
+    return np.rint(c[:, 0]), np.rint(c[:, 1])
   c = c[1:]
   x = np.rint(np.concatenate([c[:, 0], c[::-1, 2]]))
   y = np.rint(np.concatenate([c[:, 1], c[::-1, 3]]))
@@ -120,11 +126,13 @@ def mask_problem(chords, height: int, width: int) -> str | None:
   pixels; an outline of zero area (its vertices on one line); no pixel of it inside the frame.
   """
   c = np.asarray(chords, np.float64)
-  if c.ndim != 2 or c.shape[1] != 4:
-    return f"its rows have shape {c.shape}, expected [rows, 4]"
+  if c.ndim != 2 or c.shape[1] not in (2, 4):
+    return f"its rows have shape {c.shape}, expected [rows, 4] or [points, 2]"
   if not np.isfinite(c).all():
     return "it has coordinates that are not finite numbers"
-  if len(c) < 3:
+  if c.shape[1] == 2 and len(c) < 3:
+    return f"it has {len(c)} outline points, fewer than the 3 an outline needs"
+  if c.shape[1] == 4 and len(c) < 3:
     return f"it has {max(0, len(c) - 1)} short-axis chords, fewer than the 2 an outline needs"
   x, y = outline(c)
   if len(set(zip(x.tolist(), y.tolist()))) < 3:

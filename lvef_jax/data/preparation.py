@@ -21,6 +21,7 @@ the other processes call it.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import json
@@ -37,6 +38,7 @@ import tensorflow_datasets as tfds
 
 from lvef_jax import filelock
 from lvef_jax.data import echonet
+from lvef_jax.data import formats
 from lvef_jax.data import synthetic
 from lvef_jax.data import tfds_builder
 from lvef_jax.data.clips import SPLITS
@@ -44,6 +46,9 @@ from lvef_jax.errors import ConfigError
 from lvef_jax.reporting import files
 
 SKIPPED_FILE = "skipped_videos.csv"  # with data.on_bad_video=skip: the videos left out, why
+# The dataset's own strata of each video (CAMUS image quality, view, ...): FileName, then one
+# column per stratum. Only the header for a dataset without strata (EchoNet-Dynamic).
+STRATA_FILE = "strata.csv"
 _SOURCE_FILE = "source.json"  # Fingerprint of the folder a TFDS dir was prepared from.
 # Exists while a preparation runs (its last step removes it): found by the next preparer, who
 # holds the lock, it marks one that was killed, whose leftovers are removed.
@@ -147,7 +152,7 @@ def resolve_root(data_cfg) -> pathlib.Path:
   settings = DataSettings.from_cfg(data_cfg)
   if settings.root:
     root = pathlib.Path(settings.root).expanduser().absolute()
-    logging.info("Using EchoNet folder %s.", root)
+    logging.info("Using the dataset folder %s.", root)
     return root
   params = _synthetic_params(settings)
   folder = pathlib.Path(settings.cache_dir).expanduser().absolute() / (
@@ -175,23 +180,42 @@ def resolve_root(data_cfg) -> pathlib.Path:
   return folder
 
 
-def _tfds_dir(settings: DataSettings, root: pathlib.Path) -> pathlib.Path:
+def _tfds_dir(
+  settings: DataSettings, root: pathlib.Path, identity: dict | None = None
+) -> pathlib.Path:
   if settings.tfds_dir:
     return pathlib.Path(settings.tfds_dir).expanduser().absolute()
-  # Basename for humans, hash of the absolute path so two folders named alike never collide.
-  digest = hashlib.sha256(str(root.absolute()).encode()).hexdigest()[:8]
+  # Basename for humans, hash of the absolute path so two folders named alike never collide,
+  # and of the format's settings (`formats.FormatSettings.identity`: the folds that make the
+  # splits, CAMUS's clip construction), so that copies prepared otherwise never mix.
+  key = str(root.absolute()) + (json.dumps(identity, sort_keys=True) if identity else "")
+  digest = hashlib.sha256(key.encode()).hexdigest()[:8]
   return pathlib.Path(settings.cache_dir).expanduser().absolute() / "tfds" / f"{root.name}-{digest}"
 
 
-def _fingerprint(root: pathlib.Path) -> dict[str, str]:
-  """Cheap content fingerprint: the two CSVs' bytes plus every video's name and size.
+def _file_hash(path: pathlib.Path) -> str:
+  return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+
+
+def _fingerprint(root: pathlib.Path, fmt: str = formats.ECHONET) -> dict[str, str]:
+  """Cheap content fingerprint: the two CSVs' bytes plus every video's name and size (CAMUS:
+  every Info cfg's bytes plus every file's path and size).
 
   Lets `prepare` notice a folder edited after it was prepared (stale data would otherwise be
   reused silently). Sizes, not mtimes, so that copying the folder does not force a rebuild.
   """
-
-  def file_hash(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+  if fmt == formats.CAMUS:
+    infos, listing = [], []
+    for dirpath, _, names in sorted(os.walk(root)):
+      for name in sorted(names):
+        path = pathlib.Path(dirpath) / name
+        listing.append(f"{path.relative_to(root)}:{path.stat().st_size}")
+        if name.endswith(".cfg"):
+          infos.append(_file_hash(path))
+    return {
+      "info": hashlib.sha256("\n".join(infos).encode()).hexdigest(),
+      "files": hashlib.sha256("\n".join(listing).encode()).hexdigest(),
+    }
 
   videos = root / "Videos"
   listing = (
@@ -200,8 +224,8 @@ def _fingerprint(root: pathlib.Path) -> dict[str, str]:
     else []
   )
   return {
-    "file_list": file_hash(root / "FileList.csv"),
-    "tracings": file_hash(root / "VolumeTracings.csv"),
+    "file_list": _file_hash(root / "FileList.csv"),
+    "tracings": _file_hash(root / "VolumeTracings.csv"),
     "videos": hashlib.sha256("\n".join(listing).encode()).hexdigest(),
   }
 
@@ -257,9 +281,10 @@ def prepare(data_cfg) -> tfds.core.DatasetBuilder:
 
 def _prepare(data_cfg, settings: DataSettings) -> tfds.core.DatasetBuilder:
   root = resolve_root(data_cfg)
-  data_dir = _tfds_dir(settings, root)
+  fmt = formats.FormatSettings.from_cfg(data_cfg)
+  data_dir = _tfds_dir(settings, root, fmt.identity())
   source_file = data_dir / _SOURCE_FILE
-  fingerprint = _fingerprint(root) if root.is_dir() else {}
+  fingerprint = _fingerprint(root, fmt.format) if root.is_dir() else {}
   builder = tfds_builder.EchonetDynamic(data_dir=data_dir)
   marker = data_dir / _PREPARING_FILE
   if marker.exists():
@@ -303,7 +328,7 @@ def _prepare(data_cfg, settings: DataSettings) -> tfds.core.DatasetBuilder:
   # Validated here, before TFDS runs at all, so that a bad folder is refused in the reader's
   # words (every problem listed) and nothing is created for it.
   skipped = {} if settings.on_bad_video == "skip" else None
-  records = echonet.load_dataset_index(root, skipped=skipped)
+  records = formats.load_index(root, data_cfg, skipped=skipped)
   if skipped:
     logging.warning(
       "data.on_bad_video=skip: %d videos left out (listed in %s): %s",
@@ -337,9 +362,21 @@ def _prepare(data_cfg, settings: DataSettings) -> tfds.core.DatasetBuilder:
   (pathlib.Path(builder.data_dir) / SKIPPED_FILE).write_text(
     files.csv_text(("FileName", "reason"), sorted((skipped or {}).items()))
   )
+  names = sorted({name for record in records for name in record.strata})
+  (pathlib.Path(builder.data_dir) / STRATA_FILE).write_text(
+    files.csv_text(
+      ("FileName", *names),
+      [[r.file_name, *(r.strata.get(n, "") for n in names)] for r in records if r.strata],
+    )
+  )
   source_file.write_text(
     json.dumps(
-      {"root": str(root), "fingerprint": fingerprint, "on_bad_video": settings.on_bad_video},
+      {
+        "root": str(root),
+        "fingerprint": fingerprint,
+        "on_bad_video": settings.on_bad_video,
+        **fmt.identity(),
+      },
       indent=1,
     )
   )
@@ -420,6 +457,30 @@ def cached_dataset(key: tuple, make: Callable[[], tf.data.Dataset]) -> tf.data.D
 
 
 _LISTINGS: dict[tuple, dict[str, np.ndarray]] = {}
+
+
+def strata(builder, split: str) -> dict[str, np.ndarray]:
+  """The dataset's own strata of every video of ``split``, in `split_listing`'s order.
+
+  Returns:
+    {stratum name: str array, one value per video} (CAMUS: ``image_quality``, ``view``,
+    ``sex``, ``age_group``; EchoNet-Pediatric: ``view``, ``age_group``, ``sex``); {} for a
+    dataset without strata (EchoNet-Dynamic) or a copy prepared before strata were recorded.
+  """
+  path = pathlib.Path(builder.data_dir) / STRATA_FILE
+  if not path.is_file():
+    return {}
+  with open(path, newline="", encoding="utf-8") as f:
+    rows = list(csv.reader(f))
+  if not rows or len(rows[0]) < 2:
+    return {}
+  names = rows[0][1:]
+  by_file = {row[0]: row[1:] for row in rows[1:] if len(row) == len(rows[0])}
+  files_ = split_listing(builder, split)["file_name"]
+  return {
+    name: np.array([by_file.get(f, [""] * len(names))[i] for f in files_], dtype=str)
+    for i, name in enumerate(names)
+  }
 
 
 def split_listing(builder, split: str) -> dict[str, np.ndarray]:

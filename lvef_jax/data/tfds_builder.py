@@ -56,10 +56,13 @@ def split_counts(records: list[echonet.VideoRecord]) -> str:
   return f"{len(records)} videos: {counts}"
 
 
-def _decode(record: echonet.VideoRecord) -> np.ndarray | echonet.EchoNetFormatError:
-  """The video's frames, or the error that names why it cannot be decoded."""
+def _decode(record: echonet.VideoRecord):
+  """The video's frames, or the error that names why it cannot be decoded.
+
+  A record with its own `VideoRecord.load` (CAMUS) gives ``(frames, masks, (ed, es))``.
+  """
   try:
-    return echonet.load_video(record.video_path)
+    return record.load() if record.load is not None else echonet.load_video(record.video_path)
   except echonet.EchoNetFormatError as e:
     return e
 
@@ -240,21 +243,25 @@ class EchonetDynamic(tfds.core.GeneratorBasedBuilder):
       if isinstance(frames, echonet.EchoNetFormatError):
         failed.append((record.file_name, str(frames)))
         continue
-      # The stored frames are the truth the pipeline samples from; FileList's metadata columns
-      # disagreeing with them is worth knowing about but not fatal (the official loader ignores
-      # them too), and is summarised below rather than logged per video.
-      if frames.shape[0] != record.num_frames:
-        frame_counts.append(
-          f"{record.file_name} ({record.num_frames} listed, {frames.shape[0]} decoded)"
-        )
-      if frames.shape[1:] != (record.frame_height, record.frame_width):
-        sizes.append(
-          f"{record.file_name} ({record.frame_height}x{record.frame_width} listed, "
-          f"{frames.shape[1]}x{frames.shape[2]} decoded)"
-        )
-      lv_masks, problem = _lv_masks(record, frames)
-      if problem is not None:
-        no_masks.append(f"{record.file_name} ({problem})")
+      ed_frame, es_frame = record.ed_frame, record.es_frame
+      if record.load is not None:  # Converted by its reader (CAMUS): masks and ED/ES with it.
+        frames, lv_masks, (ed_frame, es_frame) = frames
+      else:
+        # The stored frames are the truth the pipeline samples from; FileList's metadata
+        # columns disagreeing with them is worth knowing about but not fatal (the official
+        # loader ignores them too), and is summarised below rather than logged per video.
+        if frames.shape[0] != record.num_frames:
+          frame_counts.append(
+            f"{record.file_name} ({record.num_frames} listed, {frames.shape[0]} decoded)"
+          )
+        if frames.shape[1:] != (record.frame_height, record.frame_width):
+          sizes.append(
+            f"{record.file_name} ({record.frame_height}x{record.frame_width} listed, "
+            f"{frames.shape[1]}x{frames.shape[2]} decoded)"
+          )
+        lv_masks, problem = _lv_masks(record, frames)
+        if problem is not None:
+          no_masks.append(f"{record.file_name} ({problem})")
       has_masks = lv_masks is not None
       if not has_masks:  # Still an EF example; its masks are all zero.
         lv_masks = np.zeros((2, *frames.shape[1:]), np.uint8)
@@ -269,8 +276,8 @@ class EchonetDynamic(tfds.core.GeneratorBasedBuilder):
           "edv": np.float32(record.edv),
           "fps": np.float32(record.fps),
           "num_frames": np.int32(frames.shape[0]),
-          "ed_frame": np.int32(record.ed_frame),
-          "es_frame": np.int32(record.es_frame),
+          "ed_frame": np.int32(ed_frame),
+          "es_frame": np.int32(es_frame),
           "ed_mask": lv_masks[0],
           "es_mask": lv_masks[1],
           "has_masks": has_masks,

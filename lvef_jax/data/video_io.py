@@ -231,7 +231,29 @@ def probe_video(path) -> str | None:
     cap.release()
 
 
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
+def video_properties(path) -> tuple[int, float, int, int]:
+  """(frames, frames per second, height, width) as a video's container lists them, nothing
+  decoded; zeros for what OpenCV cannot open."""
+  cap = cv2.VideoCapture(os.fspath(path))
+  try:
+    if not cap.isOpened():
+      return 0, 0.0, 0, 0
+    props = [
+      cap.get(p)
+      for p in (
+        cv2.CAP_PROP_FRAME_COUNT,
+        cv2.CAP_PROP_FPS,
+        cv2.CAP_PROP_FRAME_HEIGHT,
+        cv2.CAP_PROP_FRAME_WIDTH,
+      )
+    ]
+    count, fps, height, width = (x if math.isfinite(x) else 0 for x in props)
+    return int(count), float(fps), int(height), int(width)
+  finally:
+    cap.release()
+
+
+def to_uint8(arr: np.ndarray) -> np.ndarray:
   """Scales any numeric array to uint8 by its own min and max (the whole loop, not per frame).
 
   uint8 data are returned unchanged; a constant loop becomes all zeros.
@@ -308,7 +330,7 @@ def _read_dicom(path: pathlib.Path) -> tuple[np.ndarray, float]:
       f"{path}: unexpected DICOM pixel array shape {arr.shape} "
       f"(expected [frames, rows, columns{', 3' if colour else ''}])"
     )
-  arr = _to_uint8(np.asarray(arr))
+  arr = to_uint8(np.asarray(arr))
   if colour:
     t, h, w, _ = arr.shape
     grey = cv2.cvtColor(np.ascontiguousarray(arr).reshape(t * h, w, 3), cv2.COLOR_RGB2GRAY)
