@@ -175,9 +175,9 @@ def base_config() -> ml_collections.ConfigDict:
       val_folds="8",
       test_folds="9",
       camus_view="4CH",  # "4CH", "2CH" or "both" (one video each)
-      # A CAMUS half cycle as a video: "loop" (forward, backward, repeated to a clip), "mirror"
-      # (forward and backward once) or "once" (forward).
-      half_cycle="loop",
+      # A CAMUS half cycle as a video: "mirror" (forward, then backward: ED, ES, ED), "loop"
+      # (the same, repeated to a clip's length) or "once" (forward). docs/external.md.
+      half_cycle="mirror",
       cache_dir="data",  # synthetic dataset and prepared TFDS data live here
       tfds_dir="",  # "" derives a folder under cache_dir from the root
       synthetic_num_videos=1000,

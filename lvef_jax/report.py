@@ -1,12 +1,15 @@
 """This project's benchmark beside the paper: Tables 1-10, error by EF range, Figures 15-16,
-and EchoNet-Dynamic's models beside EchoNet-Dynamic's published figures ("Past the paper").
+EchoNet-Dynamic's models beside EchoNet-Dynamic's published figures ("Past the paper"), and
+the runs scored on external datasets ("External validation").
 
   python -m lvef_jax.report --root=runs/paper --root=runs/improved --out=runs/report
 
 Each ``--root`` is one sweep (``python -m lvef_jax.sweep --root=...``): one run directory per
 experiment, all of one recipe (read from the runs' config.json). Writes, into ``--out``:
 tables.md, tables.csv, comparisons.csv, error_by_ef_range.csv, generalization_gap.png,
-performance_vs_generalization.png and performance_vs_generalization.csv. A run of several
+performance_vs_generalization.png and performance_vs_generalization.csv; and external.csv
+when some run was scored on an external dataset (``launch.py --mode=eval`` with another
+``data.format`` or ``data.root``: the run's ``eval/external/<dataset>/``). A run of several
 seeds (``sweep --seeds=K``) shows its mean ± SD. Reads run directories only: no JAX, no
 TensorFlow, so it runs wherever the results were copied to. A problem with the input ends the
 program with one ``error: ...`` line on stderr and exit status 1.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import pathlib
 import math
@@ -253,6 +254,86 @@ def test_gaussian_intervals_with_the_right_std_are_calibrated():
 def test_calibration_curve_zero_std():
   curve = metrics.calibration_curve([50.0, 60.0], [50.0, 61.0], [0.0, 0.0], levels=[0.5, 0.99])
   assert curve == [{"nominal": 0.5, "coverage": 0.5}, {"nominal": 0.99, "coverage": 0.5}]
+
+
+# --- per stratum -----------------------------------------------------------------------------
+
+
+def test_strata_metrics_by_hand():
+  ef = np.array([40.0, 50.0, 60.0, 55.0, 55.0, 30.0, 70.0])
+  pred = np.array([42.0, 47.0, 61.0, 50.0, 58.0, 30.0, 66.0])
+  strata = {
+    "image_quality": ["Good", "Good", "Good", "Poor", "Poor", "Medium", ""],
+    "age_group": ["10-18", "2-5", "10-18", "2-5", "0-1", "10-18", "2-5"],
+  }
+  result = metrics.strata_metrics(ef, pred, strata, num_resamples=200, seed=3)
+  assert json.loads(json.dumps(result, allow_nan=False)) == result
+  assert list(result) == ["image_quality", "age_group"]
+  quality = result["image_quality"]
+  # Sorted; the video without a value is a group of its own. Natural order: 2-5 before 10-18.
+  assert list(quality) == ["(missing)", "Good", "Medium", "Poor"]
+  assert list(result["age_group"]) == ["0-1", "2-5", "10-18"]
+  good = quality["Good"]
+  error = np.array([2.0, -3.0, 1.0])
+  assert good["n"] == 3
+  assert good["rmse"]["value"] == pytest.approx(np.sqrt(np.mean(error**2)))
+  assert good["mae"]["value"] == pytest.approx(2.0)
+  assert good["bias"] == pytest.approx(0.0)
+  assert good["r2"]["value"] == pytest.approx(1 - 14 / 200)
+  # The group's own bootstrap, seeded as the split's.
+  expected = metrics.bootstrap(ef[:3], pred[:3], num_resamples=200, seed=3)
+  for k in ("rmse", "mae", "r2"):
+    assert good[k] == expected[k]
+    lo, hi = good[k]["ci95"]
+    assert lo <= good[k]["value"] <= hi
+  # No variance to explain: one video (Medium), or one true EF (Poor: 55 twice). R² is null.
+  for value in ("Medium", "Poor", "(missing)"):
+    assert quality[value]["r2"] == {"value": None, "ci95": None}, value
+  assert quality["Poor"]["bias"] == pytest.approx(-1.0)
+  assert quality["Poor"]["mae"]["value"] == pytest.approx(4.0)
+  assert quality["Medium"]["rmse"] == {"value": 0.0, "ci95": [0.0, 0.0]}
+  assert sum(g["n"] for g in result["age_group"].values()) == ef.size
+  assert metrics.strata_metrics(ef, pred, {}) == {}
+  with pytest.raises(ValueError, match="stratum 'view' has shape"):
+    metrics.strata_metrics(ef, pred, {"view": ["4CH"] * 3})
+
+
+def test_strata_csv_and_summary_lines(tmp_path):
+  from lvef_jax.evaluation import commands
+  from lvef_jax.reporting import evaluation as eval_files
+
+  ef, pred = _noisy(40, seed=8)
+  view = np.array(["2CH", "4CH"] * 20)
+  report = metrics.evaluation_report(ef, pred, num_resamples=50)
+  report.update(split="test", clips="one", clips_scored=40, interval={"source": "none"})
+  report["strata"] = metrics.strata_metrics(
+    ef, pred, {"view": view, "sex": ["F"] + ["M"] * 39}, num_resamples=50
+  )
+  path = eval_files.write_strata(tmp_path / "test_one_strata.csv", report["strata"])
+  with path.open(newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert list(rows[0]) == list(eval_files.STRATA_COLUMNS)
+  assert list(rows[0]) == [
+    "stratum", "value", "n", "rmse", "rmse_low", "rmse_high", "mae", "r2", "bias"
+  ]  # fmt: skip
+  assert [(r["stratum"], r["value"], r["n"]) for r in rows] == [
+    ("view", "2CH", "20"),
+    ("view", "4CH", "20"),
+    ("sex", "F", "1"),
+    ("sex", "M", "39"),
+  ]
+  four = report["strata"]["view"]["4CH"]
+  assert float(rows[1]["rmse"]) == pytest.approx(four["rmse"]["value"], abs=1e-4)
+  assert float(rows[1]["rmse_low"]) <= float(rows[1]["rmse"]) <= float(rows[1]["rmse_high"])
+  assert float(rows[1]["bias"]) == pytest.approx(four["bias"], abs=1e-4)
+  assert rows[2]["r2"] == "" and rows[3]["r2"] != ""
+  text = commands._summary(report, tmp_path / "test_one.json")
+  lines = text.splitlines()
+  (by_view,) = [line for line in lines if line.startswith("  by view: ")]
+  assert "2CH (n=20) RMSE " in by_view and "; 4CH (n=20) RMSE " in by_view
+  (by_sex,) = [line for line in lines if line.startswith("  by sex: ")]
+  assert "F (n=1) RMSE " in by_sex and "R² -" in by_sex
+  assert "strata CSV" in lines[-1]
 
 
 # --- the report and the plots ----------------------------------------------------------------

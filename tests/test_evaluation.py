@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from lvef_jax import checkpoints, config_base, models, sharding
-from lvef_jax.data import echonet, preparation, synthetic
+from lvef_jax.data import echonet, preparation, synthetic, synthetic_external
 from lvef_jax.errors import ConfigError
 from lvef_jax.evaluation import commands, evaluator, metrics
 from lvef_jax.evaluation.predictor import Predictor, predictors_from_run
@@ -145,10 +145,133 @@ def test_eval_on_another_echonet_folder(run, tmp_path):
     f"--config.data.cache_dir={tmp_path / 'cache'}",
   )
   assert done.returncode == 0, done.stderr[-3000:]
-  report = json.loads((workdir / "eval" / "test_one.json").read_text())
+  out = workdir / "eval" / "external" / "echonet-external"
+  report = json.loads((out / "test_one.json").read_text())
   assert report["data_root"] == str(external)
+  assert (report["data_format"], report["external"], report["dataset"]) == (
+    "echonet",
+    True,
+    "echonet-external",
+  )
   test_names = {r.file_name for r in echonet.read_file_list(external) if r.split == "test"}
-  assert {r["FileName"] for r in _rows(workdir / "eval" / "test_one_predictions.csv")} == test_names
+  assert {r["FileName"] for r in _rows(out / "test_one_predictions.csv")} == test_names
+  assert not (out / "all_one.json").exists()  # one split: no combined report
+
+
+def _snapshot(folder: pathlib.Path) -> dict[str, bytes]:
+  """Every file under ``folder`` but external evaluations, by relative path."""
+  return {
+    str(p.relative_to(folder)): p.read_bytes()
+    for p in sorted(folder.rglob("*"))
+    if p.is_file() and "external" not in p.relative_to(folder).parts
+  }
+
+
+def test_external_eval_of_a_camus_folder_writes_every_file_with_per_stratum_metrics(run, tmp_path):
+  """The run scored on a synthetic CAMUS folder (format camus, both views): everything under
+  eval/external/<dataset>/, each split and ``all`` of them with per-stratum metrics; the run's
+  own eval/ files untouched."""
+  _, workdir, _ = run
+  before = _snapshot(workdir / "eval")
+  source = synthetic.generate(tmp_path / "source", 12, 12, min_frames=12, max_frames=30, workers=1)
+  camus_root = synthetic_external.write_camus(source, tmp_path / "CAMUS")
+  config = _run_config(workdir)
+  config.data.update(
+    root=str(camus_root), format="camus", camus_view="both", cache_dir=str(tmp_path / "cache")
+  )
+  builder = preparation.prepare(config.data)
+  truth = {}  # FileName -> image quality, from the prepared copy's strata
+  for split in ("train", "val", "test"):
+    names = preparation.split_listing(builder, split)["file_name"]
+    truth.update(zip(names, preparation.strata(builder, split)["image_quality"]))
+  reports = commands.evaluate(config, workdir, split="all", clips="one")
+  assert list(reports) == ["train", "val", "test", "all"]
+  out = workdir / "eval" / "external" / "camus-CAMUS"
+  assert _snapshot(workdir / "eval") == before
+  splits = {}
+  for name in ("train", "val", "test", "all"):
+    report = json.loads((out / f"{name}_one.json").read_text())
+    assert report == reports[name]
+    assert (report["data_format"], report["external"], report["dataset"]) == (
+      "camus",
+      True,
+      "camus-CAMUS",
+    )
+    for key in ("rmse", "mae", "r2", "roc_auc", "heart_failure"):
+      assert key in report
+    rows = _rows(out / f"{name}_one_predictions.csv")
+    assert report["n"] == len(rows)
+    for kind in ("scatter", "bland_altman", "roc"):
+      assert (out / "plots" / f"{kind}_{name}_one.png").is_file()
+    splits[name] = rows
+    # Each stratum's groups partition the videos; image quality's checked by hand.
+    assert set(report["strata"]) == {"image_quality", "view", "sex", "age_group"}
+    for stratum in report["strata"]:
+      assert sum(g["n"] for g in report["strata"][stratum].values()) == report["n"]
+    for value, group in report["strata"]["image_quality"].items():
+      error = np.array(
+        [float(r["EF_pred"]) - float(r["EF"]) for r in rows if truth[r["FileName"]] == value]
+      )
+      assert group["n"] == len(error)
+      assert group["rmse"]["value"] == pytest.approx(np.sqrt(np.mean(error**2)), abs=1e-3)
+      assert group["bias"] == pytest.approx(np.mean(error), abs=1e-3)
+      if len(error) < 2:
+        assert group["r2"] == {"value": None, "ci95": None}
+    strata_rows = _rows(out / f"{name}_one_strata.csv")
+    assert list(strata_rows[0]) == list(commands.eval_files.STRATA_COLUMNS)
+    assert [(r["stratum"], r["value"]) for r in strata_rows] == [
+      (stratum, value) for stratum, groups in report["strata"].items() for value in groups
+    ]
+  # all: every video of every split, split after split; both views of each patient.
+  assert splits["all"] == splits["train"] + splits["val"] + splits["test"]
+  assert reports["all"]["n"] == len(truth) and len(truth) % 2 == 0
+  assert set(reports["all"]["strata"]["view"]) == {"2CH", "4CH"}
+
+
+def test_eval_of_the_run_s_own_data_with_strata_stays_in_eval(run, monkeypatch):
+  """The run's own data: eval/{split}_{clips}.json as ever, with the strata block when the
+  dataset has strata (given here by a stand-in for `preparation.strata`: the session's copy
+  of the data is shared, and a strata.csv in it would reach every test)."""
+  _, workdir, _ = run
+
+  def strata(builder, split):
+    names = preparation.split_listing(builder, split)["file_name"]
+    return {"view": np.array(["2CH", "4CH"] * len(names))[: len(names)]}
+
+  monkeypatch.setattr(preparation, "strata", strata)
+  reports = commands.evaluate(_run_config(workdir), workdir, split="all", clips="one")
+  assert list(reports) == ["train", "val", "test"]  # the run's own splits: no combined report
+  report = json.loads((workdir / "eval" / "test_one.json").read_text())
+  assert (report["data_format"], report["external"]) == ("echonet", False)
+  assert report["dataset"] == "echonet-synthetic"
+  assert list(report["strata"]) == ["view"] and list(report["strata"]["view"]) == ["2CH", "4CH"]
+  assert _rows(workdir / "eval" / "test_one_strata.csv")[0]["stratum"] == "view"
+  assert not (workdir / "eval" / "all_one.json").exists()
+
+
+def test_the_data_source_is_external_when_its_format_or_root_differs(tmp_path):
+  config = load_config("i3d")
+  config.data.root = str(tmp_path / "echonet")
+  (tmp_path / config_base.RUN_CONFIG_FILE).write_text(config_base.run_config_json(config))
+  own = commands._data_source(config, tmp_path)
+  assert own == {"data_format": "echonet", "external": False, "dataset": "echonet-echonet"}
+  config.data.root = str(tmp_path / "echonet") + "/"  # the same folder, spelled otherwise
+  assert commands._data_source(config, tmp_path)["external"] is False
+  config.data.root = str(tmp_path / "CAMUS data (nifti)")
+  other = commands._data_source(config, tmp_path)
+  assert other == {
+    "data_format": "echonet",
+    "external": True,
+    "dataset": "echonet-CAMUS_data__nifti_",
+  }
+  config.data.root = str(tmp_path / "echonet")
+  with config.data.unlocked():
+    config.data.format = "camus"
+  assert commands._data_source(config, tmp_path) == {
+    "data_format": "camus",
+    "external": True,
+    "dataset": "camus-echonet",
+  }
 
 
 def test_eval_without_a_run_is_one_error(tmp_path):

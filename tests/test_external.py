@@ -74,7 +74,7 @@ def test_camus_round_trip_gives_back_the_half_cycle_and_its_expert_masks(
   source, source_records, tmp_path, layout
 ):
   # Square pixels at the source's rate and size: the prepared video is the traced half
-  # cycle itself, forward then backward to a clip's length ("loop").
+  # cycle itself, forward then backward (data.half_cycle's default, "mirror").
   root = synthetic_external.write_camus(
     source, tmp_path / "CAMUS", layout=layout, scale=(1.0, 1.0), frame_every=1
   )
@@ -106,7 +106,7 @@ def test_camus_round_trip_gives_back_the_half_cycle_and_its_expert_masks(
       lv = [masks.mask_from_chords(c, 112, 112) for c in (record.ed_chords, record.es_chords)]
       if name.endswith("2CH"):  # written mirrored left to right
         half, lv = half[:, :, ::-1], [m[:, ::-1] for m in lv]
-      expected = camus.half_cycle_video(half, "loop", CLIP_FRAMES * PERIOD)
+      expected = camus.half_cycle_video(half, cfg.half_cycle, CLIP_FRAMES * PERIOD)
       np.testing.assert_array_equal(ex["video"], expected)
       assert (ex["ed_frame"], ex["es_frame"]) == (0, len(half) - 1)
       assert ex["has_masks"]

@@ -721,3 +721,71 @@ def test_members_of_a_grid_are_a_warning(tmp_path):
   )
   sweep = paper_report.load_sweep(root)
   assert any("differ in hyperparameters" in m for m in sweep.warnings)
+
+
+def _write_external(run: pathlib.Path, dataset: str, name: str, rmse: float, r2) -> None:
+  """An evaluation of ``run`` on an external dataset, as ``--mode=eval`` writes its report."""
+  split = name.split("_")[0]
+  report = {
+    "split": split,
+    "clips": name.split("_")[1],
+    "n": 40,
+    "dataset": dataset,
+    "external": True,
+    "rmse": {"value": rmse, "ci95": [rmse - 0.5, rmse + 0.6]},
+    "mae": {"value": 0.8 * rmse, "ci95": [0.8 * rmse - 0.4, 0.8 * rmse + 0.4]},
+    "r2": {"value": r2, "ci95": None if r2 is None else [r2 - 0.1, r2 + 0.05]},
+  }
+  folder = run / "eval" / "external" / dataset
+  folder.mkdir(parents=True, exist_ok=True)
+  (folder / f"{name}.json").write_text(json.dumps(report))
+
+
+def test_external_validation_block(tmp_path):
+  root = tmp_path / "runs"
+  b2 = _write_run(root, "table3/B2", 6.9)
+  seeds = _write_run(root, "table1/mini", [7.5, 7.6, 7.4])
+  paper_report.write_report([root], tmp_path / "before")
+  assert "## External validation" not in (tmp_path / "before/tables.md").read_text()
+  assert not (tmp_path / "before/external.csv").exists()
+
+  _write_external(b2, "camus-database_nifti", "all_one", 8.25, 0.41)
+  _write_external(b2, "camus-database_nifti", "test_one", 9.0, 0.3)  # all_ wins over test_
+  _write_external(b2, "echonet_pediatric-pediatric", "test_one", 7.0, None)
+  _write_external(seeds, "camus-database_nifti", "all_all", 8.5, 0.4)
+  (seeds / "eval/external/broken").mkdir()
+  (seeds / "eval/external/broken/all_one.json").write_text("{")
+  (seeds / "eval/external/empty").mkdir()  # no report: no row
+  summary = paper_report.write_report([root], tmp_path / "out")
+  assert str(tmp_path / "out" / "external.csv") in summary
+  md = (tmp_path / "out/tables.md").read_text()
+  assert md.index("## Test error by true-EF range") < md.index("## External validation")
+  block = md[md.index("## External validation") :]
+  assert (
+    "| Run | Dataset | n | RMSE [95 % CI] | MAE | R² [95 % CI] | Internal test RMSE "
+    "| Internal test R² |" in block
+  )
+  lines = [line for line in block.splitlines() if line.startswith("| table")]
+  # Registry order of the runs (table1 before table3), then the datasets by name.
+  assert lines == [
+    "| table1/mini | camus-database_nifti | 40 | 8.50 [8.00, 9.10] | 6.80 | 0.400 [0.300, 0.450] "
+    f"| 7.50 ± 0.10 | {statistics.mean(1 - x**2 / 150 for x in (7.5, 7.6, 7.4)):.3f} ± 0.010 |",
+    "| table3/B2 | camus-database_nifti | 40 | 8.25 [7.75, 8.85] | 6.60 | 0.410 [0.310, 0.460] "
+    f"| 6.90 | {1 - 6.9**2 / 150:.3f} |",
+    "| table3/B2 | echonet_pediatric-pediatric (test split) | 40 | 7.00 [6.50, 7.60] | 5.60 | – "
+    f"| 6.90 | {1 - 6.9**2 / 150:.3f} |",
+  ]
+  assert "table1/mini/eval/external/broken/all_one.json: unreadable evaluation" in md
+  rows = _read_csv(tmp_path / "out/external.csv")
+  assert list(rows[0]) == paper_report.EXTERNAL_COLUMNS.split()
+  assert [(r["experiment"], r["dataset"], r["split"], r["clips"]) for r in rows] == [
+    ("table1/mini", "camus-database_nifti", "all", "all"),
+    ("table3/B2", "camus-database_nifti", "all", "one"),
+    ("table3/B2", "echonet_pediatric-pediatric", "test", "one"),
+  ]
+  camus = rows[1]
+  assert float(camus["rmse"]) == 8.25 and float(camus["rmse_low"]) == 7.75
+  assert float(camus["r2_high"]) == pytest.approx(0.46)
+  assert float(camus["internal_test_rmse"]) == pytest.approx(6.9)
+  assert float(camus["internal_test_r2"]) == pytest.approx(1 - 6.9**2 / 150)
+  assert rows[2]["r2"] == "" and rows[2]["r2_low"] == "" and camus["recipe"] == "paper"

@@ -21,8 +21,8 @@ cycle, from one of ED and ES to the other. Each (patient, view) becomes one reco
 3. the training frame rate (``data.typical_fps``), frames repeated or dropped as
    ``--mode=predict`` does, the ED and ES frames kept;
 4. the central square, resized to ``data.image_size`` as ``--mode=predict`` does;
-5. ``data.half_cycle``: played forward and backward to at least one clip (``loop``, the
-   default), once forward and backward (``mirror``) or as it is (``once``).
+5. ``data.half_cycle``: played forward then backward once (``mirror``, the default), the same
+   repeated to at least one clip (``loop``) or as it is (``once``).
 
 The expert label maps of ED and ES (1 the LV cavity, 2 the myocardium, 3 the left atrium) give
 the LV masks of those frames (label 1), transformed with the frames. Patients are put in

@@ -23,10 +23,10 @@ NAMES = {ECHONET: "EchoNet-Dynamic", PEDIATRIC: "EchoNet-Pediatric", CAMUS: "CAM
 NUM_FOLDS = 10
 CAMUS_VIEWS = ("4CH", "2CH", "both")
 # How a CAMUS half cycle (end-diastole to end-systole) becomes a video (docs/external.md):
-# "loop" plays it forward then backward, over and over, to at least one clip's length;
-# "mirror" once forward then backward (ED, ES, ED; the rest of a clip is zero frames, as for
-# a short video in training); "once" forward only.
-HALF_CYCLES = ("loop", "mirror", "once")
+# "mirror" plays it forward then backward (ED, ES, ED; the rest of a clip is zero frames, as
+# for a short video in training); "loop" the same over and over, to at least one clip's
+# length; "once" forward only.
+HALF_CYCLES = ("mirror", "loop", "once")
 
 
 def parse_folds(text: str, what: str) -> tuple[int, ...]:
@@ -69,7 +69,7 @@ class FormatSettings:
       val_folds=parse_folds(get("val_folds", "8"), "data.val_folds"),
       test_folds=parse_folds(get("test_folds", "9"), "data.test_folds"),
       camus_view=str(get("camus_view", "4CH")),
-      half_cycle=str(get("half_cycle", "loop")),
+      half_cycle=str(get("half_cycle", "mirror")),
       typical_fps=float(get("typical_fps", 50.0)),
       image_size=int(data_cfg["image_size"]),
       clip_frames=int(data_cfg["clip_frames"]),

@@ -9,8 +9,10 @@ members (``train.seeds``, ``train.grid``) is an ensemble of its members, or its 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
+import re
 import time
 from typing import Sequence
 
@@ -21,13 +23,15 @@ from absl import logging
 from lvef_jax import sharding
 from lvef_jax.config_base import load_run_config
 from lvef_jax.data import clips as clip_layout
-from lvef_jax.errors import ConfigError, LvefError
+from lvef_jax.errors import ConfigError, LvefError, MissingCheckpointError
 from lvef_jax.evaluation import beat_to_beat, evaluator, metrics, segmentation as frame_scores
 from lvef_jax.evaluation.predictor import check_same_inputs, predictors_from_run
 from lvef_jax.reporting import evaluation as eval_files, files
 from lvef_jax.training import members as members_lib
 
 EVAL_DIR = "eval"
+# Another dataset's evaluation: eval/external/<dataset>/ (`_data_source`), beside the run's own.
+EXTERNAL_DIR = "external"
 MEMBERS_DIR = "members"  # one member's evaluation of a several-member run: members/<i>/eval/
 # --eval_clips=beats: the clips ending at each end-systole a segmentation run finds.
 BEATS = "beats"
@@ -61,6 +65,40 @@ def _interval_source(clips: str, mc_samples: int, members: int) -> str:
   return "+".join(parts) or "none"
 
 
+def _data_source(config, workdir: pathlib.Path) -> dict:
+  """``data_format``, ``external`` and ``dataset`` of the data ``config`` reads.
+
+  The data are external when their format or root differs from the run's own (its
+  ``config.json``); ``dataset`` names them ``{format}-{root's folder name}`` (``synthetic``
+  without a root), in the characters a folder name can safely hold.
+  """
+  data = config.data
+  data_format = data.get("format", "echonet")
+  try:
+    own = load_run_config(workdir).data
+  except MissingCheckpointError:  # no config.json: the data given are all this run has
+    own = data
+
+  def where(root: str) -> str:
+    # Spelled differently, one folder ("CAMUS/" and "./CAMUS") is still the run's own.
+    return str(pathlib.Path(root).expanduser().resolve()) if root else ""
+
+  external = data_format != own.get("format", "echonet") or where(data.root) != where(own.root)
+  folder = pathlib.Path(data.root).expanduser().resolve().name if data.root else "synthetic"
+  dataset = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{data_format}-{folder}")
+  return {"data_format": data_format, "external": bool(external), "dataset": dataset}
+
+
+def _concatenated(predictions: Sequence[evaluator.VideoPredictions]):
+  """The videos of several splits as one `evaluator.VideoPredictions`, split after split."""
+  return evaluator.VideoPredictions(
+    **{
+      field.name: np.concatenate([getattr(p, field.name) for p in predictions])
+      for field in dataclasses.fields(evaluator.VideoPredictions)
+    }
+  )
+
+
 def evaluate(
   config,
   workdir: str | pathlib.Path,
@@ -77,6 +115,13 @@ def evaluate(
   A several-member run is scored as the ensemble of its members; ``member`` scores that member
   alone, into ``workdir/members/<member>/eval/`` (a solo run's member 0: ``workdir/eval/``).
 
+  Data other than the run's own (another ``data.format`` or ``data.root``, `_data_source`)
+  are an external dataset: their files go to ``eval/external/<dataset>/``, so the run's own
+  evaluation stays, and ``split="all"`` adds ``all_{clips}.*``, every video of every split
+  scored as one set. A dataset with strata (``preparation.strata``: CAMUS image quality, view,
+  ...) gets the metrics of each stratum value in the report's ``strata`` and in
+  ``{split}_{clips}_strata.csv``.
+
   ``segmentation`` (a segmentation run's directory) segments every frame of every video too
   and writes ``{split}_segmentation.csv`` (beats, end-systolic frames, EF from the masks),
   the area curves of the first videos (``segmentation/{split}/``) and the masks' EF scores in
@@ -85,7 +130,7 @@ def evaluate(
   run itself is scored by its Dice (`evaluate_segmentation_run`).
 
   Returns:
-    The report of each split.
+    The report of each split (and ``"all"``'s, for an external dataset's ``split="all"``).
   """
   if config.get("task", "ef") == "segmentation":
     return evaluate_segmentation_run(config, workdir, split=split, checkpoint=checkpoint)
@@ -110,12 +155,64 @@ def evaluate(
   out = workdir / EVAL_DIR
   if member is not None and members_lib.count(config) > 1:
     out = workdir / MEMBERS_DIR / str(member) / EVAL_DIR
+  source = _data_source(config, workdir)
+  if source["external"]:
+    out = out / EXTERNAL_DIR / source["dataset"]
   builder = preparation.prepare(config.data)
   mc_samples = int(config.eval.mc_dropout_samples)
   stride = clip_layout.clip_stride(
     config.eval.clip_stride, config.data.clip_frames, config.data.period
   )
-  reports = {}
+
+  def score(name: str, predictions, strata: dict, start: float, segmented=None) -> dict:
+    """The report of ``name``'s predictions (with ``segmented``'s masks' scores), its files
+    written and its summary printed; ``start``: when its scoring began."""
+    low, high = predictions.interval()
+    # Intervals need several predictions per video: clips, dropout samples or members.
+    several_clips = clips in ("all", BEATS) and predictions.n_clips.max() > 1
+    interval_source = _interval_source("all" if several_clips else "one", mc_samples, len(members))
+    spread = interval_source != "none"
+    scores = metrics.evaluation_report(
+      predictions.ef,
+      predictions.ef_pred,
+      low=low if spread else None,
+      high=high if spread else None,
+      ef_pred_std=predictions.ef_pred_std if spread else None,
+      seed=config.seed,
+      interval_nominal=evaluator.INTERVAL_LEVEL,
+    )
+    report = {
+      "split": name,
+      "clips": clips,
+      "clip_stride": stride,
+      "clips_scored": int(predictions.n_clips.sum()),
+      "checkpoints": [m.source for m in members],
+      "data_root": config.data.root or "(synthetic)",
+      **source,
+      "interval": {"level": evaluator.INTERVAL_LEVEL, "source": interval_source},
+      "seconds": round(time.perf_counter() - start, 1),
+      **scores,
+    }
+    if strata:
+      report["strata"] = metrics.strata_metrics(
+        predictions.ef, predictions.ef_pred, strata, seed=config.seed
+      )
+    if segmented is not None:
+      report["segmentation"] = segmented["report"]
+    if jax.process_index() == 0:
+      title = f"{name}, {clips} clip{'s' if clips == 'all' else ''}"
+      if clips == BEATS:
+        title = f"{name}, clips ending at each end-systole"
+      if source["external"]:
+        title = f"{source['dataset']} {title}"
+      curves = [metrics.roc(predictions.ef, predictions.ef_pred, t) for t in (35, 40, 45, 50)]
+      written = eval_files.write_evaluation(
+        out, f"{name}_{clips}", report, predictions, low, high, curves, title
+      )
+      print(_summary(report, written[0]))
+    return report
+
+  reports, scored = {}, []
   for name in names:
     start = time.perf_counter()
     segmented = None
@@ -135,43 +232,14 @@ def evaluate(
         seed=config.seed,
       )
       predictions = split_evaluator.run(members, builder, config.data, mesh)
-    low, high = predictions.interval()
-    # Intervals need several predictions per video: clips, dropout samples or members.
-    several_clips = clips in ("all", BEATS) and predictions.n_clips.max() > 1
-    source = _interval_source("all" if several_clips else "one", mc_samples, len(members))
-    spread = source != "none"
-    report = metrics.evaluation_report(
-      predictions.ef,
-      predictions.ef_pred,
-      low=low if spread else None,
-      high=high if spread else None,
-      ef_pred_std=predictions.ef_pred_std if spread else None,
-      seed=config.seed,
-      interval_nominal=evaluator.INTERVAL_LEVEL,
-    )
-    report = {
-      "split": name,
-      "clips": clips,
-      "clip_stride": stride,
-      "clips_scored": int(predictions.n_clips.sum()),
-      "checkpoints": [m.source for m in members],
-      "data_root": config.data.root or "(synthetic)",
-      "interval": {"level": evaluator.INTERVAL_LEVEL, "source": source},
-      "seconds": round(time.perf_counter() - start, 1),
-      **report,
-    }
-    if segmented is not None:
-      report["segmentation"] = segmented["report"]
-    reports[name] = report
-    if jax.process_index() == 0:
-      title = f"{name}, {clips} clip{'s' if clips == 'all' else ''}"
-      if clips == BEATS:
-        title = f"{name}, clips ending at each end-systole"
-      curves = [metrics.roc(predictions.ef, predictions.ef_pred, t) for t in (35, 40, 45, 50)]
-      written = eval_files.write_evaluation(
-        out, f"{name}_{clips}", report, predictions, low, high, curves, title
-      )
-      print(_summary(report, written[0]))
+    strata = preparation.strata(builder, name)
+    reports[name] = score(name, predictions, strata, start, segmented)
+    scored.append((predictions, strata, start))
+  if source["external"] and split == clip_layout.EVERY_SPLIT:
+    # An external set is scored as a whole: no model was trained on any of its splits.
+    strata = {k: np.concatenate([s[k] for _, s, _ in scored]) for k in scored[0][1]}
+    predictions = _concatenated([p for p, _, _ in scored])
+    reports[split] = score(split, predictions, strata, scored[0][2])
   return reports
 
 
@@ -200,8 +268,20 @@ def _summary(report: dict, path: pathlib.Path) -> str:
       f"  90 % interval ({report['interval']['source']}) covers "
       f"{coverage['coverage']:.1%} of true EFs, mean width {coverage['mean_width']:.1f}"
     )
-  lines.append(f"  written: {path} (+ predictions CSV and plots)")
+  for stratum, groups in report.get("strata", {}).items():
+    lines.append(f"  by {stratum}: " + "; ".join(_group(v, m) for v, m in groups.items()))
+  extra = ", strata CSV" if report.get("strata") else ""
+  lines.append(f"  written: {path} (+ predictions CSV{extra} and plots)")
   return "\n".join(lines)
+
+
+def _group(value: str, scores: dict) -> str:
+  """One stratum value's line part: ``Good (n=12) RMSE 5.10, R² 0.712, bias -0.40``."""
+  r2 = scores["r2"]["value"]
+  return (
+    f"{value} (n={scores['n']}) RMSE {scores['rmse']['value']:.2f}, "
+    f"R² {'-' if r2 is None else f'{r2:.3f}'}, bias {scores['bias']:+.2f}"
+  )
 
 
 def predict(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -416,6 +417,56 @@ def calibration_curve(ef, ef_pred, ef_pred_std, levels=np.linspace(0.1, 0.99, 12
     {"nominal": float(level), "coverage": float(np.mean(distance <= central_z(level) * std))}
     for level in levels
   ]
+
+
+# --- Metrics per stratum of the dataset -----------------------------------------------------
+
+MISSING_STRATUM = "(missing)"  # a video whose stratum the dataset does not give
+
+
+def _natural_key(text: str) -> list:
+  """Sorts ``"2-5"`` before ``"10-18"``: digit runs compare as numbers. ``re.split`` with a
+  group alternates text and digits, so a number only ever meets a number."""
+  return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", text))]
+
+
+def strata_metrics(
+  ef, ef_pred, strata: dict, *, num_resamples: int = 10_000, seed: int = 0
+) -> dict[str, dict[str, dict]]:
+  """RMSE, MAE and R² (with bootstrap intervals, :func:`bootstrap`), n and bias of each group
+  of videos sharing a stratum value (a CAMUS image quality, a view, an age group).
+
+  Args:
+    ef: true EF, shape ``[n]``.
+    ef_pred: predicted EF, shape ``[n]``.
+    strata: ``{stratum name: one value per video}`` (``preparation.strata``); an empty value
+      groups as ``MISSING_STRATUM``.
+    num_resamples, seed: as :func:`bootstrap`, run on each group.
+
+  Returns:
+    ``{name: {value: {"n", "rmse", "mae", "r2", "bias"}}}``, the values in natural order
+    (``"2-5"`` before ``"10-18"``); ``rmse``, ``mae`` and ``r2`` are ``{"value", "ci95"}``,
+    and bias is the mean of ``ef_pred - ef``. R² is ``{"value": None, "ci95": None}`` for a
+    group of fewer than two videos or one true EF: no variance to explain, where the
+    convention of :func:`regression_metrics` (1 or 0) would read as a score.
+  """
+  ef, ef_pred = _as_pair(ef, ef_pred)
+  result = {}
+  for name, values in strata.items():
+    values = np.asarray(values, dtype=str)
+    if values.shape != ef.shape:
+      raise ValueError(f"stratum {name!r} has shape {values.shape}, expected {ef.shape}")
+    values = np.where(values == "", MISSING_STRATUM, values)
+    groups = {}
+    for value in sorted(set(values.tolist()), key=_natural_key):
+      inside = values == value
+      e, p = ef[inside], ef_pred[inside]
+      scores = bootstrap(e, p, num_resamples=num_resamples, seed=seed)
+      if e.size < 2 or e.min() == e.max():
+        scores["r2"] = {"value": None, "ci95": None}
+      groups[value] = {"n": int(e.size), **scores, "bias": float(np.mean(p - e))}
+    result[str(name)] = groups
+  return _json_clean(result)
 
 
 # --- Everything together ---------------------------------------------------------------------

@@ -37,6 +37,8 @@ PREDICT_COLUMNS = (
   "out_of_range",
   "error",
 )
+# ``{name}_strata.csv``: one row per (stratum, value) of ``report["strata"]``.
+STRATA_COLUMNS = ("stratum", "value", "n", "rmse", "rmse_low", "rmse_high", "mae", "r2", "bias")
 
 
 def _number(x: float) -> str:
@@ -53,7 +55,8 @@ def write_evaluation(
   roc_curves: list[dict],
   title: str,
 ) -> list[pathlib.Path]:
-  """Writes ``{name}.json``, ``{name}_predictions.csv`` and ``plots/{kind}_{name}.png``.
+  """Writes ``{name}.json``, ``{name}_predictions.csv`` and ``plots/{kind}_{name}.png``, and
+  ``{name}_strata.csv`` when the report has a ``strata`` block (`write_strata`).
 
   Args:
     out_dir: ``DIR/eval``.
@@ -98,6 +101,8 @@ def write_evaluation(
   plots.bland_altman(predictions.ef, predictions.ef_pred, full_title, paths["bland_altman"])
   plots.roc_curves(roc_curves, f"{title}: detecting low EF", paths["roc"])
   written = [json_path, csv_path, *paths.values()]
+  if report.get("strata"):
+    written.append(write_strata(out_dir / f"{name}_strata.csv", report["strata"]))
   if report.get("calibration") is not None:
     paths["calibration"] = plot_dir / f"calibration_{name}.png"
     coverage = report.get("interval_coverage") or {}
@@ -109,6 +114,31 @@ def write_evaluation(
     )
     written.append(paths["calibration"])
   return written
+
+
+def write_strata(path: pathlib.Path, strata: dict) -> pathlib.Path:
+  """``STRATA_COLUMNS`` of each group of ``metrics.strata_metrics``; an R² without variance to
+  explain is an empty cell. Returns ``path``."""
+
+  def number(x) -> str:
+    return "" if x is None else _number(x)
+
+  rows = [
+    [
+      stratum,
+      value,
+      m["n"],
+      number(m["rmse"]["value"]),
+      *map(number, m["rmse"]["ci95"]),
+      number(m["mae"]["value"]),
+      number(m["r2"]["value"]),
+      number(m["bias"]),
+    ]
+    for stratum, groups in strata.items()
+    for value, m in groups.items()
+  ]
+  files.write_text(path, files.csv_text(STRATA_COLUMNS, rows))
+  return path
 
 
 def write_predictions(

@@ -2,7 +2,8 @@
 then EchoNet-Dynamic's models beside EchoNet-Dynamic's published figures.
 
 Reads sweep directories only (``ROOT/<experiment>/results.json``, ``metrics.jsonl``,
-``predictions_test.csv``, ``config.json``, as written by the trainer) and the reference values
+``predictions_test.csv``, ``config.json``, as written by the trainer, and the reports of
+``--mode=eval`` on external datasets, ``eval/external/<dataset>/``) and the reference values
 (``paper_results.csv`` next to this file). Imports no JAX, TensorFlow or training code, so
 it runs anywhere the results were copied to. ``python -m lvef_jax.report`` is its command line.
 
@@ -16,7 +17,9 @@ Each root is one sweep of one recipe; several roots show as side-by-side blocks 
 A run without ``results.json`` is missing: its cells show the paper's value alone. A run of
 several members (``train.seeds=K``, ``python -m lvef_jax.sweep --seeds=K``) shows the mean and
 SD over its members; the comparisons table (``experiments.COMPARISONS``) tests the paper's
-pairwise claims against that spread.
+pairwise claims against that spread. A run scored on external datasets (CAMUS,
+EchoNet-Pediatric: ``eval/external/<dataset>/all_*.json``) adds a row per dataset to the
+"External validation" block, beside its own test scores, and to ``external.csv``.
 """
 
 from __future__ import annotations
@@ -95,6 +98,8 @@ FILES = (
   "performance_vs_generalization.png",
   "performance_vs_generalization.csv",
 )
+# Written only when some run has an external evaluation (eval/external/<dataset>/).
+EXTERNAL_FILE = "external.csv"
 FAMILY_NAMES = {
   "i3d": "I3D",
   "two_stream": "Two-Stream",
@@ -163,6 +168,23 @@ def mean_sd(values) -> tuple[float, float]:
   return float(np.mean(values)), sd
 
 
+@dataclasses.dataclass(frozen=True)
+class ExternalScore:
+  """One run's ``--mode=eval`` on an external dataset: ``eval/external/<dataset>/``'s report of
+  every video (``all_{clips}.json``), else of its test split."""
+
+  dataset: str  # the folder's name: {data.format}-{the data root's folder}
+  path: pathlib.Path
+  split: str
+  clips: str
+  n: int
+  rmse: float
+  rmse_ci: tuple[float, float]
+  mae: float
+  r2: float  # NaN where the report has none
+  r2_ci: tuple[float, float]
+
+
 @dataclasses.dataclass
 class Run:
   """One finished run directory: a solo run, or a run of several members (``members``)."""
@@ -178,6 +200,8 @@ class Run:
   ef_pred: np.ndarray | None = None
   # results.json's "members" (several members only): member, seed, hparams, best_epoch, splits.
   members: list[dict] = dataclasses.field(default_factory=list)
+  # Its evaluations on external datasets (`_read_external`), one per dataset.
+  external: list[ExternalScore] = dataclasses.field(default_factory=list)
 
   @property
   def several(self) -> bool:
@@ -285,6 +309,50 @@ def _read_predictions(path: pathlib.Path, warnings: list[str]):
   return ef, pred
 
 
+EXTERNAL_DIR = pathlib.Path("eval", "external")  # as lvef_jax.evaluation.commands writes it
+
+
+def _external_report(folder: pathlib.Path) -> pathlib.Path | None:
+  """The report that scores ``folder``'s dataset: ``all_*.json`` (every video), else
+  ``test_*.json``; the latest written of several (``one`` and ``all`` clips), then by name."""
+  for pattern in ("all_*.json", "test_*.json"):
+    found = [p for p in folder.glob(pattern) if p.is_file()]
+    if found:
+      return max(found, key=lambda p: (p.stat().st_mtime, p.name))
+  return None
+
+
+def _read_external(directory: pathlib.Path, warnings: list[str]) -> list[ExternalScore]:
+  """Every external dataset a run was scored on (``eval/external/<dataset>/``), by name."""
+  scores = []
+  root = directory / EXTERNAL_DIR
+  for folder in sorted(root.iterdir()) if root.is_dir() else ():
+    path = _external_report(folder) if folder.is_dir() else None
+    if path is None:
+      continue
+    try:
+      report = json.loads(path.read_text())
+      r2 = report["r2"]
+      r2_ci = r2.get("ci95") or (None, None)
+      scores.append(
+        ExternalScore(
+          dataset=folder.name,
+          path=path,
+          split=str(report["split"]),
+          clips=str(report["clips"]),
+          n=int(report["n"]),
+          rmse=float(report["rmse"]["value"]),
+          rmse_ci=tuple(float(x) for x in report["rmse"]["ci95"]),
+          mae=float(report["mae"]["value"]),
+          r2=_number(r2["value"]),
+          r2_ci=tuple(_number(x) for x in r2_ci),
+        )
+      )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+      _warn(warnings, f"{path}: unreadable evaluation ({type(e).__name__}: {e}); left out")
+  return scores
+
+
 def _read_experiment_key(path: pathlib.Path, warnings: list[str]) -> dict:
   if not path.is_file():
     return {}
@@ -337,6 +405,7 @@ def load_sweep(root: pathlib.Path) -> Sweep:
       ef=ef,
       ef_pred=ef_pred,
       members=members,
+      external=_read_external(directory, warnings),
     )
     grids = _ordered(json.dumps(m.get("hparams") or {}, sort_keys=True) for m in members)
     if len(grids) > 1:
@@ -772,6 +841,91 @@ def _ef_range_section(sweeps: Sequence[Sweep]) -> tuple[list[str], list[list]]:
   return lines, csv_rows
 
 
+# ----------------------------------------------------------------------------- external data
+
+
+def _internal(run: Run, metric: str) -> str:
+  """The run's own test ``metric`` (results.json), ``mean ± SD`` for several members."""
+  value, sd, digits = run.metric("test", metric), run.sd("test", metric), DIGITS[metric]
+  if math.isnan(value):
+    return "–"
+  return f"{value:.{digits}f}" + ("" if math.isnan(sd) else f" ± {sd:.{digits}f}")
+
+
+def _external_section(sweeps: Sequence[Sweep]) -> tuple[list[str], list[list]]:
+  """One row per (run, external dataset) beside the run's own test scores; no lines (and no
+  rows) when no run was scored on an external dataset."""
+
+  def number(value: float) -> str:
+    return "" if math.isnan(value) else repr(value)
+
+  def with_ci(value: float, ci: tuple[float, float], digits: int) -> str:
+    if math.isnan(value):
+      return "–"
+    return f"{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+  csv_rows, body = [], []
+  for sweep in sweeps:
+    for name, run in sweep.runs.items():
+      for score in run.external:
+        body.append(
+          [
+            f"{sweep.label}: {name}" if len(sweeps) > 1 else name,
+            score.dataset if score.split == "all" else f"{score.dataset} (test split)",
+            str(score.n),
+            with_ci(score.rmse, score.rmse_ci, DIGITS["rmse"]),
+            f"{score.mae:.{DIGITS['mae']}f}",
+            with_ci(score.r2, score.r2_ci, DIGITS["r2"]),
+            _internal(run, "rmse"),
+            _internal(run, "r2"),
+          ]
+        )
+        csv_rows.append(
+          [
+            sweep.recipe or "",
+            str(sweep.root),
+            name,
+            score.dataset,
+            score.split,
+            score.clips,
+            score.n,
+            number(score.rmse),
+            *map(number, score.rmse_ci),
+            number(score.mae),
+            number(score.r2),
+            *map(number, score.r2_ci),
+            number(run.metric("test", "rmse")),
+            number(run.metric("test", "r2")),
+          ]
+        )
+  if not body:
+    return [], []
+  lines = [
+    "## External validation",
+    "",
+    "Each run scored on a dataset it was not trained on (`launch.py --mode=eval` with another "
+    "`data.format` or `data.root`, written to `eval/external/<dataset>/`): every video of every "
+    "split (`all_*.json`), or the test split where that is all it has. Intervals are 95 % "
+    "bootstrap CIs. Beside them, the run's own test RMSE and R² (results.json: one clip a "
+    "video, mean ± SD for several seeds).",
+    "",
+    *_markdown_table(
+      [
+        "Run",
+        "Dataset",
+        "n",
+        "RMSE [95 % CI]",
+        "MAE",
+        "R² [95 % CI]",
+        "Internal test RMSE",
+        "Internal test R²",
+      ],
+      body,
+    ),
+  ]
+  return lines, csv_rows
+
+
 # ----------------------------------------------------------------------------- figures
 
 
@@ -1063,6 +1217,9 @@ def render_markdown(paper: Sequence[PaperCell], sweeps: Sequence[Sweep]) -> str:
     lines += ["", *_paper_table(table, comparisons, sweeps)]
   lines += ["", *_comparisons_section(paper, sweeps)[0]]
   lines += ["", *_ef_range_section(sweeps)[0]]
+  external = _external_section(sweeps)[0]
+  if external:
+    lines += ["", *external]
   return "\n".join(lines) + "\n"
 
 
@@ -1070,13 +1227,18 @@ def render_markdown(paper: Sequence[PaperCell], sweeps: Sequence[Sweep]) -> str:
 TABLES_COLUMNS = "table row column metric recipe root experiment ours paper diff ours_sd seeds"
 COMPARISONS_COLUMNS = "topic pair a b recipe root paper_diff diff low high seeds_a seeds_b verdict"
 EF_RANGE_COLUMNS = "recipe root experiment ef_range n mae rmse mean_error"
+EXTERNAL_COLUMNS = (
+  "recipe root experiment dataset split clips n rmse rmse_low rmse_high mae r2 r2_low r2_high "
+  "internal_test_rmse internal_test_r2"
+)
 PERFORMANCE_COLUMNS = (
   "recipe root experiment family seeds test_rmse test_rmse_sd gap gap_sd labelled"
 )
 
 
 def write_report(roots: Sequence[pathlib.Path], out: pathlib.Path) -> str:
-  """Writes ``FILES`` into ``out``; returns a one-line summary."""
+  """Writes ``FILES`` into ``out`` (and ``EXTERNAL_FILE`` when some run was scored on an
+  external dataset); returns a one-line summary."""
   sweeps = load_sweeps(roots)
   paper = load_paper()
   out = pathlib.Path(out)
@@ -1092,6 +1254,11 @@ def write_report(roots: Sequence[pathlib.Path], out: pathlib.Path) -> str:
   generalization_gap_figure(sweeps, out / "generalization_gap.png")
   points = performance_figure(sweeps, out / "performance_vs_generalization.png")
   write_csv("performance_vs_generalization.csv", PERFORMANCE_COLUMNS, _performance_rows(points))
+  written = list(FILES)
+  external = _external_section(sweeps)[1]
+  if external:
+    write_csv(EXTERNAL_FILE, EXTERNAL_COLUMNS, external)
+    written.append(EXTERNAL_FILE)
   total = len(experiments.EXPERIMENTS)
   found = "; ".join(f"{s.label} ({s.root}): {len(s.runs)}/{total}" for s in sweeps)
-  return f"wrote {', '.join(str(out / name) for name in FILES)}; runs found: {found}"
+  return f"wrote {', '.join(str(out / name) for name in written)}; runs found: {found}"
