@@ -264,15 +264,16 @@ def test_strata_metrics_by_hand():
   pred = np.array([42.0, 47.0, 61.0, 50.0, 58.0, 30.0, 66.0])
   strata = {
     "image_quality": ["Good", "Good", "Good", "Poor", "Poor", "Medium", ""],
-    "age_group": ["10-18", "2-5", "10-18", "2-5", "0-1", "10-18", "2-5"],
+    "age_group": ["10-14", "5-9", "10-14", "5-9", "<1", "10-14", "5-9"],
   }
   result = metrics.strata_metrics(ef, pred, strata, num_resamples=200, seed=3)
   assert json.loads(json.dumps(result, allow_nan=False)) == result
   assert list(result) == ["image_quality", "age_group"]
   quality = result["image_quality"]
-  # Sorted; the video without a value is a group of its own. Natural order: 2-5 before 10-18.
+  # Sorted; the video without a value is a group of its own. Natural order: 5-9 before 10-14,
+  # and the youngest group, "<1", first.
   assert list(quality) == ["(missing)", "Good", "Medium", "Poor"]
-  assert list(result["age_group"]) == ["0-1", "2-5", "10-18"]
+  assert list(result["age_group"]) == ["<1", "5-9", "10-14"]
   good = quality["Good"]
   error = np.array([2.0, -3.0, 1.0])
   assert good["n"] == 3

@@ -424,10 +424,12 @@ def calibration_curve(ef, ef_pred, ef_pred_std, levels=np.linspace(0.1, 0.99, 12
 MISSING_STRATUM = "(missing)"  # a video whose stratum the dataset does not give
 
 
-def _natural_key(text: str) -> list:
-  """Sorts ``"2-5"`` before ``"10-18"``: digit runs compare as numbers. ``re.split`` with a
-  group alternates text and digits, so a number only ever meets a number."""
-  return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", text))]
+def _natural_key(text: str) -> tuple:
+  """Sorts ``"2-5"`` before ``"10-18"``: digit runs compare as numbers (``re.split`` with a
+  group alternates text and digits, so a number only ever meets a number), and a group
+  ``"<1"`` or ``"<40"`` (the age groups' first) before the rest."""
+  parts = [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", text))]
+  return (not text.startswith("<"), parts)
 
 
 def strata_metrics(
