@@ -16,8 +16,8 @@ cycle, from one of ED and ES to the other. Each (patient, view) becomes one reco
 ``patientNNNN_4CH``, whose `VideoRecord.load` turns the half cycle into the prepared video:
 
 1. the frames from ED to ES (reversed where ES comes first), grey uint8;
-2. square pixels: CAMUS's pixels are often taller than wide (the files' spacing), and a heart
-   drawn with unequal pixels has another shape than in training; the longer side is resampled;
+2. square pixels: where a file's spacing differs between rows and columns, a heart drawn with
+   its pixels as squares has another shape than in training; the coarser axis is resampled;
 3. the training frame rate (``data.typical_fps``), frames repeated or dropped as
    ``--mode=predict`` does, the ED and ES frames kept;
 4. the central square, resized to ``data.image_size`` as ``--mode=predict`` does;
