@@ -8,9 +8,10 @@ are the generator's:
 * `write_camus`: video i becomes a patient with both views (the 2CH view the 4CH one mirrored
   left to right), each the half cycle between the video's traced ED and ES frames (stored from
   ES to ED where ES comes first, as some CAMUS sequences are), magnified more in height than in
-  width (pixels not square, as the spacing written says) and its frame rate lowered (``scale``, ``frame_every``: the reader must undo both), label maps
-  of ED and ES (LV cavity 1, a myocardium ring 2) and an ``Info_{view}.cfg``. Patients are
-  numbered so that every fold of ten has some (1, 51, 101, ..., 451, 2, 52, ...).
+  width (pixels not square, as the spacing written says) and its frame rate lowered
+  (``scale``, ``frame_every``: the reader must undo both), label maps of ED and ES (LV cavity
+  1, a myocardium ring 2) and an ``Info_{view}.cfg``. Patients are numbered so that every fold
+  of ten has some (1, 51, 101, ..., 451, 2, 52, ...).
 * `write_pediatric`: one view folder: FileList.csv with fold numbers, VolumeTracings.csv in
   the points layout, the videos; every other FileName is listed with its ".avi".
 
