@@ -7,8 +7,11 @@ INSTALLED := $(VENV)/.installed
 # runs the PyTorch peer's tests (CI does; torch's CPU build is a large download elsewhere).
 EXTRAS ?= test
 # Test processes (pytest-xdist): the tests keep about one core busy each, so two use CI's two
-# cores (`make test TEST_WORKERS=auto` for one per core elsewhere).
+# cores (`make test TEST_WORKERS=auto` for one per core elsewhere). Each test file runs whole in
+# one process (`--dist loadfile`): a file's shared runs (module fixtures) are trained once, not
+# once in each process that gets some of its tests.
 TEST_WORKERS ?= 2
+TEST_DIST := -n $(TEST_WORKERS) --dist loadfile
 
 # glibc's malloc asks for transparent huge pages: XLA:CPU maps each step's temporaries afresh,
 # and in 4 KiB pages that costs a fifth of a step's CPU time (lvef_jax/hostmem.py). Read at process start.
@@ -41,11 +44,11 @@ format: install
 TEST_XLA_FLAGS := --xla_force_host_platform_device_count=8 \
 	--xla_cpu_collective_call_terminate_timeout_seconds=600
 test: install lint
-	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest -q -n $(TEST_WORKERS) --durations=10
+	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest -q $(TEST_DIST) --durations=10
 
 # For iterating: the in-process unit tests only (no launched processes, no whole runs).
 test-fast: install
-	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" --durations=5
+	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest -q $(TEST_DIST) -m "not slow" --durations=5
 
 # The GPU program without a GPU: JAX's CUDA build (the `gpu` extra, 3 GB of wheels) in a
 # virtual environment of its own, so the everyday one stays as it is; one train step of every

@@ -158,6 +158,26 @@ def shrink(config, cache_dir: pathlib.Path):
   return config
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_memory_after_each_module():
+  """Each test process (pytest-xdist's workers) runs dozens of test files; JAX keeps every
+  compiled program, and glibc keeps freed memory, so a worker grew to 12 GB, beside another
+  worker and the runs they start, and the kernel killed it (24 GiB machine). After each file
+  the worker drops JAX's compiled programs and hands freed memory back."""
+  yield
+  import ctypes
+  import gc
+
+  import jax
+
+  jax.clear_caches()
+  gc.collect()
+  try:
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+  except (OSError, AttributeError):  # not glibc
+    pass
+
+
 @pytest.fixture(scope="session")
 def data_cache(tmp_path_factory) -> pathlib.Path:
   """One cache folder for the session: the tiny synthetic dataset is generated once."""

@@ -8,12 +8,24 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from lvef_jax import filelock, sweep
-from tests.conftest import ROOT, communicate_all
+from tests.conftest import PLAIN_OPS, ROOT, child_env, communicate_all, run_command
 
 # Tests marked slow sweep real runs or start the CLI: left out of `make test-fast`.
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_device_runs():
+  """The runs these tests start see one CPU device: what is tested is the sweep, not the
+  sharding (other tests cover it), and eight fake devices on two cores make a run about twice
+  as slow and its memory larger."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("XLA_FLAGS", child_env(1)["XLA_FLAGS"])
+    yield
+
 
 # Two of the cheapest experiments, shrunk by --runlocal to a few seconds each.
 CHEAP = ["table1/stem", "table7/DIT-B1"]
@@ -193,20 +205,39 @@ def test_cli_dry_run_and_bad_filter(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_runlocal_sweep_trains_echonet_dynamic_s_model(tmp_path):
-  """echonet/r2plus1d_32_2 through the sweep, shrunk by --runlocal: SGD, all-clips results
-  (the clips of --runlocal following each other), EchoNet-Dynamic's recipe recorded."""
+def test_a_runlocal_sweep_trains_echonet_dynamic_s_model_which_then_evaluates_and_predicts(
+  tmp_path,
+):
+  """echonet/r2plus1d_32_2 through the sweep, shrunk by --runlocal: SGD, the input
+  normalisation computed and recorded, all-clips results on val and test as EchoNet-Dynamic
+  scores (the clips of --runlocal following each other), EchoNet-Dynamic's recipe recorded;
+  then ``--mode=eval`` and ``--mode=predict`` of the run."""
   name = "echonet/r2plus1d_32_2"
   cache = f"--config.data.cache_dir={tmp_path / 'data'}"
-  outcomes = sweep.sweep(tmp_path / "root", [name], "paper", True, {name: [cache]}, log=print)
+  overrides = {name: [cache, PLAIN_OPS]}
+  outcomes = sweep.sweep(tmp_path / "root", [name], "paper", True, overrides, log=print)
   assert outcomes[name].status == "done", outcomes[name].error
   run_dir = tmp_path / "root" / name
   results = json.loads((run_dir / "results.json").read_text())
-  assert results["eval_clips"] == "all" and set(results["splits"]) == {"val", "test"}
+  assert results["eval_clips"] == "all" and sorted(results["splits"]) == ["test", "val"]
+  assert all(np.isfinite(results["splits"][s]["rmse"]) for s in ("val", "test"))
   config = json.loads((run_dir / "config.json").read_text())
   assert config["experiment"] == {"name": name, "recipe": "paper", "runlocal": True}
   assert (config["train"]["optimizer"], config["data"]["train_clip_start"]) == ("sgd", "random")
   assert (config["data"]["clip_frames"], config["eval"]["clip_stride"]) == (8, 0)
+  assert config["model"]["arch"] == "r2plus1d_18"
+  assert config["model"]["input_mean"] > 0 and config["model"]["input_std"] > 0
+
+  launch = [sys.executable, str(ROOT / "launch.py"), f"--workdir={run_dir}", PLAIN_OPS]
+  done = run_command([*launch, "--mode=eval", "--eval_split=test"], cwd=ROOT, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert list((run_dir / "eval").glob("test_*.json"))
+  video = sorted((tmp_path / "data").glob("synthetic-*/Videos/*.avi"))[0]
+  output = tmp_path / "ef.csv"
+  predict = [*launch, "--mode=predict", f"--videos={video}", f"--output={output}"]
+  done = run_command(predict, cwd=ROOT, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert np.isfinite(float(output.read_text().splitlines()[1].split(",")[1]))
 
 
 # ----------------------------------------------------------------------------- --seeds=K

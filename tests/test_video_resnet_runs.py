@@ -1,6 +1,7 @@
 """The video ResNets (configs/r2plus1d.py) in runs: the input normalisation training computes
 and records, and ``--mode=import`` of PyTorch weights followed by ``--mode=predict`` with no
-dataset anywhere."""
+dataset anywhere. (EchoNet-Dynamic's recipe shrunk by --runlocal trains, evaluates and predicts
+in tests/test_sweep.py.)"""
 
 import json
 import pathlib
@@ -127,28 +128,3 @@ def test_import_then_predict_without_any_dataset(tmp_path):
   row = output.read_text().splitlines()[1].split(",")
   assert row[0].endswith("echo.avi") and np.isfinite(float(row[1]))
   assert not cache.exists()  # no dataset was prepared or generated
-
-
-@pytest.mark.slow
-def test_echonet_recipe_runlocal_trains_evaluates_and_predicts(tmp_path):
-  workdir = tmp_path / "run"
-  common = ["--experiment=echonet/r2plus1d_32_2", "--runlocal", f"--workdir={workdir}"]
-  cache = f"--config.data.cache_dir={tmp_path / 'data'}"
-  done = _launch(*common, cache)
-  assert done.returncode == 0, done.stderr[-3000:]
-  config = json.loads((workdir / config_base.RUN_CONFIG_FILE).read_text())
-  assert config["train"]["optimizer"] == "sgd" and config["model"]["arch"] == "r2plus1d_18"
-  assert config["model"]["input_mean"] > 0 and config["model"]["input_std"] > 0
-  results = json.loads((workdir / "results.json").read_text())
-  assert sorted(results["splits"]) == ["test", "val"]  # scored as EchoNet-Dynamic scores
-  assert all(np.isfinite(results["splits"][s]["rmse"]) for s in ("val", "test"))
-  done = _launch("--mode=eval", f"--workdir={workdir}", "--eval_split=test")
-  assert done.returncode == 0, done.stderr[-3000:]
-  assert list((workdir / "eval").glob("test_*.json"))
-  videos = sorted((tmp_path / "data").glob("synthetic-*/Videos/*.avi"))[:2]
-  output = tmp_path / "ef.csv"
-  done = _launch(
-    "--mode=predict", f"--workdir={workdir}", f"--videos={videos[0]}", f"--output={output}"
-  )
-  assert done.returncode == 0, done.stderr[-3000:]
-  assert np.isfinite(float(output.read_text().splitlines()[1].split(",")[1]))
