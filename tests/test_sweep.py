@@ -21,7 +21,7 @@ from tests.conftest import PLAIN_OPS, ROOT, child_env, communicate_all, run_comm
 def _one_device_runs():
   """The runs these tests start see one CPU device: what is tested is the sweep, not the
   sharding (other tests cover it), and eight fake devices on two cores make a run about twice
-  as slow and its memory larger."""
+  as slow and larger (docs/benchmarks.md, "The test suite")."""
   with pytest.MonkeyPatch.context() as patch:
     patch.setenv("XLA_FLAGS", child_env(1)["XLA_FLAGS"])
     yield
